@@ -1,0 +1,250 @@
+"""Input checks and target normalisation shared by every loss.
+
+Everything here runs before any kernel: a bad argument gets a ``TypeError``/``ValueError`` that says
+what was expected and what came. The one check that has to look at tensor *values* (labels inside
+``[0, C)`` or equal to ``ignore_index``) costs one host sync; it is skipped while ``torch.compile``
+traces and can be switched off with ``FASTLOSS_CHECK_LABELS=0`` (kernels then treat out-of-range
+labels as ignored voxels, so nothing is ever read out of bounds).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _is_compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - torch < 2.3
+        return False
+
+
+def label_checks_enabled() -> bool:
+    return os.environ.get("FASTLOSS_CHECK_LABELS", "1") != "0" and not _is_compiling()
+
+
+def check_logits(input: torch.Tensor, name: str = "input") -> None:
+    """``input`` must be a floating tensor ``(B, C, *spatial)`` with 1 to 3 spatial dims, non-empty."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, *spatial), got {type(input).__name__}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 logits, got dtype {input.dtype}")
+    if input.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims (3 to 5 dims in all), "
+            f"got {input.ndim} dims: shape {tuple(input.shape)}"
+        )
+    if input.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(input.shape)}")
+
+
+def check_reduction(reduction: str, allowed: Sequence[str] = REDUCTIONS) -> str:
+    reduction = getattr(reduction, "value", reduction)  # accept MONAI's LossReduction enum
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {list(allowed)}, got {reduction!r}")
+    return reduction
+
+
+def check_activation(sigmoid: bool, softmax: bool, other_act=None) -> str:
+    """Resolve MONAI-style activation flags to 'sigmoid', 'softmax', 'none' or 'other'."""
+    if sigmoid and softmax:
+        raise ValueError("sigmoid=True and softmax=True are incompatible: choose one activation")
+    if other_act is not None and (sigmoid or softmax):
+        raise ValueError("other_act cannot be combined with sigmoid=True or softmax=True")
+    if other_act is not None and not callable(other_act):
+        raise TypeError(f"other_act must be callable, got {type(other_act).__name__}")
+    if sigmoid:
+        return "sigmoid"
+    if softmax:
+        return "softmax"
+    return "other" if other_act is not None else "none"
+
+
+def check_class_weight(weight, num_classes: Optional[int] = None, name: str = "weight") -> Optional[torch.Tensor]:
+    """A per-class weight: None, a number, a sequence or a 1D tensor of non-negative finite values."""
+    if weight is None:
+        return None
+    w = torch.as_tensor(weight, dtype=torch.float64).detach().cpu()
+    if w.ndim > 1:
+        raise ValueError(f"{name} must be a number or a 1D sequence of per-class weights, got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative, got {w.tolist()}")
+    if num_classes is not None and w.ndim == 1 and w.numel() != num_classes:
+        raise ValueError(f"{name} must have one value per class ({num_classes}), got {w.numel()} values")
+    return w
+
+
+def check_spacing(spacing, ndim: int) -> Optional[tuple]:
+    """Per-axis voxel spacing: None, one positive number, or ``ndim`` positive numbers."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        spacing = (float(spacing),) * ndim
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except TypeError:
+        raise TypeError(f"spacing must be a number or a sequence of {ndim} numbers, got {type(spacing).__name__}")
+    if len(sp) != ndim:
+        raise ValueError(f"spacing must have one value per spatial dim ({ndim}), got {len(sp)}: {sp}")
+    if not all(s > 0 and s != float("inf") for s in sp):
+        raise ValueError(f"spacing values must be positive and finite, got {sp}")
+    return sp
+
+
+@dataclass
+class Target:
+    """A normalised target for ``num_classes`` channels over ``N`` flattened voxels.
+
+    Exactly one of ``labels`` / ``soft`` is set:
+
+    - ``labels``: ``(B, N)`` int64 class indices (the fast path; never expanded in the kernels).
+      Voxels to ignore keep their value; ``ignore_index`` says which.
+    - ``soft``: ``(B, C, N)`` one-hot or soft target in the input's compute dtype.
+
+    ``mask`` is ``(B, N)`` float (1 = counted, 0 = ignored, fractional for MONAI's soft one-hot
+    convention) or None when nothing is ignored. MONAI multiplies both the prediction and the target
+    by this mask before any sum; every loss here does the same.
+    """
+
+    labels: Optional[torch.Tensor]
+    soft: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+    num_classes: int
+    spatial_shape: tuple
+    ignore_index: Optional[int] = None
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The ``(B, C, N)`` target, one-hot for labels, with ignored voxels zeroed."""
+        if self.soft is not None:
+            g = self.soft.to(dtype)
+        else:
+            lab = self.labels
+            if self.num_classes == 1:
+                g = (lab == 1).to(dtype).unsqueeze(1)
+            else:
+                in_range = (lab >= 0) & (lab < self.num_classes)
+                safe = torch.where(in_range, lab, torch.zeros_like(lab))
+                g = torch.nn.functional.one_hot(safe, self.num_classes).to(dtype)
+                g = g * in_range.unsqueeze(-1).to(dtype)
+                g = g.movedim(-1, 1)
+        if self.mask is not None:
+            g = g * self.mask.to(dtype).unsqueeze(1)
+        return g
+
+    def mask_or_ones(self, batch: int, n: int, dtype, device) -> torch.Tensor:
+        if self.mask is None:
+            return torch.ones(batch, n, dtype=dtype, device=device)
+        return self.mask.to(dtype)
+
+
+def prepare_target(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: Optional[int] = None,
+    to_onehot_y: bool = False,
+    name: str = "target",
+) -> Target:
+    """Check ``target`` against logits ``input`` (already checked) and normalise it.
+
+    Accepted: integer labels ``(B, 1, *spatial)`` or ``(B, *spatial)``; one-hot/soft ``(B, C, *spatial)``
+    (float, or integer when C > 1). Float labels ``(B, 1, *spatial)`` are accepted only with
+    ``to_onehot_y=True`` (MONAI's convention for label maps loaded as floats) and must be integral.
+    """
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(target).__name__}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    if target.device != input.device:
+        raise ValueError(f"{name} is on {target.device} but input is on {input.device}")
+    B, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    N = 1
+    for s in spatial:
+        N *= s
+    is_float = target.dtype.is_floating_point
+    if target.dtype.is_complex:
+        raise TypeError(f"{name} must be integer labels or a real one-hot/soft target, got dtype {target.dtype}")
+
+    if tuple(target.shape) == tuple(input.shape) and (C > 1 or is_float):
+        if C > 1 and to_onehot_y and not is_float:
+            raise ValueError(
+                f"to_onehot_y=True expects labels of shape (B, 1, *spatial) = {(B, 1) + spatial}, "
+                f"got a {C}-channel {name} of shape {tuple(target.shape)}"
+            )
+        if target.dtype == torch.bool:
+            target = target.to(torch.uint8)
+        soft = target.reshape(B, C, N)
+        if not is_float:
+            soft = soft.to(input.dtype if input.dtype == torch.float64 else torch.float32)
+        mask = None
+        if ignore_index is not None:
+            # MONAI's one-hot convention: a class index masks the voxels of that class,
+            # any other value (a sentinel) masks the voxels whose one-hot vector is all zero.
+            if 0 <= ignore_index < C:
+                mask = 1.0 - soft[:, ignore_index]
+            else:
+                mask = (soft.sum(dim=1) > 0).to(soft.dtype)
+        return Target(None, soft, mask, C, spatial, ignore_index)
+
+    if tuple(target.shape) == (B, 1) + spatial:
+        labels = target.reshape(B, N)
+    elif tuple(target.shape) == (B,) + spatial:
+        labels = target.reshape(B, N)
+    else:
+        raise ValueError(
+            f"{name} must be labels of shape {(B, 1) + spatial} or {(B,) + spatial}, or one-hot/soft of shape "
+            f"{(B, C) + spatial}, to match input of shape {tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    if is_float:
+        if not to_onehot_y:
+            raise TypeError(
+                f"{name} holds labels (one channel) but has float dtype {target.dtype}: expected integer labels "
+                f"(torch.long), or to_onehot_y=True to convert integral float labels, or a one-hot target "
+                f"of shape {(B, C) + spatial}"
+            )
+        if label_checks_enabled() and not torch.equal(labels, labels.round()):
+            raise ValueError(f"{name} has non-integral float labels; expected class indices")
+        labels = labels.long()
+    elif target.dtype == torch.bool:
+        labels = labels.long()
+    else:
+        labels = labels.long()
+
+    if label_checks_enabled():
+        _check_label_range(labels, C, ignore_index, name)
+
+    mask = None
+    if ignore_index is not None:
+        mask = (labels != ignore_index).to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+    return Target(labels, None, mask, C, spatial, ignore_index)
+
+
+def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int], name: str) -> None:
+    hi = 2 if C == 1 else C
+    bad = (labels < 0) | (labels >= hi)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bool(bad.any()):
+        values = torch.unique(labels[bad])[:8].tolist()
+        raise ValueError(
+            f"{name} labels must lie in [0, {hi - 1}] for {C} channel(s)"
+            + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+            + f"; found {values}"
+        )
+
+
+def warn_once(message: str, _seen=set()) -> None:
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)

@@ -1,0 +1,56 @@
+"""Backend selection: which implementation serves a tensor.
+
+``FASTLOSS_BACKEND`` (read at every call, so tests can switch it):
+
+- ``auto`` (default): CUDA tensors use the Triton kernels (when triton imports), CPU tensors the torch
+  backend;
+- ``triton``: the Triton kernels for every tensor; CPU tensors need ``TRITON_INTERPRET=1`` set before
+  fastloss is imported (the interpreter mode is fixed when a kernel is decorated);
+- ``torch``: plain torch ops everywhere (the second opinion the kernels are tested against).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def backend_name() -> str:
+    name = os.environ.get("FASTLOSS_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"FASTLOSS_BACKEND must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """True when the Triton kernels should serve tensor ``t``."""
+    name = backend_name()
+    if name == "torch" or not triton_available():
+        return False
+    if t.is_cuda:
+        return True
+    if name == "triton":
+        if not triton_interpreting():
+            raise RuntimeError(
+                "FASTLOSS_BACKEND=triton on a CPU tensor needs TRITON_INTERPRET=1 set before fastloss is imported"
+            )
+        return True
+    return False

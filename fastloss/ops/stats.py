@@ -1,0 +1,195 @@
+"""Per-(batch, class) voxel sums: the statistics every Dice-family, CE-family and map loss is a formula of.
+
+``class_stats(input, target, spec)`` returns a ``(B, C, K)`` float32 tensor (float64 for float64
+input), column ``k`` holding the sum over voxels of the per-voxel quantity ``spec.columns[k]``:
+
+============== ======================================================================
+column          per-voxel quantity summed (p: activated prediction, g: target, m: mask)
+============== ======================================================================
+``pg``          p·g
+``p``           p
+``pp``          p²
+``g``           g
+``gg``          g²
+``absdiff``     |p − g|
+``sqerr_pos``   (g − p)²·g          (sensitivity term of the SS loss)
+``sqerr_neg``   (g − p)²·(1 − g)    (specificity term of the SS loss)
+``ce``          −g·log p (softmax / probabilities) or the binary CE −[g log p + (1−g) log(1−p)] (sigmoid)
+``focal``       MONAI's focal term (softmax or sigmoid form, with ``gamma`` and ``alpha``)
+``ce_pow``      g·(−log p)^``ce_exponent``  (the CE part of the exponential logarithmic loss)
+``map_ce``      w·(−g·log p), w = ``voxel_map``  (distance-penalised CE)
+``map_p``       w·p               (boundary loss, w = signed distance φ)
+``map_sqerr``   w·(p − g)²        (Hausdorff loss, w = d_G² + d_S²)
+``count``       1                 (number of counted voxels, same in every class)
+============== ======================================================================
+
+Every quantity is multiplied by the ignore mask ``m`` (MONAI multiplies p and g by it; terms linear in
+p and g get m, quadratic ones m², which is the same for a 0/1 mask). Nothing of size B·C·N is kept by
+the kernels; this torch backend materialises per-voxel tensors and lets autograd differentiate them, and
+serves CPU tensors and as the second opinion for the Triton kernels (``ops/triton_stats.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._validation import Target
+
+COLUMNS = (
+    "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
+    "ce", "focal", "ce_pow", "map_ce", "map_p", "map_sqerr", "count",
+)
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    """What to sum. ``activation``: softmax over classes, sigmoid per class, or none (input is p)."""
+
+    activation: str
+    columns: Tuple[str, ...]
+    gamma: float = 2.0  # focal exponent
+    alpha: Optional[float] = None  # MONAI focal alpha (scalar form)
+    ce_exponent: float = 0.3  # ELL's gamma_CE
+    log_eps: float = 0.0  # activation 'none': log(max(p, eps)); 0 means plain log
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        unknown = [c for c in self.columns if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown statistics columns {unknown}; known: {COLUMNS}")
+
+
+def compute_dtype(input: torch.Tensor) -> torch.dtype:
+    """float32 accumulation for every input dtype except float64."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "softmax":
+        return torch.softmax(x, dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def log_prob(x: torch.Tensor, activation: str, log_eps: float = 0.0) -> torch.Tensor:
+    """log p, computed stably from the logits."""
+    if activation == "softmax":
+        return torch.log_softmax(x, dim=1)
+    if activation == "sigmoid":
+        return F.logsigmoid(x)
+    return torch.log(x.clamp_min(log_eps)) if log_eps > 0 else torch.log(x)
+
+
+def voxel_terms(
+    x: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
+) -> dict:
+    """Per-voxel ``(B, C, N)`` tensors for the requested columns, masked. ``x`` is ``(B, C, N)``."""
+    dt = compute_dtype(x)
+    x = x.to(dt)
+    B, C, N = x.shape
+    p = activate(x, spec.activation)
+    g = target.dense(dt)
+    m = None if target.mask is None else target.mask.to(dt).unsqueeze(1)
+    pm = p if m is None else p * m  # MONAI masks p and g alike; g is already masked by dense()
+    need = set(spec.columns)
+    out = {}
+    if "pg" in need:
+        out["pg"] = pm * g
+    if "p" in need:
+        out["p"] = pm
+    if "pp" in need:
+        out["pp"] = pm * pm
+    if "g" in need:
+        out["g"] = g
+    if "gg" in need:
+        out["gg"] = g * g
+    if "absdiff" in need:
+        out["absdiff"] = (pm - g).abs()
+    if "sqerr_pos" in need:
+        out["sqerr_pos"] = (g - pm) ** 2 * g
+    if "sqerr_neg" in need:
+        one = torch.ones_like(g) if m is None else m.expand_as(g)
+        out["sqerr_neg"] = (g - pm) ** 2 * (one - g)
+    if need & {"ce", "focal", "ce_pow", "map_ce"}:
+        logp = log_prob(x, spec.activation, spec.log_eps)
+        if spec.activation == "sigmoid":
+            log1mp = F.logsigmoid(-x)
+            ce = -(g * logp + ((1.0 if m is None else m) - g) * log1mp)
+        else:
+            ce = -g * logp
+        if "ce" in need:
+            out["ce"] = ce
+        if "map_ce" in need:
+            out["map_ce"] = ce * voxel_map.to(dt)
+        if "ce_pow" in need:
+            # g·(−log p)^γ: (−log p) ≥ 0; clamp keeps the pow's gradient finite at p = 1 (γ < 1).
+            nl = (-logp).clamp_min(torch.finfo(dt).tiny)
+            out["ce_pow"] = g * nl ** spec.ce_exponent
+        if "focal" in need:
+            out["focal"] = _focal_term(x, g, m, logp, spec)
+    if "map_p" in need:
+        out["map_p"] = pm * voxel_map.to(dt)
+    if "map_sqerr" in need:
+        out["map_sqerr"] = (pm - g) ** 2 * voxel_map.to(dt)
+    if "count" in need:
+        cnt = torch.ones(B, 1, N, dtype=dt, device=x.device) if m is None else m
+        out["count"] = cnt.expand(B, C, N)
+    return out
+
+
+def _focal_term(x, g, m, logp, spec: StatsSpec) -> torch.Tensor:
+    """MONAI 1.6 FocalLoss per-voxel term (before its optional class ``weight``)."""
+    gamma = spec.gamma
+    if spec.activation == "sigmoid":
+        # MONAI sigmoid_focal_loss: BCE-with-logits · exp(γ·logsigmoid(−x·(2g−1))) [· α_t]
+        xm = x if m is None else x * m  # MONAI masks the input before the loss
+        bce = xm - xm * g - F.logsigmoid(xm)
+        inv = F.logsigmoid(-xm * (g * 2 - 1))
+        term = torch.exp(inv * gamma) * bce
+        if spec.alpha is not None:
+            term = (g * spec.alpha + (1 - g) * (1 - spec.alpha)) * term
+    else:
+        # MONAI softmax_focal_loss: −(1 − p)^γ · log p · g [· α_c], α_c = 1−α for class 0, α otherwise
+        p = logp.exp()
+        term = -((1 - p) ** gamma) * logp * g
+        if spec.alpha is not None:
+            C = x.shape[1]
+            a = torch.full((C,), spec.alpha, dtype=x.dtype, device=x.device)
+            a[0] = 1 - spec.alpha
+            term = term * a.view(1, C, 1)
+    if m is not None:
+        term = term * m
+    return term
+
+
+def class_stats_torch(
+    input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Torch backend of :func:`class_stats`: ``(B, C, K)`` sums, differentiable by autograd."""
+    B, C = input.shape[:2]
+    x = input.reshape(B, C, -1)
+    if voxel_map is not None:
+        voxel_map = voxel_map.reshape(B, -1, x.shape[2])
+    terms = voxel_terms(x, target, spec, voxel_map)
+    return torch.stack([terms[c].sum(dim=2) for c in spec.columns], dim=2)
+
+
+def class_stats(
+    input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``(B, C, K)`` per-(batch, class) sums of ``spec.columns``; dispatches to the active backend."""
+    from ..backend import use_triton
+
+    if use_triton(input):
+        from .triton_stats import class_stats_triton, supports
+
+        if supports(input, target, spec, voxel_map):
+            return class_stats_triton(input, target, spec, voxel_map)
+    return class_stats_torch(input, target, spec, voxel_map)
