@@ -1,0 +1,236 @@
+"""Forward+backward of every paper loss: fastloss against what users run today, in one run.
+
+Providers (each where it applies):
+
+- ``fastloss``: ``fastloss.get_loss(name)`` with the default backend (Triton kernels for CUDA tensors);
+- ``fastloss-torch``: the same loss on the torch backend (``FASTLOSS_BACKEND=torch``; GPU only, on the
+  CPU it is the same code as ``fastloss``);
+- ``torch.compile``: ``torch.compile`` of the torch backend (GPU, ``--compile``);
+- ``monai``: MONAI's class in the paper's configuration, where MONAI has the loss;
+- ``reference``: ``fastloss.reference``, the naive textbook oracle.
+
+On the GPU every row has the GPU time (the step captured in a CUDA graph and replayed, when it can be
+captured), the eager wall time (one step then a synchronize), kernel launches and host syncs per step
+(torch.profiler) and the peak extra memory; the HBM floor (read the logits twice, write the gradient
+once, read the labels twice, at the measured copy bandwidth) is printed beside each row.
+
+``python benchmarks/bench_losses.py [--device cuda] [--full] [--compile] [--losses Dice,DiceCE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+TABLE2 = [
+    "CE", "WCE", "TopK", "Focal", "pCE", "SS", "Dice", "IoU", "Lovasz", "Tversky", "GDice",
+    "FocalTversky", "Asym", "pGDice", "BD", "HD", "DiceCE", "ELL", "DiceFocal", "DiceTopK", "DiceBD", "DiceHD",
+]
+# Losses whose MONAI baseline computes distance maps with scipy on the CPU: skipped at full size on the
+# GPU unless --full (MONAI HausdorffDTLoss takes ~32 s per (2, 9, 128^3) step).
+SLOW_BASELINES = {"HD", "DiceHD"}
+
+
+def monai_loss(name: str):
+    """MONAI's class in the paper's configuration (softmax, batch Dice without background), or None."""
+    try:
+        import monai.losses as ml
+    except ImportError:
+        return None
+    common_kw = dict(to_onehot_y=True, softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    table = {
+        "Dice": lambda: ml.DiceLoss(**common_kw),
+        "IoU": lambda: ml.DiceLoss(jaccard=True, **common_kw),
+        "DiceCE": lambda: ml.DiceCELoss(**common_kw),
+        "DiceFocal": lambda: ml.DiceFocalLoss(gamma=2.0, **common_kw),
+        "Focal": lambda: ml.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0),
+        "Tversky": lambda: ml.TverskyLoss(alpha=0.3, beta=0.7, **common_kw),
+        "GDice": lambda: ml.GeneralizedDiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True),
+        "HD": lambda: ml.HausdorffDTLoss(to_onehot_y=True, softmax=True, include_background=False),
+    }
+    if name == "DiceHD":
+        dice, hd = table["Dice"](), table["HD"]()
+        return lambda x, y: dice(x, y) + hd(x, y)
+    make = table.get(name)
+    return make() if make else None
+
+
+def plain_torch_loss(name: str):
+    """What a user writes by hand: torch's CE, nnU-Net-style TopK (torch.topk)."""
+    import torch.nn.functional as F
+
+    if name == "CE":
+        return lambda x, y: F.cross_entropy(x, y[:, 0])
+    if name == "TopK":
+        def topk(x, y):
+            ce = F.cross_entropy(x, y[:, 0], reduction="none").flatten()
+            k = max(1, int(ce.numel() * 10 / 100))
+            return ce.topk(k, sorted=False).values.mean()
+        return topk
+    return None
+
+
+def reference_loss(name: str):
+    try:
+        from fastloss import reference
+    except ImportError:
+        return None
+    make = getattr(reference, "paper_loss", None)
+    return make(name) if make else None
+
+
+@contextlib.contextmanager
+def backend(name: str):
+    old = os.environ.get("FASTLOSS_BACKEND")
+    os.environ["FASTLOSS_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTLOSS_BACKEND", None)
+        else:
+            os.environ["FASTLOSS_BACKEND"] = old
+
+
+def make_inputs(shape, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, C = shape[:2]
+    logits = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    # blobby labels: a coarse random label field upsampled, so distance maps are not degenerate
+    coarse = torch.randint(0, C, (B, 1) + tuple(max(1, s // 8) for s in shape[2:]), generator=g)
+    labels = torch.nn.functional.interpolate(coarse.float(), size=shape[2:], mode="nearest").long().to(device)
+    return logits, labels
+
+
+def hbm_floor_ms(shape, dtype, bw_gbs: float) -> float:
+    n = 1
+    for s in shape:
+        n *= s
+    esz = torch.empty((), dtype=dtype).element_size()
+    vox = n // shape[1]
+    bytes_moved = 2 * n * esz + n * esz + 2 * vox * 8
+    return bytes_moved / (bw_gbs * 1e9) * 1e3
+
+
+def providers(name: str, device: str, compile_: bool):
+    import fastloss
+
+    out = []
+
+    def wrap_backend(fn, be):
+        def call(x, y):
+            with backend(be):
+                return fn(x, y)
+        return call
+
+    out.append(("fastloss", wrap_backend(fastloss.get_loss(name), "auto")))
+    if device.startswith("cuda"):
+        out.append(("fastloss-torch", wrap_backend(fastloss.get_loss(name), "torch")))
+        if compile_ and name in ("DiceCE", "DiceTopK", "DiceFocal", "Dice"):
+            with backend("torch"):
+                compiled = torch.compile(fastloss.get_loss(name))
+            out.append(("torch.compile", wrap_backend(compiled, "torch")))
+    m = monai_loss(name)
+    if m is not None:
+        out.append(("monai", m))
+    p = plain_torch_loss(name)
+    if p is not None:
+        out.append(("torch", p))
+    r = reference_loss(name)
+    if r is not None:
+        out.append(("reference", r))
+    return out
+
+
+def run(quick: bool = True, device: str | None = None, losses=None, full: bool = False, compile_: bool = False,
+        dtypes=None) -> list:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    if cuda:
+        cases = [("multi9", (2, 9, 128, 128, 128)), ("binary", (2, 2, 128, 128, 128))]
+        dtypes = dtypes or [torch.float32, torch.bfloat16]
+        bw = common.copy_bandwidth_gbs(device)
+    else:
+        cases = [("multi4", (2, 4, 24, 24, 24))] if quick else [("multi9", (2, 9, 48, 48, 48))]
+        dtypes = dtypes or [torch.float32]
+        bw = None
+    names = losses or TABLE2
+    jobs = [(c, d, n) for c in cases for d in dtypes for n in names]
+    bar = common.Progress(len(jobs), "losses")
+    rows = []
+    for (case, shape), dtype, name in jobs:
+        x0, y = make_inputs(shape, dtype, device)
+        floor = hbm_floor_ms(shape, dtype, bw) if cuda else None
+        for prov, fn in providers(name, device, compile_):
+            if cuda and prov in ("monai", "reference") and name in SLOW_BASELINES and not full:
+                continue
+            if prov == "reference" and cuda and not full:
+                continue
+            x = x0.detach().clone().requires_grad_(True)
+
+            def step(fn=fn, x=x):
+                loss = fn(x, y)
+                (grad,) = torch.autograd.grad(loss, x)
+                return grad
+
+            row = {"bench": "loss", "loss": name, "case": case, "shape": "x".join(map(str, shape)),
+                   "dtype": str(dtype).replace("torch.", ""), "provider": prov}
+            try:
+                wall = common.time_wall(step, device, reps=20 if cuda else (5 if quick else 10), budget_s=10 if quick else 30)
+                row.update({f"wall_{k}": v for k, v in wall.items()})
+                if cuda:
+                    g = common.time_cuda_graph(step)
+                    if g is not None:
+                        row.update({f"gpu_{k}": v for k, v in g.items()})
+                    row.update(common.count_launches(step))
+                    row["peak_extra_mib"] = common.peak_extra_mib(step)
+                    row["hbm_floor_ms"] = floor
+            except Exception as exc:  # noqa: BLE001 - a failing baseline is recorded, not fatal
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            rows.append(common.stamp(row, device))
+        bar.step(f"{name} {case} {row['dtype']}")
+    bar.close()
+    return rows
+
+
+def print_table(rows) -> None:
+    gpu = any("gpu_median_ms" in r for r in rows)
+    head = f"{'loss':<13}{'case':<8}{'dtype':<9}{'provider':<15}{'wall ms':>10}"
+    head += f"{'gpu ms':>9}{'floor':>8}{'launch':>7}{'sync':>5}{'MiB':>8}" if gpu else ""
+    print(head)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['loss']:<13}{r['case']:<8}{r['dtype']:<9}{r['provider']:<15} error: {r['error']}")
+            continue
+        line = f"{r['loss']:<13}{r['case']:<8}{r['dtype']:<9}{r['provider']:<15}{r['wall_median_ms']:>10.3f}"
+        if gpu:
+            gm = r.get("gpu_median_ms")
+            line += f"{gm:>9.3f}" if gm is not None else f"{'-':>9}"
+            line += f"{r.get('hbm_floor_ms', 0):>8.3f}{r.get('launches', 0):>7}{r.get('host_syncs', 0):>5}{r.get('peak_extra_mib', 0):>8.0f}"
+        print(line)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--full", action="store_true", help="larger CPU case; slow GPU baselines (MONAI HD) too")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile of the torch backend (GPU)")
+    ap.add_argument("--losses", default=None, help="comma-separated paper names")
+    args = ap.parse_args(argv)
+    rows = run(quick=not args.full, device=args.device, losses=args.losses.split(",") if args.losses else None,
+               full=args.full, compile_=args.compile)
+    print_table(rows)
+    path = common.append_csv("losses.csv", rows)
+    print(f"\n{len(rows)} rows appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
