@@ -1,0 +1,222 @@
+"""EDT throughput: scipy, the `edt` package, CuPy and fastloss, on random-sphere volumes.
+
+The volume is the complement of a few random spheres (the distances outside the spheres, as in the
+baselines' anchor benchmark), so most voxels are foreground. CPU: 128^3 (64^3 and 256^3 with --sizes);
+GPU (when present): 64^3, 128^3, 256^3, 512x512x128 and the signed maps of a (2, 9, 128^3) one-hot batch.
+Median/p20/p80 wall ms; appends rows to benchmarks/results/edt.csv and prints a table.
+
+    python benchmarks/bench_edt.py [--full] [--sizes 64,128,256]
+
+`run(quick)` is the entry point for the main benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fastloss  # noqa: E402
+from fastloss.edt import cuda_available, edt, signed_distance  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "edt.csv"
+FIELDS = [
+    "bench", "case", "shape", "device", "provider", "threads", "median_ms", "p20_ms", "p80_ms",
+    "peak_mem_mib", "torch", "fastloss", "host", "date",
+]
+
+
+def spheres(shape, seed=1, count=6):
+    """Boolean volume, True OUTSIDE `count` random spheres (the EDT then measures distance to them)."""
+    rng = np.random.default_rng(seed)
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    m = np.zeros(shape, bool)
+    side = min(shape)
+    for _ in range(count):
+        c = rng.uniform(0.2, 0.8, len(shape)) * np.array(shape)
+        r = rng.uniform(0.05, 0.2) * side
+        m |= sum((g - ci) ** 2 for g, ci in zip(grids, c)) < r * r
+    return ~m
+
+
+def _timeit(fn, reps, warmup=1, sync=None):
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts)), float(np.percentile(ts, 20)), float(np.percentile(ts, 80))
+
+
+def _row(case, shape, device, provider, threads, stats, peak=None):
+    return {
+        "bench": "edt",
+        "case": case,
+        "shape": "x".join(map(str, shape)),
+        "device": device,
+        "provider": provider,
+        "threads": threads,
+        "median_ms": round(stats[0], 4),
+        "p20_ms": round(stats[1], 4),
+        "p80_ms": round(stats[2], 4),
+        "peak_mem_mib": "" if peak is None else round(peak, 1),
+        "torch": torch.__version__,
+        "fastloss": fastloss.__version__,
+        "host": platform.node(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_rows(sizes, reps):
+    from scipy import ndimage
+
+    try:
+        import edt as edt_pkg
+    except ImportError:
+        edt_pkg = None
+    ncpu = os.cpu_count() or 1
+    rows = []
+    for S in sizes:
+        shape = (S, S, S)
+        m = spheres(shape)
+        r = max(2, reps if S <= 128 else reps // 2)
+        ref = ndimage.distance_transform_edt(m)
+        err = float(np.abs(edt(m, threads=1) - ref).max())
+        assert err < 1e-3 * max(1.0, float(ref.max())), f"fastloss differs from scipy by {err}"
+        rows.append(_row("spheres", shape, "cpu", "scipy", 1, _timeit(lambda: ndimage.distance_transform_edt(m), r)))
+        if edt_pkg is not None:
+            rows.append(_row("spheres", shape, "cpu", "edt-pkg", 1, _timeit(lambda: edt_pkg.edt(m, parallel=1), r)))
+        rows.append(_row("spheres", shape, "cpu", "fastloss", 1, _timeit(lambda: edt(m, threads=1), r)))
+        if ncpu > 1:
+            rows.append(_row("spheres", shape, "cpu", "fastloss", ncpu, _timeit(lambda: edt(m, threads=0), r)))
+    return rows
+
+
+def _gpu_rows(quick, reps):
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    try:
+        import cupy as cp
+        from cupyx.scipy.ndimage import distance_transform_edt as cupy_edt
+    except ImportError:
+        cp = None
+    rows = []
+    shapes = [(64, 64, 64), (128, 128, 128), (256, 256, 256), (128, 512, 512)]
+    for shape in shapes:
+        m = torch.from_numpy(spheres(shape)).to(dev)
+        if cuda_available():
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            stats = _timeit(lambda: edt(m), reps, warmup=2, sync=sync)
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            rows.append(_row("spheres", shape, torch.cuda.get_device_name(), "fastloss", "", stats, peak))
+        if cp is not None:
+            mc = cp.asarray(m.cpu().numpy())
+            pool = cp.get_default_memory_pool()
+            stats = _timeit(lambda: cupy_edt(mc, float64_distances=False), reps, warmup=2,
+                            sync=cp.cuda.Device().synchronize)
+            rows.append(_row("spheres", shape, torch.cuda.get_device_name(), "cupy", "", stats,
+                             pool.total_bytes() / 2**20))
+        del m
+    # signed maps of a (2, 9, 128^3) one-hot batch
+    rng = np.random.default_rng(0)
+    lab = torch.from_numpy(rng.integers(0, 9, (2, 128, 128, 128))).to(dev)
+    onehot = torch.nn.functional.one_hot(lab, 9).permute(0, 4, 1, 2, 3).contiguous()
+    if cuda_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        stats = _timeit(lambda: signed_distance(onehot, spatial_dims=3), reps, warmup=2, sync=sync)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        rows.append(_row("signed_onehot", (2, 9, 128, 128, 128), torch.cuda.get_device_name(), "fastloss", "",
+                         stats, peak))
+    if cp is not None:
+        oh = cp.asarray(onehot.cpu().numpy().astype(bool))
+
+        def cupy_loop():
+            for b in range(2):
+                for c in range(9):
+                    pos = oh[b, c]
+                    if pos.any():
+                        neg = ~pos
+                        _ = cupy_edt(neg, float64_distances=False) * neg - (
+                            cupy_edt(pos, float64_distances=False) - 1) * pos
+
+        stats = _timeit(cupy_loop, max(2, reps // 2), warmup=1, sync=cp.cuda.Device().synchronize)
+        rows.append(_row("signed_onehot", (2, 9, 128, 128, 128), torch.cuda.get_device_name(), "cupy-loop", "",
+                         stats))
+    return rows
+
+
+def write_rows(rows):
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new = not RESULTS.exists()
+    with open(RESULTS, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def print_table(rows):
+    print(f"{'case':14} {'shape':14} {'device':24} {'provider':10} {'thr':>4} {'median':>10} {'p20':>10} {'p80':>10}")
+    for r in rows:
+        print(f"{r['case']:14} {r['shape']:14} {str(r['device'])[:24]:24} {r['provider']:10} {str(r['threads']):>4} "
+              f"{r['median_ms']:10.3f} {r['p20_ms']:10.3f} {r['p80_ms']:10.3f}")
+    # headline ratios on the CPU, per shape
+    by = {}
+    for r in rows:
+        if r["device"] == "cpu":
+            by.setdefault(r["shape"], {})[(r["provider"], r["threads"])] = r["median_ms"]
+    for shape, d in by.items():
+        one = d.get(("fastloss", 1))
+        if not one:
+            continue
+        parts = [f"{shape}: scipy/fastloss(1) = {d.get(('scipy', 1), float('nan')) / one:.2f}x"]
+        if ("edt-pkg", 1) in d:
+            parts.append(f"edt-pkg(1)/fastloss(1) = {d[('edt-pkg', 1)] / one:.2f}x")
+        for (p, t), v in d.items():
+            if p == "fastloss" and t != 1:
+                parts.append(f"fastloss {t} threads speed-up = {one / v:.2f}x")
+        print("  ".join(parts))
+
+
+def run(quick: bool = True, sizes=None) -> list[dict]:
+    """Time the EDT providers; returns the rows (also appended to benchmarks/results/edt.csv)."""
+    sizes = sizes or ([128] if quick else [64, 128, 256])
+    reps = 5 if quick else 11
+    rows = _cpu_rows(sizes, reps)
+    if torch.cuda.is_available():
+        rows += _gpu_rows(quick, 10 if quick else 30)
+    write_rows(rows)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="more repetitions and 64^3/256^3 on the CPU")
+    ap.add_argument("--sizes", default=None, help="comma-separated cube sides for the CPU, e.g. 64,128,256")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    rows = run(quick=not args.full, sizes=sizes)
+    print_table(rows)
+    print(f"rows appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
