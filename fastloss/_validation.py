@@ -188,7 +188,10 @@ def prepare_target(
         if not is_float:
             soft = soft.to(input.dtype if input.dtype == torch.float64 else torch.float32)
         mask = None
-        if ignore_index is not None:
+        if ignore_index is not None and C == 1:
+            # One channel is a label map to MONAI (create_ignore_mask compares values with ignore_index).
+            mask = (soft[:, 0] != ignore_index).to(soft.dtype)
+        elif ignore_index is not None:
             # MONAI's one-hot convention: a class index masks the voxels of that class,
             # any other value (a sentinel) masks the voxels whose one-hot vector is all zero.
             if 0 <= ignore_index < C:
