@@ -1,0 +1,154 @@
+"""The paper's loss configurations by the names of its Tables 2-4 (Ma et al. 2021).
+
+``PAPER_LOSSES`` maps each name to ``(class, kwargs)``; :func:`get_loss` builds one, with overrides.
+The configuration is the paper's experimental setting (Sec. 3.2 and 4; nnU-Net V1 and the authors' SegLoss
+code): softmax; region losses as *batch* losses without the background class, smoothing 1e-5; TopK 10 %;
+focal γ = 2; Tversky α = 0.3 (false positives) / β = 0.7 (false negatives); Asym β = 1.5; pGDice k = 2.5;
+focal Tversky exponent 1/γ = 0.75 (γ = 4/3); SS w = 0.1 (SegLoss); ELL w_dice = 0.8, w_ce = 0.2,
+γ = 0.3; DiceBD with α from 1 down by 0.01 per epoch to 0.01 (call ``loss.step_epoch()`` after each
+epoch); DiceHD with Karimi's adaptive α. Every entry builds and runs with no other argument: WCE takes
+its class weights from each batch's label frequencies, BD/HD/pCE compute their distance maps themselves.
+
+Notes on normalisation: ``Focal`` and the focal part of ``DiceFocal`` are MONAI's softmax focal loss,
+whose ``mean`` runs over classes as well as voxels (Eq. 5 divided by C). ``Lovász`` is the plain Lovász
+softmax loss: the paper trained it after a CE warm-up, which is the training loop's business.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Dict, Tuple
+
+from torch import nn
+
+from .losses.boundary import BoundaryLoss, HausdorffDTLoss  # noqa: F401  (re-exported for convenience)
+from .losses.compound import (
+    DiceBoundaryLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceHausdorffDTLoss,
+    DiceTopKLoss,
+    ExpLogLoss,
+)
+from .losses.distribution import (
+    CrossEntropyLoss,
+    DistancePenalizedCELoss,
+    FocalLoss,
+    TopKLoss,
+    WeightedCrossEntropyLoss,
+)
+from .losses.lovasz import LovaszSoftmaxLoss
+from .losses.region import (
+    AsymmetricSimilarityLoss,
+    DiceLoss,
+    FocalTverskyLoss,
+    GeneralizedDiceLoss,
+    IoULoss,
+    PenaltyGeneralizedDiceLoss,
+    SensitivitySpecificityLoss,
+    TverskyLoss,
+)
+
+__all__ = ["PAPER_LOSSES", "get_loss", "paper_loss_names"]
+
+# Region losses as in the paper (nnU-Net's SoftDiceLoss kwargs: batch_dice, do_bg=False, smooth=1e-5).
+_REGION = dict(softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+PAPER_LOSSES: Dict[str, Tuple[type, dict]] = {
+    # ---- Table 2: the 20 losses
+    "Asym": (AsymmetricSimilarityLoss, dict(_REGION, beta=1.5)),
+    "CE": (CrossEntropyLoss, {}),
+    "Dice": (DiceLoss, dict(_REGION)),
+    "DiceBD": (DiceBoundaryLoss, dict(_REGION, alpha=1.0, alpha_step=0.01, alpha_min=0.01)),
+    "DiceCE": (DiceCELoss, dict(_REGION)),
+    "DiceFocal": (DiceFocalLoss, dict(_REGION, gamma=2.0, use_softmax=True)),
+    "DiceHD": (DiceHausdorffDTLoss, dict(_REGION, alpha=None, distance_alpha=2.0)),
+    "DiceTopK": (DiceTopKLoss, dict(_REGION, k=10.0)),
+    "ELL": (ExpLogLoss, dict(_REGION, w_dice=0.8, w_ce=0.2, gamma_dice=0.3, gamma_ce=0.3)),
+    "Focal": (FocalLoss, dict(use_softmax=True, gamma=2.0)),
+    "FocalTversky": (FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0)),
+    "GDice": (GeneralizedDiceLoss, dict(_REGION)),
+    "IoU": (IoULoss, dict(_REGION)),
+    "Lovász": (LovaszSoftmaxLoss, {}),
+    "pCE": (DistancePenalizedCELoss, {}),
+    "pGDice": (PenaltyGeneralizedDiceLoss, dict(_REGION, k=2.5)),
+    "SS": (SensitivitySpecificityLoss, dict(softmax=True, include_background=False, batch=True, w=0.1,
+                                            smooth_nr=0.0, smooth_dr=1e-5)),
+    "TopK": (TopKLoss, dict(k=10.0)),
+    "Tversky": (TverskyLoss, dict(_REGION, alpha=0.3, beta=0.7)),
+    "WCE": (WeightedCrossEntropyLoss, {}),
+}
+# ---- Table 3: TopK variants (percentage k and probability threshold t)
+for _k in (10, 30, 50, 70, 90):
+    PAPER_LOSSES[f"TopK-{_k}%"] = (TopKLoss, dict(k=float(_k)))
+for _t in ("0.1", "0.3", "0.5", "0.7", "0.9"):
+    PAPER_LOSSES[f"TopK-Threshold ({_t})"] = (TopKLoss, dict(t=float(_t)))
+# ---- Table 4: Dice variants (batch/sample Dice, with/without squared denominator)
+PAPER_LOSSES["Dice (Batch, no square)"] = (DiceLoss, dict(_REGION))
+PAPER_LOSSES["BatchSquareDice"] = (DiceLoss, dict(_REGION, squared_pred=True))
+PAPER_LOSSES["SampleDice (no square)"] = (DiceLoss, dict(_REGION, batch=False))
+PAPER_LOSSES["SampleSquareDice"] = (DiceLoss, dict(_REGION, batch=False, squared_pred=True))
+
+# Other spellings accepted by get_loss (looked up after normalisation, see _key).
+_ALIASES = {
+    "Lovasz": "Lovász",
+    "DPCE": "pCE",
+    "BatchDice": "Dice (Batch, no square)",
+    "SampleDice": "SampleDice (no square)",
+    "DiceBatchNoSquare": "Dice (Batch, no square)",
+}
+
+
+def _key(name: str) -> str:
+    """Case-, accent-, space- and punctuation-insensitive key: 'Lovász' == 'lovasz', 'TopK 10%' ==
+    'TopK-10%', 'TopK-Threshold(0.1)' == 'topk threshold 0.1'."""
+    s = unicodedata.normalize("NFKD", name)
+    s = "".join(ch for ch in s if not unicodedata.combining(ch)).casefold()
+    return re.sub(r"[^0-9a-z.%]", "", s)
+
+
+_LOOKUP: Dict[str, str] = {}
+for _name in list(PAPER_LOSSES) + list(_ALIASES):
+    _canon = _ALIASES.get(_name, _name)
+    _k2 = _key(_name)
+    if _k2 in _LOOKUP and _LOOKUP[_k2] != _canon:  # pragma: no cover - guards the table itself
+        raise RuntimeError(f"loss names {_name!r} and {_LOOKUP[_k2]!r} collide after normalisation")
+    _LOOKUP[_k2] = _canon
+
+
+def paper_loss_names() -> list:
+    """The canonical names of :data:`PAPER_LOSSES` (Tables 2, 3, 4 in order)."""
+    return list(PAPER_LOSSES)
+
+
+def get_loss(name: str, **overrides) -> nn.Module:
+    """Build the paper's configuration of loss ``name`` (a name of Tables 2-4), with ``overrides``.
+
+    The lookup ignores case, accents, spaces and punctuation (``"Lovasz"``, ``"lovász"``,
+    ``"topk-10%"``, ``"TopK-Threshold (0.5)"``, ``"BatchDice"``, ``"SampleDice"`` all work).
+
+    Args:
+        name: the loss name.
+        **overrides: constructor arguments replacing (or adding to) the paper's configuration.
+
+    Returns:
+        A new ``nn.Module``.
+
+    Raises:
+        TypeError: ``name`` is not a string, or an override the class does not take.
+        ValueError: an unknown name (the message lists the known names), or an invalid override value.
+
+    Example:
+        >>> from fastloss.registry import get_loss
+        >>> loss = get_loss("DiceTopK")
+        >>> loss = get_loss("TopK-30%")
+        >>> loss = get_loss("DiceCE", lambda_ce=0.5)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    canon = _LOOKUP.get(_key(name))
+    if canon is None:
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}")
+    cls, kwargs = PAPER_LOSSES[canon]
+    return cls(**{**kwargs, **overrides})

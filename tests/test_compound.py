@@ -1,0 +1,301 @@
+"""Compound losses: DiceCE/DiceFocal against MONAI 1.6.1; DiceTopK, ELL, DiceBD, DiceHD against naive formulas."""
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import distance_transform_edt
+
+from fastloss.losses.compound import (
+    DiceBoundaryLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceHausdorffDTLoss,
+    DiceTopKLoss,
+    ExpLogLoss,
+    dice_ce_loss,
+    dice_focal_loss,
+    exp_log_loss,
+)
+
+monai_losses = pytest.importorskip("monai.losses")
+
+TOL = dict(rtol=1e-6, atol=1e-6)
+
+
+def _onehot(y, C):
+    return torch.nn.functional.one_hot(y[:, 0], C).movedim(-1, 1).to(torch.float64)
+
+
+def _data(shape=(2, 3, 5, 6), seed=0, absent=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, dtype=torch.float64, generator=g)
+    y = torch.randint(0, max(shape[1], 2), (shape[0], 1) + shape[2:], generator=g)
+    if absent is not None:
+        y = torch.where(y == absent, torch.zeros_like(y), y)
+    return x, y
+
+
+def _compare(a_fn, b_fn, x, atol=1e-6):
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    a, b = a_fn(x1), b_fn(x2)
+    assert a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=atol)
+    w = torch.linspace(0.5, 1.5, a.numel(), dtype=a.dtype).reshape(a.shape)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-6, atol=atol)
+
+
+# ------------------------------------------------------------------------------------------ vs MONAI
+DICECE_GRID = list(itertools.product(
+    [True, False],                       # include_background
+    ["softmax", "sigmoid"],              # Dice activation
+    [False, True],                       # batch
+    ["mean", "sum"],                     # reduction
+    [None, (0.5, 1.0, 2.0)],             # weight
+    [0.0, 0.2],                          # label_smoothing
+))
+
+
+@pytest.mark.parametrize("include_background,act,batch,reduction,weight,ls", DICECE_GRID)
+def test_dice_ce_matches_monai(include_background, act, batch, reduction, weight, ls):
+    x, y = _data(seed=hash((include_background, act, batch, reduction, ls)) % 1000)
+    kw = dict(include_background=include_background, batch=batch, reduction=reduction, label_smoothing=ls,
+              lambda_dice=0.7, lambda_ce=1.3, **{act: True})
+    if weight is not None:
+        kw["weight"] = torch.tensor(weight, dtype=torch.float64)
+    ours = DiceCELoss(to_onehot_y=True, **kw)
+    theirs = monai_losses.DiceCELoss(to_onehot_y=True, **kw)
+    _compare(lambda t: ours(t, y), lambda t: theirs(t, y), x)  # labels
+    oh = _onehot(y, 3)
+    ours = DiceCELoss(**kw)
+    theirs = monai_losses.DiceCELoss(**kw)
+    _compare(lambda t: ours(t, oh), lambda t: theirs(t, oh), x)  # one-hot
+
+
+@pytest.mark.parametrize("weight", [None, (2.5,)])
+def test_dice_ce_single_channel_and_3d(weight):
+    x, y = _data((2, 1, 4, 5, 3), seed=3)
+    y = y.clamp(0, 1)
+    kw = dict(sigmoid=True)
+    if weight is not None:
+        kw["weight"] = torch.tensor(weight, dtype=torch.float64)
+    ours, theirs = DiceCELoss(**kw), monai_losses.DiceCELoss(**kw)
+    _compare(lambda t: ours(t, y), lambda t: theirs(t, y.double()), x)
+    x, y = _data((2, 4, 4, 5, 3), seed=4)
+    kw = dict(softmax=True, to_onehot_y=True, squared_pred=True, jaccard=True, smooth_nr=0.0)
+    ours, theirs = DiceCELoss(**kw), monai_losses.DiceCELoss(**kw)
+    _compare(lambda t: ours(t, y), lambda t: theirs(t, y), x)
+
+
+def test_dice_ce_refuses_none_and_negative_lambdas():
+    with pytest.raises(ValueError):
+        DiceCELoss(reduction="none")
+    with pytest.raises(ValueError):
+        DiceCELoss(lambda_ce=-1.0)
+    with pytest.raises(ValueError):
+        DiceCELoss(label_smoothing=1.5)
+
+
+DICEFOCAL_GRID = list(itertools.product(
+    [True, False],                        # include_background
+    ["softmax", "sigmoid"],               # Dice activation
+    [False, True],                        # batch
+    ["mean", "sum", "none"],              # reduction
+    [(2.0, None, None), (1.5, 0.25, None), (2.0, None, (0.5, 2.0))],  # gamma, alpha, weight (kept channels)
+))
+
+
+@pytest.mark.parametrize("include_background,act,batch,reduction,focal", DICEFOCAL_GRID)
+def test_dice_focal_matches_monai(include_background, act, batch, reduction, focal):
+    gamma, alpha, weight = focal
+    C = 3
+    if weight is not None:
+        weight = weight if not include_background else weight + (1.0,)
+    x, y = _data((2, C, 5, 4), seed=len(str(focal)) + batch)
+    kw = dict(include_background=include_background, batch=batch, reduction=reduction, gamma=gamma,
+              alpha=alpha, weight=weight, lambda_dice=1.2, lambda_focal=0.8, **{act: True})
+    oh = _onehot(y, C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, theirs = DiceFocalLoss(**kw), monai_losses.DiceFocalLoss(**kw)
+        _compare(lambda t: ours(t, oh), lambda t: theirs(t, oh), x)
+        ours, theirs = DiceFocalLoss(to_onehot_y=True, **kw), monai_losses.DiceFocalLoss(to_onehot_y=True, **kw)
+        _compare(lambda t: ours(t, y), lambda t: theirs(t, y), x)
+
+
+def test_dice_focal_softmax_option_matches_monai_parts():
+    x, y = _data((2, 3, 4, 4, 4), seed=9)
+    oh = _onehot(y, 3)
+    ours = DiceFocalLoss(softmax=True, include_background=False, batch=True, use_softmax=True)
+    dice = monai_losses.DiceLoss(softmax=True, include_background=False, batch=True)
+    focal = monai_losses.FocalLoss(include_background=False, use_softmax=True)
+    _compare(lambda t: ours(t, oh), lambda t: dice(t, oh) + focal(t, oh), x)
+    assert torch.isfinite(dice_focal_loss(x, y, softmax=True))
+
+
+# ------------------------------------------------------------------------------------- naive formulas
+def naive_dice(p, g, include_background=False, batch=True, smooth=1e-5):
+    if not include_background:
+        p, g = p[:, 1:], g[:, 1:]
+    dims = [0] + list(range(2, p.ndim)) if batch else list(range(2, p.ndim))
+    inter = (p * g).sum(dims)
+    return (1 - (2 * inter + smooth) / (p.sum(dims) + g.sum(dims) + smooth)).mean()
+
+
+def naive_topk(x, y, k=10.0):
+    ce = -torch.log_softmax(x, 1).gather(1, y).flatten()
+    n = int(ce.numel() * k / 100)
+    return torch.sort(ce, descending=True).values[:n].mean()
+
+
+@pytest.mark.parametrize("k", [10.0, 35.0])
+def test_dice_topk_matches_naive(k):
+    x, y = _data((2, 3, 6, 5, 4), seed=int(k))
+    p, g = torch.softmax(x, 1), _onehot(y, 3)
+    _compare(lambda t: DiceTopKLoss(k=k)(t, y),
+             lambda t: naive_dice(torch.softmax(t, 1), g) + naive_topk(t, y, k), x)
+    # nnU-Net's default: batch Dice without background, k = 10; lambdas weigh the parts
+    _compare(lambda t: DiceTopKLoss(lambda_dice=0.5, lambda_topk=2.0, batch=False)(t, y),
+             lambda t: 0.5 * naive_dice(torch.softmax(t, 1), g, batch=False) + 2.0 * naive_topk(t, y, 10.0), x)
+
+
+def naive_ell(x, y, C, include_background=False, batch=True, eps=1e-5, weight=None):
+    p, g = torch.softmax(x, 1), _onehot(y, C)
+    pd, gd = (p, g) if include_background else (p[:, 1:], g[:, 1:])
+    dims = [0] + list(range(2, p.ndim)) if batch else list(range(2, p.ndim))
+    dice = (2 * (pd * gd).sum(dims) + eps) / (pd.sum(dims) + gd.sum(dims) + eps)
+    l_dice = ((-torch.log(dice)) ** 0.3).mean()
+    if weight is None:
+        f = torch.stack([(y == c).sum().double() for c in range(C)])
+        weight = torch.where(f > 0, torch.sqrt(f.sum() / f.clamp(min=1)), torch.zeros_like(f))
+    lab = y[:, 0]
+    logp = torch.log_softmax(x, 1).gather(1, y)[:, 0]
+    l_ce = (weight[lab] * (-logp) ** 0.3).mean()
+    return 0.8 * l_dice + 0.2 * l_ce
+
+
+@pytest.mark.parametrize("include_background,batch", [(False, True), (True, False)])
+def test_ell_matches_naive(include_background, batch):
+    x, y = _data((2, 3, 5, 4, 3), seed=5 + batch)
+    _compare(lambda t: ExpLogLoss(include_background=include_background, batch=batch)(t, y),
+             lambda t: naive_ell(t, y, 3, include_background, batch), x)
+    w = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    _compare(lambda t: exp_log_loss(t, _onehot(y, 3), weight=w, smooth_nr=1.0, smooth_dr=1.0),
+             lambda t: naive_ell(t, y, 3, eps=1.0, weight=w), x)
+
+
+def _phi(g):
+    g = g.astype(bool)
+    if not g.any():
+        return np.zeros(g.shape)
+    return distance_transform_edt(~g) * ~g - (distance_transform_edt(g) - 1) * g
+
+
+def naive_bd(x, g):
+    p = torch.softmax(x, 1)
+    phi = torch.tensor(np.stack([[_phi(g[b, c].numpy() > 0.5) for c in range(g.shape[1])] for b in range(g.shape[0])]))
+    return (phi[:, 1:] * p[:, 1:]).mean()
+
+
+def test_dice_boundary_schedule_and_values():
+    x, y = _data((2, 3, 6, 6), seed=8)
+    g = _onehot(y, 3)
+    loss = DiceBoundaryLoss()
+    assert loss.alpha == 1.0
+    _compare(lambda t: loss(t, y), lambda t: naive_dice(torch.softmax(t, 1), g), x)
+    for _ in range(30):
+        loss.step_epoch()
+    assert loss.epoch == 30 and loss.alpha == pytest.approx(0.70, abs=1e-12)
+    _compare(lambda t: loss(t, y), lambda t: 0.7 * naive_dice(torch.softmax(t, 1), g) + 0.3 * naive_bd(t, g), x)
+    assert loss.set_epoch(99) == pytest.approx(0.01) and loss.set_epoch(500) == pytest.approx(0.01)
+    # the schedule state travels with the state_dict
+    other = DiceBoundaryLoss()
+    other.load_state_dict(loss.state_dict())
+    assert other.epoch == 500 and other.alpha == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        loss.set_epoch(-1)
+    with pytest.raises(ValueError):
+        DiceBoundaryLoss(alpha=1.5)
+    fixed = DiceBoundaryLoss(alpha=0.25)
+    assert torch.autograd.gradcheck(lambda t: fixed(t, y[:1]), (x[:1].clone().requires_grad_(),), fast_mode=True)
+
+
+def naive_hd_field(mask):
+    if not mask.any() or mask.all():
+        return np.zeros(mask.shape)
+    return distance_transform_edt(mask) + distance_transform_edt(~mask)
+
+
+def naive_hd(x, g):
+    p = torch.softmax(x, 1)
+    vals = []
+    for b in range(x.shape[0]):
+        for c in range(1, x.shape[1]):
+            w = naive_hd_field(g[b, c].numpy() > 0.5) ** 2 + naive_hd_field(p[b, c].detach().numpy() > 0.5) ** 2
+            vals.append(((p[b, c] - g[b, c]) ** 2 * torch.from_numpy(w)).mean())
+    return torch.stack(vals).mean()
+
+
+def test_dice_hausdorff_adaptive_and_fixed_alpha():
+    x, y = _data((2, 3, 5, 4, 3), seed=12)
+    g = _onehot(y, 3)
+
+    def ref(t, alpha=None):
+        d = naive_dice(torch.softmax(t, 1), g)
+        h = naive_hd(t, g)
+        a = (h / d).detach() if alpha is None else alpha
+        return a * d + h
+
+    loss = DiceHausdorffDTLoss()
+    _compare(lambda t: loss(t, y), ref, x)
+    # value is 2·HD; the weight is recorded and carries no gradient
+    assert loss.last_alpha is not None and not loss.last_alpha.requires_grad
+    _compare(lambda t: DiceHausdorffDTLoss(alpha=0.5)(t, y), lambda t: ref(t, 0.5), x)
+    xs, ys = x[:1, :, :4, :4, :3], y[:1, :, :4, :4, :3]
+    assert torch.autograd.gradcheck(lambda t: DiceHausdorffDTLoss(alpha=0.5)(t, ys), (xs.clone().requires_grad_(),),
+                                    fast_mode=True)
+
+
+# --------------------------------------------------------------------------------- gradcheck / absent
+def _all_losses():
+    return {
+        "DiceCE": DiceCELoss(softmax=True, include_background=False, label_smoothing=0.1),
+        "DiceFocal": DiceFocalLoss(softmax=True, gamma=2.0),
+        "DiceTopK": DiceTopKLoss(k=30.0),
+        "ELL": ExpLogLoss(),
+        "DiceBD": DiceBoundaryLoss(alpha=0.5),
+        "DiceHD": DiceHausdorffDTLoss(alpha=1.0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_all_losses()))
+def test_gradcheck_and_absent_class(name):
+    loss = _all_losses()[name]
+    x, y = _data((1, 3, 3, 4), seed=21, absent=2)  # class 2 absent from the target
+    xr = x.clone().requires_grad_()
+    v = loss(xr, y)
+    (2 * v).backward()
+    assert v.ndim == 0 and torch.isfinite(v) and torch.isfinite(xr.grad).all()
+    assert torch.autograd.gradcheck(lambda t: loss(t, y), (x.clone().requires_grad_(),))
+
+
+def test_functional_forms_and_bad_input():
+    x, y = _data(seed=30)
+    torch.testing.assert_close(dice_ce_loss(x, y, softmax=True), DiceCELoss(softmax=True)(x, y))
+    with pytest.raises(ValueError):
+        DiceTopKLoss(k=0)
+    with pytest.raises(ValueError):
+        DiceTopKLoss(k=150)
+    with pytest.raises(ValueError):
+        ExpLogLoss(gamma_dice=-0.3)
+    with pytest.raises(ValueError):
+        ExpLogLoss(weight=[1.0, 2.0])(x, y)  # 3 classes, 2 weights
+    with pytest.raises(ValueError):
+        DiceHausdorffDTLoss(alpha=-1.0)
+    with pytest.raises(ValueError):
+        DiceFocalLoss()(x, y[:, :, :2])
