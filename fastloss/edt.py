@@ -132,8 +132,7 @@ def _run_cuda(mask_u8: torch.Tensor, spacing: list, squared: bool) -> torch.Tens
     return out
 
 
-@torch.library.custom_op("fastloss::edt", mutates_args=())
-def _edt_op(mask: torch.Tensor, spacing: list[float], squared: bool, threads: int) -> torch.Tensor:
+def _edt_impl(mask: torch.Tensor, spacing: list, squared: bool, threads: int) -> torch.Tensor:
     """Squared (or plain) EDT of a contiguous uint8 (batch, *spatial) mask; float32 of the same shape."""
     mask = mask.contiguous()
     if mask.device.type == "cuda":
@@ -147,6 +146,12 @@ def _edt_op(mask: torch.Tensor, spacing: list[float], squared: bool, threads: in
     if mask.device.type != "cpu":
         raise ValueError(f"fastloss.edt supports CPU and CUDA tensors, got device {mask.device}")
     return _run_cpu(mask, list(spacing), squared, threads)
+
+
+@torch.library.custom_op("fastloss::edt", mutates_args=())
+def _edt_op(mask: torch.Tensor, spacing: list[float], squared: bool, threads: int) -> torch.Tensor:
+    """The EDT as a torch custom op, so ``torch.compile(fullgraph=True)`` traces through it."""
+    return _edt_impl(mask, spacing, squared, threads)
 
 
 @_edt_op.register_fake
@@ -205,7 +210,18 @@ def edt(
         return out.reshape(shape)
 
     m = (mask != 0).view(torch.uint8).reshape((batch,) + spatial).contiguous()
-    return torch.ops.fastloss.edt(m, sp, bool(squared), nthreads).reshape(shape)
+    if _is_compiling():
+        return torch.ops.fastloss.edt(m, sp, bool(squared), nthreads).reshape(shape)
+    # Eager: call the implementation directly. The custom op's dispatcher imports torch._dynamo on its
+    # first call (about 3 s), which an eager training loop should not pay.
+    return _edt_impl(m, sp, bool(squared), nthreads).reshape(shape)
+
+
+def _is_compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - old torch
+        return False
 
 
 def _as_tensor(mask):
