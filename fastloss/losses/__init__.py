@@ -1,0 +1,38 @@
+"""The losses of the paper, grouped as in its Fig. 1: distribution, region, boundary and compound."""
+
+from .boundary import BoundaryLoss, HausdorffDTLoss
+from .compound import (
+    DiceBoundaryLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceHausdorffDTLoss,
+    DiceTopKLoss,
+    ExpLogLoss,
+)
+from .distribution import (
+    CrossEntropyLoss,
+    DistancePenalizedCELoss,
+    FocalLoss,
+    TopKLoss,
+    WeightedCrossEntropyLoss,
+    class_weights_from_labels,
+)
+from .lovasz import LovaszSoftmaxLoss
+from .region import (
+    AsymmetricSimilarityLoss,
+    DiceLoss,
+    FocalTverskyLoss,
+    GeneralizedDiceLoss,
+    IoULoss,
+    PenaltyGeneralizedDiceLoss,
+    SensitivitySpecificityLoss,
+    TverskyLoss,
+)
+
+__all__ = [
+    "AsymmetricSimilarityLoss", "BoundaryLoss", "CrossEntropyLoss", "DiceBoundaryLoss", "DiceCELoss",
+    "DiceFocalLoss", "DiceHausdorffDTLoss", "DiceLoss", "DiceTopKLoss", "DistancePenalizedCELoss",
+    "ExpLogLoss", "FocalLoss", "FocalTverskyLoss", "GeneralizedDiceLoss", "HausdorffDTLoss", "IoULoss",
+    "LovaszSoftmaxLoss", "PenaltyGeneralizedDiceLoss", "SensitivitySpecificityLoss", "TopKLoss",
+    "TverskyLoss", "WeightedCrossEntropyLoss", "class_weights_from_labels",
+]

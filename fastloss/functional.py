@@ -1,0 +1,37 @@
+"""Functional forms of every loss: ``f(input, target, **kwargs) == Class(**kwargs)(input, target)``."""
+
+from .losses.boundary import boundary_loss, hausdorff_dt_loss
+from .losses.compound import (
+    dice_boundary_loss,
+    dice_ce_loss,
+    dice_focal_loss,
+    dice_hausdorff_dt_loss,
+    dice_topk_loss,
+    exp_log_loss,
+)
+from .losses.distribution import (
+    cross_entropy_loss,
+    distance_penalized_ce_loss,
+    focal_loss,
+    topk_loss,
+    weighted_cross_entropy_loss,
+)
+from .losses.lovasz import lovasz_softmax_loss
+from .losses.region import (
+    asymmetric_similarity_loss,
+    dice_loss,
+    focal_tversky_loss,
+    generalized_dice_loss,
+    iou_loss,
+    penalty_generalized_dice_loss,
+    sensitivity_specificity_loss,
+    tversky_loss,
+)
+
+__all__ = [
+    "asymmetric_similarity_loss", "boundary_loss", "cross_entropy_loss", "dice_boundary_loss", "dice_ce_loss",
+    "dice_focal_loss", "dice_hausdorff_dt_loss", "dice_loss", "dice_topk_loss", "distance_penalized_ce_loss",
+    "exp_log_loss", "focal_loss", "focal_tversky_loss", "generalized_dice_loss", "hausdorff_dt_loss", "iou_loss",
+    "lovasz_softmax_loss", "penalty_generalized_dice_loss", "sensitivity_specificity_loss", "topk_loss",
+    "tversky_loss", "weighted_cross_entropy_loss",
+]
