@@ -97,6 +97,12 @@ def voxel_terms(
     p = activate(x, spec.activation)
     g = target.dense(dt)
     m = None if target.mask is None else target.mask.to(dt).unsqueeze(1)
+    if target.labels is not None:
+        # Out-of-range labels (possible only with the label check off) are ignored voxels, as in the
+        # kernels; with the check on this mask is all ones.
+        hi = 2 if C == 1 else C
+        valid = ((target.labels >= 0) & (target.labels < hi)).to(dt).unsqueeze(1)
+        m = valid if m is None else m * valid
     pm = p if m is None else p * m  # MONAI masks p and g alike; g is already masked by dense()
     need = set(spec.columns)
     out = {}
