@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One prepared GPU check, for a session that is lent a GPU machine (device tool): build offline, run
+# the CUDA tests (and compute-sanitizer over the CUDA EDT tests), then the main benchmark with the
+# baselines in the same run. Everything it measured lands under $OUT (8 files at most come back).
+#
+# Before the call, here:   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl monai==1.6.1 edt==3.1.2 tqdm
+# and call the device tool with carry [".whl"] and the command `bash benchmarks/gpu_session.sh`.
+set -uo pipefail
+OUT="${OUT:-/tmp/fastloss-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  time python3 -m pip install --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -5
+  python3 -m fastloss info
+} 2>&1 | tee "$OUT/build.log"
+
+timeout 240 python3 -m pytest -q -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests.log"
+if command -v compute-sanitizer >/dev/null; then
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_edt_cuda.py -k "not large" \
+    2>&1 | tail -40 > "$OUT/sanitizer.log"
+fi
+timeout 420 python3 benchmarks/run.py --compile 2>&1 | tee "$OUT/bench.log"
+cp benchmarks/results/*.csv "$OUT/" 2>/dev/null
+ls -la "$OUT"
