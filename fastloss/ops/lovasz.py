@@ -1,0 +1,67 @@
+"""Lovász extension of the Jaccard loss (Berman et al., CVPR 2018; paper Eqs. 11-13), batched over rows.
+
+For one row (a class, or an (image, class) pair) with errors ``m ∈ [0, 1]^P`` (Eq. 11) and foreground
+indicator ``g``, sort the errors in decreasing order (permutation π). With ``G = Σ g`` and the first ``i``
+sorted elements taken as the predicted error set,
+
+    J_i = 1 − (G − Σ_{j≤i} g_πj) / (G + Σ_{j≤i} (1 − g_πj))          (Jaccard loss of that set)
+    d_i = J_i − J_{i−1},  J_0 = 0                                    (Eq. 13's d_i(m))
+    loss = Σ_i m_πi · d_i                                            (Eq. 12-13)
+
+The union ``G + Σ_{j≤i}(1 − g_πj)`` is never 0: if ``G = 0`` every counted element is background, so
+it equals ``i ≥ 1``. ``d`` depends on ``m`` only through the permutation, which is piecewise constant,
+so ``∂loss/∂m_πi = d_i`` (the subgradient Berman et al. use); autograd gets it from the gather that
+``torch.sort`` performs, with ``d`` computed without gradient.
+
+Ignored elements (``valid == False``) are sorted after every counted one (sort key −1 < 0 ≤ m) and
+their errors are zeroed, so they change neither the value nor the gradient of the counted elements:
+Jaccard terms only look at the elements before them. A row with no counted element gives 0.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["lovasz_grad", "lovasz_extension"]
+
+
+def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
+    """``d_i`` of Eq. 13 for rows of foreground indicators sorted by decreasing error, shape ``(R, P)``."""
+    g = fg_sorted
+    gts = g.sum(dim=-1, keepdim=True)
+    intersection = gts - g.cumsum(dim=-1)
+    union = gts + (1.0 - g).cumsum(dim=-1)
+    jac = 1.0 - intersection / union
+    # d_1 = J_1 − J_0 with J_0 = 0; d_i = J_i − J_{i−1} for i > 1.
+    return torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], dim=-1)
+
+
+def lovasz_extension(
+    errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Lovász–Jaccard loss of each row: ``errors`` and ``fg`` are ``(R, P)``; returns ``(R,)``.
+
+    ``errors`` carries the gradient; ``fg`` (0/1 or soft foreground) and ``valid`` (bool, same shape,
+    None for all counted) are constants.
+    """
+    if errors.shape != fg.shape or errors.ndim != 2:
+        raise ValueError(f"errors and fg must both be (R, P), got {tuple(errors.shape)} and {tuple(fg.shape)}")
+    if errors.shape[1] == 0:
+        return errors.sum(dim=1) * 0.0
+    fg = fg.detach().to(errors.dtype)
+    if valid is None:
+        key = errors.detach()
+    else:
+        key = torch.where(valid, errors.detach(), torch.full_like(errors, -1.0))
+    perm = torch.sort(key, dim=1, descending=True).indices
+    m_sorted = errors.gather(1, perm)
+    g_sorted = fg.gather(1, perm)
+    if valid is not None:
+        v_sorted = valid.gather(1, perm).to(errors.dtype)
+        m_sorted = m_sorted * v_sorted
+        g_sorted = g_sorted * v_sorted
+    with torch.no_grad():
+        d = lovasz_grad(g_sorted)
+    return (m_sorted * d).sum(dim=1)
