@@ -1,0 +1,185 @@
+"""Surface metrics: NSD at 1 mm and HD95 of a (2, 9, n^3) pair of label maps, fastloss vs MONAI.
+
+The label maps are smooth random partitions of the volume into 9 classes (class 0, the background,
+largest), the prediction a perturbed copy of the reference, one-hot encoded as both libraries take
+them; metrics exclude the background (16 (batch, class) pairs). n = 128 by default, 64 with --quick.
+
+Providers: fastloss on the CPU (compiled EDT, all threads), fastloss on the GPU when one is present,
+MONAI 1.6 on the CPU (its default, KD-tree surface distances), and DeepMind's ``surface-distance``
+package on the CPU when it is installed. Cases: ``nsd@1`` (compute_surface_dice /
+surface_dice), ``hd95`` (compute_hausdorff_distance(percentile=95) / hausdorff_distance) and
+``nsd+hd95`` (both, per repetition). Before timing, fastloss's values are checked against MONAI's.
+
+Median/p20/p80 wall ms (GPU: synchronized); rows go to benchmarks/results/metrics.csv.
+
+    python benchmarks/bench_metrics.py [--quick]
+
+``run(quick)`` is the entry point for the main benchmark (benchmarks/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402
+
+from fastloss.metrics import hausdorff_distance, surface_dice  # noqa: E402
+
+B, C = 2, 9
+TOL = 1.0
+
+
+def label_pair(n: int, seed: int = 0):
+    """One-hot (reference, prediction), float32 (B, C, n, n, n) on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = max(4, n // 10)
+    z = torch.randn(B, C, coarse, coarse, coarse, generator=g)
+    z[:, 0] += 0.8  # a larger background
+    z2 = torch.randn(B, C, coarse, coarse, coarse, generator=g)
+    size = (n, n, n)
+    z = F.interpolate(z, size=size, mode="trilinear", align_corners=False)
+    z2 = F.interpolate(z2, size=size, mode="trilinear", align_corners=False)
+
+    def onehot(x):
+        return F.one_hot(x.argmax(1), C).movedim(-1, 1).float()
+
+    return onehot(z), onehot(z + 0.35 * z2)
+
+
+def _providers(y, p):
+    tol = [TOL] * (C - 1)
+    out = {}
+
+    def fl(dev):
+        yd, pd = y.to(dev), p.to(dev)
+        return (
+            lambda: surface_dice(pd, yd, TOL, spacing=(1.0, 1.0, 1.0)),
+            lambda: hausdorff_distance(pd, yd, percentile=95, spacing=(1.0, 1.0, 1.0)),
+        )
+
+    out[("fastloss", "cpu")] = fl("cpu")
+    if torch.cuda.is_available():
+        out[("fastloss", "cuda")] = fl("cuda")
+    try:
+        from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+        out[("monai", "cpu")] = (
+            lambda: compute_surface_dice(p, y, tol, spacing=(1.0, 1.0, 1.0)),
+            lambda: compute_hausdorff_distance(p, y, percentile=95, spacing=(1.0, 1.0, 1.0)),
+        )
+    except ImportError:
+        print("monai not installed: skipping the MONAI baseline", file=sys.stderr)
+    try:
+        import surface_distance as sd  # DeepMind's package (surfel-area weighted; differs by design)
+
+        pn, yn = p.bool().numpy(), y.bool().numpy()
+
+        def dm(kind):
+            res = torch.empty(B, C - 1)
+            for b in range(B):
+                for c in range(1, C):
+                    d = sd.compute_surface_distances(yn[b, c], pn[b, c], (1.0, 1.0, 1.0))
+                    if kind == "nsd":
+                        res[b, c - 1] = sd.compute_surface_dice_at_tolerance(d, TOL)
+                    else:
+                        res[b, c - 1] = sd.compute_robust_hausdorff(d, 95)
+            return res
+
+        out[("surface-distance", "cpu")] = (lambda: dm("nsd"), lambda: dm("hd95"))
+    except ImportError:
+        pass
+    return out
+
+
+def _check(providers) -> None:
+    """fastloss must agree with MONAI on the benchmark input before anything is timed."""
+    if ("monai", "cpu") not in providers:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = [f().cpu() for f in providers[("monai", "cpu")]]
+    for key in (("fastloss", "cpu"), ("fastloss", "cuda")):
+        if key in providers:
+            got = [f().cpu() for f in providers[key]]
+            for name, g, w in zip(("nsd", "hd95"), got, want):
+                if not torch.allclose(g, w, rtol=1e-5, atol=0, equal_nan=True):
+                    raise AssertionError(f"{key} {name} differs from MONAI: max |diff| {(g - w).abs().max().item()}")
+    print("fastloss NSD/HD95 agree with MONAI on the benchmark input", file=sys.stderr)
+
+
+def run(quick: bool = False, reps: int | None = None) -> list[dict]:
+    n = 64 if quick else 128
+    reps = reps or (3 if quick else 5)
+    y, p = label_pair(n)
+    providers = _providers(y, p)
+    _check(providers)
+    shape = f"{B}x{C}x{n}x{n}x{n}"
+    rows = []
+    for (provider, dev), (f_nsd, f_hd) in providers.items():
+        slow = provider != "fastloss"
+        r = max(2, reps - 2) if slow else reps
+        t_nsd, t_hd = [], []
+        peak = ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not slow:  # warm-up (extension load, CUDA context, allocator)
+                f_nsd(), f_hd()
+            common.sync(dev)
+            if dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            for _ in range(r):
+                t0 = time.perf_counter()
+                f_nsd()
+                common.sync(dev)
+                t1 = time.perf_counter()
+                f_hd()
+                common.sync(dev)
+                t2 = time.perf_counter()
+                t_nsd.append((t1 - t0) * 1e3)
+                t_hd.append((t2 - t1) * 1e3)
+            if dev == "cuda":
+                peak = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+        for case, samples in (("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])):
+            s = common.summarize(samples)
+            row = {"bench": "metrics", "case": case, "shape": shape, "provider": provider}
+            row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
+            row["peak_mem_mib"] = peak
+            rows.append(common.stamp(row, dev))
+    print_table(rows)
+    return rows
+
+
+def print_table(rows) -> None:
+    base = {(r["case"]): r["median_ms"] for r in rows if r["provider"] == "monai"}
+    print(f"{'case':10} {'provider':18} {'device':40} {'median ms':>11} {'p20':>10} {'p80':>10} {'x MONAI':>8}")
+    for r in rows:
+        ratio = base.get(r["case"], float("nan")) / r["median_ms"] if r["median_ms"] else float("nan")
+        print(
+            f"{r['case']:10} {r['provider']:18} {r['device'][:40]:40} {r['median_ms']:11.1f} "
+            f"{r['p20_ms']:10.1f} {r['p80_ms']:10.1f} {ratio:8.2f}"
+        )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="64^3 volumes and fewer repetitions")
+    ap.add_argument("--reps", type=int, default=None)
+    args = ap.parse_args(argv)
+    rows = run(quick=args.quick, reps=args.reps)
+    print("->", common.append_csv("metrics.csv", rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

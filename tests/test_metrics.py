@@ -1,0 +1,267 @@
+"""fastloss.metrics against MONAI 1.6 (compute_dice, compute_surface_dice, compute_hausdorff_distance),
+against a naive scipy MedPy-style HD95, and on hand-made cases whose answer is known."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss.metrics as M
+from fastloss.metrics import dice, hausdorff_distance, mask_edges, surface_dice
+
+monai_metrics = pytest.importorskip("monai.metrics")
+ndimage = pytest.importorskip("scipy.ndimage")
+
+
+def _label_pair(shape, C=4, B=2, seed=0, mix=0.6):
+    """Smooth random one-hot label maps (reference, prediction), float32 (B, C, *shape)."""
+    g = torch.Generator().manual_seed(seed)
+    nd = len(shape)
+    mode = "bilinear" if nd == 2 else "trilinear"
+    coarse = tuple(max(2, s // 3) for s in shape)
+    z = F.interpolate(torch.randn((B, C) + coarse, generator=g), size=shape, mode=mode, align_corners=False)
+    z2 = F.interpolate(torch.randn((B, C) + coarse, generator=g), size=shape, mode=mode, align_corners=False)
+    onehot = lambda x: F.one_hot(x.argmax(1), C).movedim(-1, 1).float()
+    return onehot(z + mix * z2), onehot(z)
+
+
+def _with_empties(p, y):
+    """Add the three empty-mask situations: empty prediction, empty reference, both empty."""
+    p, y = p.clone(), y.clone()
+    p[0, 1] = 0  # empty prediction, non-empty reference
+    y[1, 2] = 0  # empty reference, non-empty prediction
+    p[1, 3] = 0  # both empty
+    y[1, 3] = 0
+    return p, y
+
+
+def _monai(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+SHAPES = [(13, 17), (9, 11, 10)]
+SPACINGS = {2: [None, (0.7, 1.3)], 3: [None, (1.5, 0.8, 2.0)]}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_dice_matches_monai(shape, include_background, ignore_empty):
+    p, y = _with_empties(*_label_pair(shape, seed=1))
+    got = dice(p, y, include_background=include_background, ignore_empty=ignore_empty)
+    want = _monai(
+        monai_metrics.compute_dice, p, y, include_background=include_background, ignore_empty=ignore_empty
+    )
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("spacing_idx", [0, 1])
+@pytest.mark.parametrize("per_class", [False, True])
+@pytest.mark.parametrize("path", ["shifts", "edt"])
+def test_surface_dice_matches_monai(shape, spacing_idx, per_class, path, monkeypatch):
+    if path == "edt":
+        monkeypatch.setattr(M, "_MAX_SHIFTS", 0)  # force the EDT path
+    spacing = SPACINGS[len(shape)][spacing_idx]
+    p, y = _with_empties(*_label_pair(shape, seed=2 + spacing_idx))
+    tol = [1.0, 1.5, 2.3] if per_class else 1.2
+    got = surface_dice(p, y, tol, spacing=spacing)
+    want = _monai(
+        monai_metrics.compute_surface_dice, p, y, tol if per_class else [tol] * 3, spacing=spacing
+    )
+    assert got.shape == (2, 3) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def test_surface_dice_with_background_and_large_tolerance():
+    p, y = _label_pair((12, 14), C=3, seed=5)
+    got = surface_dice(p, y, [0.0, 4.0, 7.5], include_background=True)  # 7.5: beyond the shift limit
+    want = _monai(monai_metrics.compute_surface_dice, p, y, [0.0, 4.0, 7.5], include_background=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("spacing_idx", [0, 1])
+@pytest.mark.parametrize("percentile", [95, None, 50, 100])
+def test_hausdorff_matches_monai(shape, spacing_idx, percentile):
+    spacing = SPACINGS[len(shape)][spacing_idx]
+    p, y = _with_empties(*_label_pair(shape, seed=7 + spacing_idx))
+    got = hausdorff_distance(p, y, percentile=percentile, spacing=spacing)
+    want = _monai(monai_metrics.compute_hausdorff_distance, p, y, percentile=percentile, spacing=spacing)
+    assert got.shape == (2, 3) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("percentile", [95, None])
+def test_directed_hausdorff_matches_monai(percentile):
+    p, y = _with_empties(*_label_pair((10, 9, 11), seed=11))
+    got = hausdorff_distance(p, y, percentile=percentile, directed=True, include_background=True)
+    want = _monai(
+        monai_metrics.compute_hausdorff_distance, p, y, percentile=percentile, directed=True, include_background=True
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def test_empty_mask_conventions():
+    """The documented values, written out (MONAI's conventions, checked against MONAI above)."""
+    y = torch.zeros(1, 2, 8, 8)
+    y[0, 1, 2:5, 2:5] = 1
+    empty = torch.zeros_like(y)
+    inf = math.inf
+    # empty prediction, non-empty reference
+    assert dice(empty, y)[0, 1].item() == 0.0
+    assert surface_dice(empty, y, 1.0)[0, 0].item() == 0.0
+    assert math.isnan(hausdorff_distance(empty, y)[0, 0].item())
+    assert hausdorff_distance(empty, y, percentile=None)[0, 0].item() == inf
+    # empty reference, non-empty prediction
+    assert math.isnan(dice(y, empty)[0, 1].item())
+    assert dice(y, empty, ignore_empty=False)[0, 1].item() == 0.0
+    assert surface_dice(y, empty, 1.0)[0, 0].item() == 0.0
+    assert math.isnan(hausdorff_distance(y, empty)[0, 0].item())
+    assert hausdorff_distance(y, empty, percentile=None)[0, 0].item() == inf
+    # both empty
+    assert math.isnan(dice(empty, empty)[0, 1].item())
+    assert dice(empty, empty, ignore_empty=False)[0, 1].item() == 1.0
+    assert math.isnan(surface_dice(empty, empty, 1.0)[0, 0].item())
+    assert math.isnan(hausdorff_distance(empty, empty, percentile=None)[0, 0].item())
+    assert math.isnan(hausdorff_distance(empty, empty)[0, 0].item())
+
+
+def test_hand_computed_square_shift():
+    """A 4x4 square and the same square moved 3 voxels along x: every border voxel of the moved
+    square lies 0 or 3 (a column) from the other border; distances are known exactly."""
+    y = torch.zeros(1, 1, 12, 12)
+    p = torch.zeros(1, 1, 12, 12)
+    y[0, 0, 2:6, 2:6] = 1
+    p[0, 0, 2:6, 5:9] = 1
+    # Each border is the 12-voxel perimeter. Ref border: rows 2, 5 and columns 2, 5. Pred border:
+    # column 5 lies on the ref border (4 x 0); rows 2 and 5 at columns 6, 7 are 1 and 2 from
+    # (row, 5) (2 x [1, 2]); column 8 is 3 from column 5 (4 x 3).
+    d_pg = sorted([0, 0, 0, 0, 1, 2, 1, 2, 3, 3, 3, 3])
+    d_gp = sorted(d_pg)  # symmetric by reflection
+    assert mask_edges(y[0, 0].bool()).sum() == 12
+    hd = hausdorff_distance(p, y, percentile=None, include_background=True)
+    assert hd.item() == 3.0
+    want95 = float(np.percentile(d_pg, 95))
+    assert hausdorff_distance(p, y, percentile=95, include_background=True).item() == pytest.approx(want95)
+    within1 = sum(d <= 1 for d in d_pg) + sum(d <= 1 for d in d_gp)
+    assert surface_dice(p, y, 1.0, include_background=True).item() == pytest.approx(within1 / 24)
+    assert dice(p, y).item() == pytest.approx(2 * 4 / 32)
+
+
+def _medpy_hd95(p, y, spacing):
+    """MedPy's hd95, written out: one percentile of the pooled distances of both directions."""
+    fp, fy = p.astype(bool), y.astype(bool)
+    bp = fp ^ ndimage.binary_erosion(fp)
+    by = fy ^ ndimage.binary_erosion(fy)
+    d_py = ndimage.distance_transform_edt(~by, sampling=spacing)[bp]
+    d_yp = ndimage.distance_transform_edt(~bp, sampling=spacing)[by]
+    return np.percentile(np.hstack((d_py, d_yp)), 95)
+
+
+def test_pooled_matches_medpy_formula():
+    spacing = (1.5, 0.8, 2.0)
+    p, y = _label_pair((9, 12, 10), seed=13)
+    got = hausdorff_distance(p, y, spacing=spacing, pooled=True)
+    for b in range(2):
+        for c in range(3):
+            want = _medpy_hd95(p[b, c + 1].numpy(), y[b, c + 1].numpy(), spacing)
+            assert got[b, c].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_mask_edges_matches_scipy_erosion():
+    m = torch.rand(3, 7, 8, 9) > 0.3
+    got = mask_edges(m, 3)
+    for i in range(3):
+        a = m[i].numpy()
+        want = a ^ ndimage.binary_erosion(a)  # cross structure, border_value=0
+        assert np.array_equal(got[i].numpy(), want)
+
+
+def test_input_kinds_agree():
+    p, y = _label_pair((10, 11), seed=17)
+    ref_hd = hausdorff_distance(p, y)
+    ref_nsd = surface_dice(p, y, 1.0)
+    for conv in (lambda t: t.bool(), lambda t: t.to(torch.uint8), lambda t: t.double(), lambda t: t.numpy()):
+        torch.testing.assert_close(hausdorff_distance(conv(p), conv(y)), ref_hd, equal_nan=True)
+        torch.testing.assert_close(surface_dice(conv(p), conv(y), 1.0), ref_nsd, equal_nan=True)
+
+
+def test_chunked_rows_agree(monkeypatch):
+    p, y = _with_empties(*_label_pair((8, 9, 10), seed=19))
+    whole = hausdorff_distance(p, y), hausdorff_distance(p, y, percentile=None)
+    nsd = surface_dice(p, y, 2.5, spacing=(1.0, 0.5, 0.5))
+    monkeypatch.setattr(M, "_CHUNK_VOXELS", 2 * 8 * 9 * 10)  # one row per EDT call
+    monkeypatch.setattr(M, "_MAX_SHIFTS", 0)
+    torch.testing.assert_close(hausdorff_distance(p, y), whole[0], equal_nan=True)
+    torch.testing.assert_close(hausdorff_distance(p, y, percentile=None), whole[1], equal_nan=True)
+    torch.testing.assert_close(surface_dice(p, y, 2.5, spacing=(1.0, 0.5, 0.5)), nsd, equal_nan=True)
+
+
+def test_row_quantile_equals_torch_quantile():
+    g = torch.Generator().manual_seed(3)
+    counts = torch.tensor([1, 7, 0, 20, 3, 101])
+    rows = torch.repeat_interleave(torch.arange(6), counts)
+    values = torch.rand(int(counts.sum()), generator=g) * 10
+    # rows stored one after another, values in any order within a row
+    perm = torch.argsort(rows * 1000 + torch.randperm(values.numel(), generator=g))
+    values[:3] = math.inf  # row 0 (one value) and row 1: infinite distances, as from an empty mask
+    for q in (0.0, 0.25, 0.95, 1.0, None):
+        got = M._row_quantile(values[perm], rows[perm], counts, q)
+        for r in range(6):
+            v = values[rows == r]
+            if v.numel() == 0:
+                assert math.isnan(got[r].item())
+            else:
+                want = v.max() if q is None else torch.quantile(v, q)
+                assert got[r].item() == want.item() or (math.isnan(want.item()) and math.isnan(got[r].item()))
+
+
+def test_bad_inputs():
+    p, y = _label_pair((8, 8), seed=23)
+    with pytest.raises(ValueError, match="same shape"):
+        dice(p, y[:, :3])
+    with pytest.raises(ValueError, match="binary"):
+        surface_dice(p * 0.5, y, 1.0)
+    with pytest.raises(ValueError, match="binary"):
+        hausdorff_distance(p, y * 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        surface_dice(p, y, -1.0)
+    with pytest.raises(ValueError, match="finite"):
+        surface_dice(p, y, math.inf)
+    with pytest.raises(ValueError, match="one per evaluated class"):
+        surface_dice(p, y, [1.0, 2.0])
+    with pytest.raises(ValueError, match="one value per spatial dim"):
+        hausdorff_distance(p, y, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="positive"):
+        surface_dice(p, y, 1.0, spacing=(1.0, -1.0))
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        hausdorff_distance(p, y, percentile=101)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        dice([[1]], y)
+    with pytest.raises(ValueError, match="spatial dims"):
+        dice(p[0, 0], y[0, 0])
+    with pytest.raises(TypeError, match="include_background"):
+        dice(p, y, include_background=1)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    p, y = _with_empties(*_label_pair((20, 18, 16), C=5, seed=29))
+    spacing = (1.5, 0.8, 2.0)
+    pc, yc = p.cuda(), y.cuda()
+    for fn in (
+        lambda a, b: dice(a, b),
+        lambda a, b: surface_dice(a, b, [1.0, 1.5, 2.3, 6.0], spacing=spacing),
+        lambda a, b: hausdorff_distance(a, b, spacing=spacing),
+        lambda a, b: hausdorff_distance(a, b, percentile=None, spacing=spacing),
+    ):
+        got = fn(pc, yc)
+        assert got.is_cuda
+        torch.testing.assert_close(got.cpu(), fn(p, y), rtol=1e-5, atol=0, equal_nan=True)
