@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fastloss  # noqa: E402
-from fastloss.edt import cuda_available, edt, signed_distance  # noqa: E402
+from fastloss.distance import cuda_available, edt, signed_distance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edt.csv"
 FIELDS = [

@@ -4,7 +4,7 @@
 __version__ = "0.1.0"
 
 from . import functional, losses  # noqa: E402
-from .edt import distance_field, edt, hausdorff_distance_maps, signed_distance  # noqa: E402
+from .distance import distance_field, edt, hausdorff_distance_maps, signed_distance  # noqa: E402
 from .losses import *  # noqa: E402,F401,F403
 from .losses import __all__ as _loss_names  # noqa: E402
 from .registry import PAPER_LOSSES, get_loss, paper_loss_names  # noqa: E402

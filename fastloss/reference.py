@@ -857,7 +857,7 @@ def signed_distance(mask, spacing=None) -> np.ndarray:
     positive outside, ``≤ 0`` inside (with unit spacing the boundary voxels inside get 0; the shift is
     1 whatever the spacing, as in Kervadec et al.'s code). An empty mask (absent class) gives all zeros.
     A full mask has no background, so ``edt(g)`` is undefined (scipy returns garbage); here, as
-    ``fastloss.edt.signed_distance`` documents, the image is treated as surrounded by background: the
+    ``fastloss.signed_distance`` documents, the image is treated as surrounded by background: the
     mask is padded by one background voxel on every side before the transform, then cropped.
     """
     g = np.asarray(mask) > 0

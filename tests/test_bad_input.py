@@ -125,7 +125,7 @@ def test_bad_reduction_string(cls):
     (0.0, r"positive and finite, got \(0.0, 0.0, 0.0\)"),
 ], ids=["too-short", "too-long", "zero", "negative", "scalar-zero"])
 def test_edt_bad_spacing(spacing, match):
-    from fastloss.edt import edt
+    from fastloss.distance import edt
 
     with pytest.raises(ValueError, match=match):
         edt(torch.zeros(4, 5, 6, dtype=torch.bool), spacing)

@@ -349,7 +349,7 @@ def edt_available(monkeypatch):
     """Use fastloss.edt when the extension is built; otherwise a scipy stand-in (tests only)."""
     import importlib
 
-    E = importlib.import_module("fastloss.edt")  # the module (fastloss.edt as an attribute may be the function)
+    E = importlib.import_module("fastloss.distance")
 
     try:
         E.edt(torch.ones(1, 3, dtype=torch.bool), spatial_dims=1)

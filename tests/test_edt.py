@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fastloss.edt import distance_field, edt, hausdorff_distance_maps, signed_distance
+from fastloss.distance import distance_field, edt, hausdorff_distance_maps, signed_distance
 
 RTOL = 1e-5
 

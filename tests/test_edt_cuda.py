@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fastloss.edt import cuda_available, distance_field, edt, signed_distance
+from fastloss.distance import cuda_available, distance_field, edt, signed_distance
 
 pytestmark = pytest.mark.cuda
 

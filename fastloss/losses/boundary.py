@@ -3,7 +3,7 @@ Hausdorff-distance loss (Eq. 21, Karimi and Salcudean; MONAI's ``HausdorffDTLoss
 
 Both are formulas over per-(batch, class) voxel sums with a per-voxel weight map (``class_stats`` columns
 ``map_p`` and ``map_sqerr``), so the fused statistics kernels serve them. The maps come from the exact
-distance transform in :mod:`fastloss.edt`; they are computed without gradient (they are functions of the
+distance transform in :mod:`fastloss.distance`; they are computed without gradient (they are functions of the
 target, and of the thresholded prediction for the Hausdorff loss, which is piecewise constant).
 """
 
@@ -42,7 +42,7 @@ class BoundaryLoss(LossBase):
                  \phi_G^{b,c}(i)\, s_\theta^{b,c}(i)
 
     with :math:`s_\theta` the softmax (or sigmoid) probability and :math:`\phi_G` the signed distance map
-    of each one-hot target channel, :func:`fastloss.edt.signed_distance`:
+    of each one-hot target channel, :func:`fastloss.signed_distance`:
     ``edt(~g)·(~g) − (edt(g) − 1)·g`` (positive outside the object, ≤ 0 inside, the boundary voxels at 0),
     and 0 for a class absent from an image, exactly as Kervadec's ``one_hot2dist``. The constant term
     :math:`-\sum\phi_G g` of Eq. (19) is dropped (it has no gradient), so the loss is negative when the
@@ -115,7 +115,7 @@ class BoundaryLoss(LossBase):
 
     @torch.no_grad()
     def _map_from_target(self, input: torch.Tensor, tgt, c0: int) -> torch.Tensor:
-        from ..edt import signed_distance
+        from ..distance import signed_distance
 
         B, C = input.shape[:2]
         spatial = tuple(input.shape[2:])
@@ -239,7 +239,7 @@ class HausdorffDTLoss(LossBase):
     def weight_map(self, p: torch.Tensor, g: torch.Tensor, spatial: tuple) -> torch.Tensor:
         """``d_G^α + d_S^α`` (no gradient) for probabilities ``p`` and targets ``g`` of shape ``(B, C, N)``:
         MONAI's distance fields of the masks ``p > 0.5`` and ``g > 0.5`` per (image, class)."""
-        from ..edt import distance_field
+        from ..distance import distance_field
 
         B, C, _ = p.shape
         spacing = check_spacing(self.spacing, len(spatial))

@@ -677,7 +677,7 @@ def penalty_map_from_labels(target: Target, spacing=None) -> torch.Tensor:
     r"""Caliva et al.'s penalty ``D`` ``(B, C, N)`` of a normalised target (no gradient).
 
     For image ``b`` and class ``c`` with mask ``G = {g^c > 0.5}`` (non-ignored voxels only), ``d`` the
-    Euclidean distance transform of ``G`` (:func:`fastloss.edt.edt`: distance from each voxel of ``G``
+    Euclidean distance transform of ``G`` (:func:`fastloss.edt`: distance from each voxel of ``G``
     to the nearest voxel outside it), ``M = max_G d`` and ``m = min_G d`` (1 with unit spacing):
 
     .. math:: D^c_i = \frac{M - d_i}{M - m} \;(i \in G), \qquad 0 \;(i \notin G)
@@ -688,7 +688,7 @@ def penalty_map_from_labels(target: Target, spacing=None) -> torch.Tensor:
     boundary) gives ``D = 1`` on ``G``; a class covering the whole image (no boundary, ``d = inf``) gives
     ``D = 0``; an absent class gives 0.
     """
-    from ..edt import edt  # lazy: the compiled extension may be missing at import time
+    from ..distance import edt  # lazy: the compiled extension may be missing at import time
 
     B, C = target.soft.shape[:2] if target.soft is not None else (target.labels.shape[0], target.num_classes)
     spatial = tuple(target.spatial_shape)
@@ -721,7 +721,7 @@ class DistancePenalizedCELoss(nn.Module):
     with ``s`` the softmax, ``N`` the counted voxels, and ``D^c`` the penalty of class ``c``: the inverted,
     normalised distance transform of the class's ground-truth mask, 1 on the object's boundary and 0 at
     its deepest voxel (exact definition in :func:`penalty_map_from_labels`; computed with
-    :func:`fastloss.edt.edt`, honouring ``spacing``). A voxel's CE is thus weighted by 1 (deep inside its
+    :func:`fastloss.edt`, honouring ``spacing``). A voxel's CE is thus weighted by 1 (deep inside its
     class) up to 2 (on the boundary). The map is computed in ``forward`` without gradient unless
     ``distance_map`` is given.
 

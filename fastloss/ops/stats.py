@@ -31,6 +31,8 @@ serves CPU tensors and as the second opinion for the Triton kernels (``ops/trito
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -187,10 +189,7 @@ def class_stats_torch(
     return torch.stack([terms[c].sum(dim=2) for c in spec.columns], dim=2)
 
 
-def class_stats(
-    input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``(B, C, K)`` per-(batch, class) sums of ``spec.columns``; dispatches to the active backend."""
+def _compute(input, target, spec, voxel_map):
     from ..backend import use_triton
 
     if use_triton(input):
@@ -199,3 +198,59 @@ def class_stats(
         if supports(input, target, spec, voxel_map):
             return class_stats_triton(input, target, spec, voxel_map)
     return class_stats_torch(input, target, spec, voxel_map)
+
+
+# One forward of a compound loss (Dice + CE, Dice + focal, Dice + BD, ...) asks for the statistics of
+# the same logits several times, with different columns. Inside ``shared_statistics(columns)`` the
+# first request computes the union of its columns and ``columns`` in one pass, and later requests with
+# the same logits, target, activation and parameters take their columns from it: one read of the
+# logits forward, one backward kernel (autograd adds the slices' gradients into one (B, C, K) tensor).
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("fastloss_shared_statistics", default=None)
+
+
+@contextlib.contextmanager
+def shared_statistics(columns: Tuple[str, ...] = ()):
+    """Share one statistics pass between the parts of a compound loss (see above). Re-entrant."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    token = _SHARED.set({"columns": tuple(columns), "cache": {}})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _tensor_key(t: Optional[torch.Tensor]):
+    if t is None:
+        return None
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version)
+
+
+def class_stats(
+    input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``(B, C, K)`` per-(batch, class) sums of ``spec.columns``; dispatches to the active backend."""
+    shared = _SHARED.get()
+    if shared is None:
+        return _compute(input, target, spec, voxel_map)
+    key = (
+        id(input), _tensor_key(input), _tensor_key(target.labels), _tensor_key(target.soft),
+        _tensor_key(target.mask), target.ignore_index, target.num_classes, _tensor_key(voxel_map),
+        spec.activation, spec.gamma, spec.alpha, spec.ce_exponent, spec.log_eps,
+    )
+    hit = shared["cache"].get(key)
+    if hit is None or not set(spec.columns) <= set(hit[0]):
+        wanted = tuple(dict.fromkeys(spec.columns + shared["columns"] + (hit[0] if hit else ())))
+        needs_map = any(c.startswith("map_") for c in wanted)
+        if needs_map and voxel_map is None:
+            wanted = tuple(c for c in wanted if not c.startswith("map_"))
+        full = _compute(input, target, StatsSpec(spec.activation, wanted, spec.gamma, spec.alpha,
+                                                 spec.ce_exponent, spec.log_eps), voxel_map)
+        hit = (wanted, full)
+        shared["cache"][key] = hit
+    wanted, full = hit
+    idx = [wanted.index(c) for c in spec.columns]
+    if idx == list(range(len(wanted))):
+        return full
+    return full[..., idx]
