@@ -9,9 +9,12 @@ focal Tversky exponent 1/γ = 0.75 (γ = 4/3); SS w = 0.1 (SegLoss); ELL w_dice 
 epoch); DiceHD with Karimi's adaptive α. Every entry builds and runs with no other argument: WCE takes
 its class weights from each batch's label frequencies, BD/HD/pCE compute their distance maps themselves.
 
-Notes on normalisation: ``Focal`` and the focal part of ``DiceFocal`` are MONAI's softmax focal loss,
-whose ``mean`` runs over classes as well as voxels (Eq. 5 divided by C). ``Lovász`` is the plain Lovász
-softmax loss: the paper trained it after a CE warm-up, which is the training loop's business.
+Notes on normalisation: ``Focal`` and the focal part of ``DiceFocal`` are Eq. (5) exactly: the softmax
+focal loss over all classes (background included, also in DiceFocal, whose Dice part excludes it),
+summed over classes and averaged over voxels (``mean_over="voxels"``; MONAI's ``mean`` would also
+divide by C, and its ``include_background=False`` would drop channel 0 before the softmax). ``Lovász``
+is the plain Lovász softmax loss: the paper trained it after a CE warm-up, which is the training loop's
+business. ``BD`` and ``HD`` (Eqs. 20, 21) are listed too: the paper uses them only inside DiceBD/DiceHD.
 """
 
 from __future__ import annotations
@@ -62,11 +65,12 @@ PAPER_LOSSES: Dict[str, Tuple[type, dict]] = {
     "Dice": (DiceLoss, dict(_REGION)),
     "DiceBD": (DiceBoundaryLoss, dict(_REGION, alpha=1.0, alpha_step=0.01, alpha_min=0.01)),
     "DiceCE": (DiceCELoss, dict(_REGION)),
-    "DiceFocal": (DiceFocalLoss, dict(_REGION, gamma=2.0, use_softmax=True)),
+    "DiceFocal": (DiceFocalLoss, dict(_REGION, gamma=2.0, use_softmax=True, focal_include_background=True,
+                                      focal_mean_over="voxels")),
     "DiceHD": (DiceHausdorffDTLoss, dict(_REGION, alpha=None, distance_alpha=2.0)),
     "DiceTopK": (DiceTopKLoss, dict(_REGION, k=10.0)),
     "ELL": (ExpLogLoss, dict(_REGION, w_dice=0.8, w_ce=0.2, gamma_dice=0.3, gamma_ce=0.3)),
-    "Focal": (FocalLoss, dict(use_softmax=True, gamma=2.0)),
+    "Focal": (FocalLoss, dict(use_softmax=True, gamma=2.0, mean_over="voxels")),
     "FocalTversky": (FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0)),
     "GDice": (GeneralizedDiceLoss, dict(_REGION)),
     "IoU": (IoULoss, dict(_REGION)),
@@ -89,6 +93,9 @@ PAPER_LOSSES["Dice (Batch, no square)"] = (DiceLoss, dict(_REGION))
 PAPER_LOSSES["BatchSquareDice"] = (DiceLoss, dict(_REGION, squared_pred=True))
 PAPER_LOSSES["SampleDice (no square)"] = (DiceLoss, dict(_REGION, batch=False))
 PAPER_LOSSES["SampleSquareDice"] = (DiceLoss, dict(_REGION, batch=False, squared_pred=True))
+# ---- Eqs. (20), (21): the boundary terms on their own (the paper trains them only inside DiceBD/DiceHD)
+PAPER_LOSSES["BD"] = (BoundaryLoss, dict(softmax=True, include_background=False))
+PAPER_LOSSES["HD"] = (HausdorffDTLoss, dict(softmax=True, include_background=False))
 
 # Other spellings accepted by get_loss (looked up after normalisation, see _key).
 _ALIASES = {

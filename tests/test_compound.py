@@ -299,3 +299,58 @@ def test_functional_forms_and_bad_input():
         DiceHausdorffDTLoss(alpha=-1.0)
     with pytest.raises(ValueError):
         DiceFocalLoss()(x, y[:, :, :2])
+
+
+# ----------------------------------------------------------------------------------- shared statistics
+
+
+@pytest.mark.parametrize("name", ["DiceCE", "DiceFocal", "DiceBD", "DiceHD"])
+def test_compound_makes_one_statistics_pass(name, monkeypatch, torch_backend):
+    """Dice + (CE | focal | BD | HD) in the paper's configuration read the logits once: one statistics
+    pass, and the same value and gradient as with the parts computed separately."""
+    import fastloss.ops.stats as S
+    from fastloss.registry import get_loss
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 6, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 3, (2, 1, 6, 5, 4), generator=g)
+    loss = get_loss(name)
+    if name == "DiceBD":
+        loss.set_epoch(30)  # alpha = 0.7: both parts active
+
+    calls = []
+    real = S._compute
+    monkeypatch.setattr(S, "_compute", lambda *a: calls.append(a[2].columns) or real(*a))
+    v = loss(x, y)
+    (gx,) = torch.autograd.grad(v, x)
+    assert len(calls) == 1, calls
+
+    # the same loss with sharing switched off: each part computes its own statistics
+    monkeypatch.setattr(S, "_SHARED", S.contextvars.ContextVar("off", default=None))
+    monkeypatch.setattr(S, "shared_statistics", lambda *a, **k: __import__("contextlib").nullcontext())
+    import fastloss.losses.compound as CP
+
+    monkeypatch.setattr(CP, "shared_statistics", lambda *a, **k: __import__("contextlib").nullcontext())
+    calls.clear()
+    v2 = loss(x, y)
+    (gx2,) = torch.autograd.grad(v2, x)
+    assert len(calls) == 2
+    torch.testing.assert_close(v, v2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx2, rtol=1e-10, atol=1e-12)
+
+
+def test_shared_statistics_never_changes_a_result_with_other_parameters(torch_backend):
+    """A request whose parameters differ from the shared pass's (here the focal gamma) is computed on
+    its own, not served from the shared pass."""
+    from fastloss._validation import prepare_target
+    from fastloss.ops.stats import StatsSpec, class_stats, shared_statistics
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (2, 1, 7, 5), generator=g)
+    t = prepare_target(x, y)
+    alone = class_stats(x, t, StatsSpec("softmax", ("focal",), gamma=3.0))
+    with shared_statistics(("pg", "focal"), gamma=2.0):
+        class_stats(x, t, StatsSpec("softmax", ("pg",)))
+        shared = class_stats(x, t, StatsSpec("softmax", ("focal",), gamma=3.0))
+    torch.testing.assert_close(shared, alone, rtol=0, atol=0)

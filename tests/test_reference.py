@@ -778,19 +778,22 @@ def test_dice_boundary_and_dice_hd_against_reference(torch_backend, case):
            lambda x: R.dice_hausdorff(x, cs.g, dg, ds, mask=cs.mask, dice_kw=dkw), cs.x, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "disagreement: get_loss('DiceFocal') sets include_background=False with use_softmax=True, and MONAI's "
-    "FocalLoss then drops channel 0 *before* the softmax, so the focal part is a softmax over the foreground "
-    "channels only, not Eq. 5 (softmax over all classes)"))
-def test_registry_dice_focal_is_eq24(torch_backend):
-    """get_loss('DiceFocal') against Eq. (24) = Eq. (9) (batch Dice, no background) + Eq. (5).
-
-    The registry documents its focal part as MONAI's softmax focal loss with the mean over classes too
-    (Eq. 5 / C); Eq. 5 itself takes the softmax over *all* classes."""
+@pytest.mark.parametrize("ignore", [False, True])
+def test_registry_dice_focal_is_eq24(torch_backend, ignore):
+    """get_loss('DiceFocal') against Eq. (24) = Eq. (9) (batch Dice, no background) + Eq. (5) (softmax over
+    all classes, summed over classes, averaged over counted voxels)."""
     from fastloss.registry import get_loss
 
-    cs = Case(2, "labels", False, False)
-    C = cs.x.shape[1]
-    loss = get_loss("DiceFocal")
+    cs = Case(2, "labels", ignore, False)
+    loss = get_loss("DiceFocal", ignore_index=cs.ignore_index)
     _check(lambda x: loss(x, cs.target),
-           lambda x: R.dice(x, cs.g, include_background=False, batch=True) + R.focal(x, cs.g, gamma=2.0) / C, cs.x)
+           lambda x: R.dice(x, cs.g, include_background=False, batch=True, mask=cs.mask)
+           + R.focal(x, cs.g, gamma=2.0, mask=cs.mask), cs.x)
+
+
+def test_registry_focal_is_eq5(torch_backend):
+    from fastloss.registry import get_loss
+
+    cs = Case(3, "labels", False, False)
+    loss = get_loss("Focal")
+    _check(lambda x: loss(x, cs.target), lambda x: R.focal(x, cs.g, gamma=2.0), cs.x)

@@ -11,6 +11,7 @@ TABLE2 = ["Asym", "CE", "Dice", "DiceBD", "DiceCE", "DiceFocal", "DiceHD", "Dice
 TABLE3 = ["TopK-10%", "TopK-30%", "TopK-50%", "TopK-70%", "TopK-90%", "TopK-Threshold (0.1)",
           "TopK-Threshold (0.3)", "TopK-Threshold (0.5)", "TopK-Threshold (0.7)", "TopK-Threshold (0.9)"]
 TABLE4 = ["Dice (Batch, no square)", "BatchSquareDice", "SampleDice (no square)", "SampleSquareDice"]
+EQUATIONS = ["BD", "HD"]  # Eqs. (20), (21) on their own
 
 
 def _batch(seed=0):
@@ -21,11 +22,11 @@ def _batch(seed=0):
 
 
 def test_tables_are_all_there():
-    assert set(TABLE2 + TABLE3 + TABLE4) == set(PAPER_LOSSES)
+    assert set(TABLE2 + TABLE3 + TABLE4 + EQUATIONS) == set(PAPER_LOSSES)
     assert paper_loss_names()[:20] == TABLE2
 
 
-@pytest.mark.parametrize("name", TABLE2 + TABLE3 + TABLE4)
+@pytest.mark.parametrize("name", TABLE2 + TABLE3 + TABLE4 + EQUATIONS)
 def test_every_name_builds_and_trains(name):
     x, y = _batch(hash(name) % 97)
     x.requires_grad_()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_reduction
-from ..ops.stats import StatsSpec, class_stats, compute_dtype
+from ..ops.stats import StatsSpec, class_stats, compute_dtype, shared_statistics
 from ._common import (
     LossBase,
     check_bool,
@@ -215,8 +215,10 @@ class DiceCELoss(nn.Module):
         return (1.0 - ls) * ce + (ls / C) * smooth
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice_loss = self.dice(input, target)
-        ce_loss = self.ce(input, target) if input.shape[1] != 1 else self.bce(input, target)
+        # One statistics pass serves both parts when they share the activation (softmax Dice).
+        with shared_statistics(("pg", "p", "g", "ce", "count")):
+            dice_loss = self.dice(input, target)
+            ce_loss = self.ce(input, target) if input.shape[1] != 1 else self.bce(input, target)
         return self.lambda_dice * dice_loss + self.lambda_ce * ce_loss
 
 
@@ -243,6 +245,9 @@ class DiceFocalLoss(nn.Module):
         alpha: focal α in [0, 1] (MONAI's meaning), or None.
         use_softmax: softmax focal loss instead of MONAI's sigmoid one. Default False (MONAI).
         ignore_index: label (or one-hot class / sentinel) whose voxels are ignored in both parts.
+        focal_include_background: ``include_background`` of the focal part alone (None: the same as the
+            Dice part, MONAI). The paper's DiceFocal uses Dice without background and Eq. (5) over all classes.
+        focal_mean_over: the focal part's ``mean_over`` (``"elements"``, MONAI, or ``"voxels"``, Eq. 5).
 
     Raises:
         TypeError, ValueError: as the parts; negative lambdas.
@@ -275,6 +280,8 @@ class DiceFocalLoss(nn.Module):
         alpha: Optional[float] = None,
         use_softmax: bool = False,
         ignore_index: Optional[int] = None,
+        focal_include_background: Optional[bool] = None,
+        focal_mean_over: str = "elements",
     ) -> None:
         super().__init__()
         self.dice = DiceLoss(
@@ -293,7 +300,7 @@ class DiceFocalLoss(nn.Module):
             ignore_index=ignore_index,
         )
         self.focal = FocalLoss(
-            include_background=include_background,
+            include_background=include_background if focal_include_background is None else focal_include_background,
             to_onehot_y=to_onehot_y,
             gamma=gamma,
             alpha=alpha,
@@ -301,14 +308,18 @@ class DiceFocalLoss(nn.Module):
             reduction=reduction,
             use_softmax=use_softmax,
             ignore_index=ignore_index,
+            mean_over=focal_mean_over,
         )
         self.lambda_dice = check_nonneg(lambda_dice, "lambda_dice")
         self.lambda_focal = check_nonneg(lambda_focal, "lambda_focal")
         self.to_onehot_y = self.dice.to_onehot_y
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice_loss = self.dice(input, target)
-        focal_loss = self.focal(input, target)
+        # One statistics pass serves both parts when they share the activation (softmax Dice and focal).
+        alpha = self.focal.alpha if self.focal._alpha_is_number else None
+        with shared_statistics(("pg", "p", "g", "focal"), gamma=self.focal.gamma, alpha=alpha):
+            dice_loss = self.dice(input, target)
+            focal_loss = self.focal(input, target)
         return self.lambda_dice * dice_loss + self.lambda_focal * focal_loss
 
 
@@ -635,7 +646,10 @@ class DiceBoundaryLoss(nn.Module):
             return self.dice(input, target)
         if a <= 0.0:
             return self.boundary(input, target, distance_map)
-        return a * self.dice(input, target) + (1.0 - a) * self.boundary(input, target, distance_map)
+        # One statistics pass for both parts: the boundary part asks first, with its map.
+        with shared_statistics(("pg", "p", "g", "map_p", "count")):
+            bd = self.boundary(input, target, distance_map)
+            return a * self.dice(input, target) + (1.0 - a) * bd
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, epoch={self.epoch}, alpha_step={self.alpha_step}, alpha_min={self.alpha_min}"
@@ -711,8 +725,10 @@ class DiceHausdorffDTLoss(nn.Module):
         self.last_alpha: Optional[torch.Tensor] = None
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        d = self.dice(input, target)
-        h = self.hausdorff(input, target)
+        # One statistics pass for both parts: the Hausdorff part asks first, with its map.
+        with shared_statistics(("pg", "p", "g", "map_sqerr", "count")):
+            h = self.hausdorff(input, target)
+            d = self.dice(input, target)
         if self.alpha is None:
             with torch.no_grad():
                 ok = (d > 0) & torch.isfinite(d) & torch.isfinite(h)

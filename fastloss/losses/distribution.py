@@ -519,6 +519,9 @@ class FocalLoss(nn.Module):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         use_softmax: softmax focal loss instead of the sigmoid one.
         ignore_index: label (or one-hot class index / sentinel) whose voxels are excluded.
+        mean_over: what ``"mean"`` divides by: ``"elements"`` (MONAI, above) or ``"voxels"``, the number
+            of counted voxels, which is Eq. (5)'s ``1/N`` (the paper's and SegLoss's normalisation: the
+            per-class terms are summed per voxel, then averaged over voxels). An addition to MONAI's API.
 
     Raises:
         TypeError: non-bool flags, non-number ``gamma``/``alpha``, non-int ``ignore_index``.
@@ -544,11 +547,15 @@ class FocalLoss(nn.Module):
         reduction: str = "mean",
         use_softmax: bool = False,
         ignore_index: Optional[int] = None,
+        mean_over: str = "elements",
     ) -> None:
         super().__init__()
         self.include_background = check_bool(include_background, "include_background")
         self.to_onehot_y = check_bool(to_onehot_y, "to_onehot_y")
         self.gamma = check_nonneg(gamma, "gamma")
+        if mean_over not in ("elements", "voxels"):
+            raise ValueError(f"mean_over must be 'elements' (MONAI) or 'voxels' (Eq. 5), got {mean_over!r}")
+        self.mean_over = mean_over
         self._alpha_is_number = False
         if alpha is None:
             self.alpha: Optional[Union[float, torch.Tensor]] = None
@@ -648,7 +655,7 @@ class FocalLoss(nn.Module):
         # mean
         if masked:
             return sums.sum() / tgt.mask.to(dt).sum().clamp_min(_F32_EPS)
-        return sums.sum() / (B * Ck * N)
+        return sums.sum() / (B * N if self.mean_over == "voxels" else B * Ck * N)
 
     def _class_weight(self, Ck: int, like: torch.Tensor) -> Optional[torch.Tensor]:
         """MONAI's ``class_weight`` checks (after ``include_background``), as a ``(Ck,)`` or ``(1,)`` tensor."""

@@ -201,20 +201,44 @@ def _compute(input, target, spec, voxel_map):
 
 
 # One forward of a compound loss (Dice + CE, Dice + focal, Dice + BD, ...) asks for the statistics of
-# the same logits several times, with different columns. Inside ``shared_statistics(columns)`` the
-# first request computes the union of its columns and ``columns`` in one pass, and later requests with
-# the same logits, target, activation and parameters take their columns from it: one read of the
-# logits forward, one backward kernel (autograd adds the slices' gradients into one (B, C, K) tensor).
+# the same logits several times, with different columns. Inside ``shared_statistics(columns, **params)``
+# the first request computes the union of its columns and ``columns`` in one pass, and later requests
+# with the same logits, target and activation take their columns from it: one read of the logits
+# forward and one backward kernel (autograd adds the slices' gradients into one (B, C, K) tensor).
 _SHARED: contextvars.ContextVar = contextvars.ContextVar("fastloss_shared_statistics", default=None)
+_PARAM_FIELDS = ("gamma", "alpha", "ce_exponent", "log_eps")
+_LOG_COLUMNS = ("ce", "focal", "ce_pow", "map_ce")
+
+
+def _param_signature(spec: StatsSpec, columns) -> tuple:
+    """The spec parameters that change the requested columns' values."""
+    sig = []
+    if "focal" in columns:
+        sig += [("gamma", spec.gamma), ("alpha", spec.alpha)]
+    if "ce_pow" in columns:
+        sig.append(("ce_exponent", spec.ce_exponent))
+    if spec.activation == "none" and set(columns) & {"ce", "focal", "ce_pow", "map_ce"}:
+        sig.append(("log_eps", spec.log_eps))
+    return tuple(sig)
 
 
 @contextlib.contextmanager
-def shared_statistics(columns: Tuple[str, ...] = ()):
-    """Share one statistics pass between the parts of a compound loss (see above). Re-entrant."""
+def shared_statistics(columns: Tuple[str, ...] = (), voxel_map: Optional[torch.Tensor] = None, **params):
+    """Share one statistics pass between the parts of a compound loss (see above).
+
+    ``params`` (``gamma``, ``alpha``, ``ce_exponent``, ``log_eps``) are the :class:`StatsSpec`
+    parameters the shared pass uses; a request whose columns need other values is computed on its own,
+    so the result never depends on whether a context is active. ``voxel_map`` is the map the shared
+    pass uses for its ``map_*`` columns (a request with another map is computed on its own).
+    Re-entrant (the outer context wins).
+    """
+    unknown = set(params) - set(_PARAM_FIELDS)
+    if unknown:
+        raise TypeError(f"shared_statistics got unknown parameters {sorted(unknown)}; known: {_PARAM_FIELDS}")
     if _SHARED.get() is not None:
         yield
         return
-    token = _SHARED.set({"columns": tuple(columns), "cache": {}})
+    token = _SHARED.set({"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}})
     try:
         yield
     finally:
@@ -222,9 +246,11 @@ def shared_statistics(columns: Tuple[str, ...] = ()):
 
 
 def _tensor_key(t: Optional[torch.Tensor]):
+    """Identity of a tensor's data: two views with this key read the same values."""
     if t is None:
         return None
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device, t._version)
+    stride = None if t.is_contiguous() else tuple(t.stride())
+    return (t.data_ptr(), t.numel(), t.dtype, t.device, t._version, stride)
 
 
 def class_stats(
@@ -234,23 +260,36 @@ def class_stats(
     shared = _SHARED.get()
     if shared is None:
         return _compute(input, target, spec, voxel_map)
+    # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
     key = (
-        id(input), _tensor_key(input), _tensor_key(target.labels), _tensor_key(target.soft),
-        _tensor_key(target.mask), target.ignore_index, target.num_classes, _tensor_key(voxel_map),
-        spec.activation, spec.gamma, spec.alpha, spec.ce_exponent, spec.log_eps,
+        _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.labels), _tensor_key(target.soft),
+        target.ignore_index, target.num_classes, spec.activation,
     )
     hit = shared["cache"].get(key)
-    if hit is None or not set(spec.columns) <= set(hit[0]):
-        wanted = tuple(dict.fromkeys(spec.columns + shared["columns"] + (hit[0] if hit else ())))
-        needs_map = any(c.startswith("map_") for c in wanted)
-        if needs_map and voxel_map is None:
+    if hit is None:
+        base = dict(gamma=spec.gamma, alpha=spec.alpha, ce_exponent=spec.ce_exponent, log_eps=spec.log_eps)
+        base.update(shared["params"])
+        extra = shared["columns"]
+        if spec.activation == "none":
+            # raw input: log-based columns may be NaN where the input is not a probability, and an unused
+            # NaN column would still poison the gradient (0 · NaN); add them only when asked for.
+            extra = tuple(c for c in extra if c not in _LOG_COLUMNS)
+        wanted = tuple(dict.fromkeys(spec.columns + extra))
+        vmap = voxel_map if voxel_map is not None else shared["map"]
+        if vmap is None:
             wanted = tuple(c for c in wanted if not c.startswith("map_"))
-        full = _compute(input, target, StatsSpec(spec.activation, wanted, spec.gamma, spec.alpha,
-                                                 spec.ce_exponent, spec.log_eps), voxel_map)
-        hit = (wanted, full)
+        full_spec = StatsSpec(spec.activation, wanted, **base)
+        hit = (full_spec, _compute(input, target, full_spec, vmap), _tensor_key(vmap))
         shared["cache"][key] = hit
-    wanted, full = hit
-    idx = [wanted.index(c) for c in spec.columns]
-    if idx == list(range(len(wanted))):
+    full_spec, full, map_key = hit
+    uses_map = any(c.startswith("map_") for c in spec.columns)
+    if (
+        not set(spec.columns) <= set(full_spec.columns)
+        or _param_signature(spec, spec.columns) != _param_signature(full_spec, spec.columns)
+        or (uses_map and _tensor_key(voxel_map) != map_key)
+    ):
+        return _compute(input, target, spec, voxel_map)
+    idx = [full_spec.columns.index(c) for c in spec.columns]
+    if idx == list(range(len(full_spec.columns))):
         return full
     return full[..., idx]
