@@ -13,10 +13,7 @@ Median/p20/p80 wall ms; appends rows to benchmarks/results/edt.csv and prints a 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,16 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fastloss  # noqa: E402
+import common  # noqa: E402
 from fastloss.distance import cuda_available, edt, signed_distance  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "edt.csv"
-FIELDS = [
-    "bench", "case", "shape", "device", "provider", "threads", "median_ms", "p20_ms", "p80_ms",
-    "peak_mem_mib", "torch", "fastloss", "host", "date",
-]
 
 
 def spheres(shape, seed=1, count=6):
@@ -65,22 +56,18 @@ def _timeit(fn, reps, warmup=1, sync=None):
 
 
 def _row(case, shape, device, provider, threads, stats, peak=None):
-    return {
+    row = {
         "bench": "edt",
         "case": case,
         "shape": "x".join(map(str, shape)),
-        "device": device,
         "provider": provider,
         "threads": threads,
         "median_ms": round(stats[0], 4),
         "p20_ms": round(stats[1], 4),
         "p80_ms": round(stats[2], 4),
         "peak_mem_mib": "" if peak is None else round(peak, 1),
-        "torch": torch.__version__,
-        "fastloss": fastloss.__version__,
-        "host": platform.node(),
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+    return common.stamp(row, "cpu" if device == "cpu" else "cuda")
 
 
 def _cpu_rows(sizes, reps):
@@ -163,16 +150,6 @@ def _gpu_rows(quick, reps):
     return rows
 
 
-def write_rows(rows):
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with open(RESULTS, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
 def print_table(rows):
     print(f"{'case':14} {'shape':14} {'device':24} {'provider':10} {'thr':>4} {'median':>10} {'p20':>10} {'p80':>10}")
     for r in rows:
@@ -181,7 +158,7 @@ def print_table(rows):
     # headline ratios on the CPU, per shape
     by = {}
     for r in rows:
-        if r["device"] == "cpu":
+        if r["device"].startswith("cpu"):
             by.setdefault(r["shape"], {})[(r["provider"], r["threads"])] = r["median_ms"]
     for shape, d in by.items():
         one = d.get(("fastloss", 1))
@@ -197,13 +174,13 @@ def print_table(rows):
 
 
 def run(quick: bool = True, sizes=None) -> list[dict]:
-    """Time the EDT providers; returns the rows (also appended to benchmarks/results/edt.csv)."""
+    """Time the EDT providers, print the table and return the rows (the caller appends them to edt.csv)."""
     sizes = sizes or ([128] if quick else [64, 128, 256])
     reps = 5 if quick else 11
     rows = _cpu_rows(sizes, reps)
     if torch.cuda.is_available():
         rows += _gpu_rows(quick, 10 if quick else 30)
-    write_rows(rows)
+    print_table(rows)
     return rows
 
 
@@ -214,8 +191,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     rows = run(quick=not args.full, sizes=sizes)
-    print_table(rows)
-    print(f"rows appended to {RESULTS}")
+    print("->", common.append_csv("edt.csv", rows))
 
 
 if __name__ == "__main__":
