@@ -75,7 +75,7 @@ def _probs_input(cls, x):
     return torch.sigmoid(x) if cls in (RG.FocalTverskyLoss, RG.AsymmetricSimilarityLoss, RG.IoULoss,
                                         RG.SensitivitySpecificityLoss, RG.DiceLoss, RG.TverskyLoss,
                                         RG.GeneralizedDiceLoss, RG.PenaltyGeneralizedDiceLoss,
-                                        BD.HausdorffDTLoss) else x
+                                        BD.BoundaryLoss, BD.HausdorffDTLoss) else x
 
 
 @pytest.mark.parametrize("cls", DEFAULT_CLASSES, ids=lambda c: c.__name__)

@@ -35,64 +35,93 @@ def _check_spacing_arg(spacing):
 
 
 class BoundaryLoss(LossBase):
-    r"""Boundary loss of Kervadec et al. (Ma et al. 2021, Eq. 20).
+    r"""Boundary loss of Kervadec et al. (Ma et al. 2021, Eq. 20); MONAI 1.6.1 ``BoundaryLoss``.
 
     .. math::
-        L_{BD} = \frac{1}{|\mathcal{C}|\,B\,N} \sum_{b}\sum_{c \in \mathcal{C}} \sum_{i}
-                 \phi_G^{b,c}(i)\, s_\theta^{b,c}(i)
+        f_{b,c} = \frac{1}{N} \sum_{i=1}^{N} \phi_G^{b,c}(i)\, s^{b,c}(i), \qquad
+        L = \operatorname{reduction}_{b,\,c \in \mathcal{C}}\big(f_{b,c}\big)
 
-    with :math:`s_\theta` the softmax (or sigmoid) probability and :math:`\phi_G` the signed distance map
-    of each one-hot target channel, :func:`fastloss.signed_distance`:
-    ``edt(~g)·(~g) − (edt(g) − 1)·g`` (positive outside the object, ≤ 0 inside, the boundary voxels at 0),
-    and 0 for a class absent from an image, exactly as Kervadec's ``one_hot2dist``. The constant term
-    :math:`-\sum\phi_G g` of Eq. (19) is dropped (it has no gradient), so the loss is negative when the
-    prediction is good. As in Kervadec's ``SurfaceLoss`` (``loss = (probs[:, idc] * dist_maps[:, idc]).mean()``
-    with ``idc = [1]`` in their experiments), the background channel is left out by default
-    (``include_background=False``) and the result is the mean over images, kept classes and voxels.
+    with :math:`s` the prediction (after ``sigmoid``/``softmax``/``other_act``, or the input as is),
+    :math:`N` the number of voxels, and :math:`\phi_G^{b,c}` the signed distance map of the target mask
+    :math:`g = (y^{b,c} > 0.5)` (one-hot channel ``c`` of image ``b``)::
 
-    The map is computed inside ``forward`` from the target (no gradient flows through it), unless a
-    precomputed ``distance_map`` is passed (e.g. from a data loader); the gradient is
-    ``∂L/∂s = φ_G / (|C|·B·N)``, pushed through the activation by autograd or the fused kernels.
+        phi = edt(~g)·(~g) − (edt(g) − 1)·g
+
+    positive outside the object (distance to it), ≤ 0 inside (the innermost boundary layer at 0). As in
+    MONAI, a mask with no boundary, i.e. **empty or full**, gets a map of zeros (per image and class), so
+    it contributes 0. The constant term :math:`-\sum\phi_G g` of Eq. (19) is dropped (it has no gradient),
+    so the loss is negative when the prediction is good. With ``batch=True`` the values are averaged over
+    the batch first: :math:`f_c = \frac{1}{B}\sum_b f_{b,c}` (MONAI's ``loss.mean(dim=0)``).
+
+    The map is a function of the target only: it is computed without gradient (the batched exact EDT of
+    :func:`fastloss.distance.signed_distance`, every (image, class) volume in one call), or passed in
+    precomputed as ``distance_map``. So ``∂f_{b,c}/∂s^{b,c}(i) = φ_G^{b,c}(i)/N``, pushed through the
+    activation by autograd or the fused statistics kernels (``class_stats`` columns ``map_p``, ``count``).
+
+    Constructor arguments, their order and defaults, warnings and results are MONAI 1.6.1's (defaults: no
+    activation, background included, per-image values); the paper's configuration (softmax, background
+    excluded, as Kervadec's ``idc = [1]``) is ``fastloss.get_loss("BD")``. fastloss additionally accepts
+    1D inputs, integer labels whatever ``to_onehot_y`` says, ``spacing`` and ``ignore_index``.
+
+    ``ignore_index`` (labels: voxels with that label; one-hot targets: that class's voxels, or all-zero
+    voxels for a sentinel, MONAI's convention): the prediction is masked there, the map is computed from
+    the target with the ignored voxels counted as **background** (so the empty/full rule applies to that
+    mask), and :math:`N` becomes the number of counted voxels of the image, or of the whole batch with
+    ``batch=True`` (:math:`f_c = \sum_b \sum_i m\,\phi\,s / \sum_b \sum_i m`, which is MONAI's batch mean
+    when nothing is ignored). An image with every voxel ignored gives 0.
 
     Args:
-        include_background: keep channel 0 (Kervadec's ``idc`` would then include it). Default False.
-        to_onehot_y: accepted for MONAI compatibility; integer labels are always accepted.
-        sigmoid: apply a sigmoid to the logits.
-        softmax: apply a softmax over channels. ``None`` (default) means softmax unless ``sigmoid`` or
-            ``other_act`` is given.
-        other_act: any other activation callable applied to the input.
-        reduction: ``"mean"`` (default), ``"sum"`` over the per-(image, class) means, or ``"none"``:
-            shape ``(B, C', 1, ...)``.
-        spacing: voxel spacing for the distance maps (one number or one per spatial dim).
-        ignore_index: label (or one-hot class / sentinel, MONAI's convention) whose voxels are ignored:
-            prediction and target are masked there, the map is computed from the masked target, and the
-            mean is taken over counted voxels.
+        include_background: if False, channel 0 (background) is excluded, after the activation (ignored,
+            with MONAI's warning, for a single channel). Default True.
+        to_onehot_y: convert the target to one-hot with ``input.shape[1]`` classes (MONAI). Integer labels
+            ``(B, 1, *spatial)`` / ``(B, *spatial)`` are accepted either way; float labels need it.
+            Ignored, with MONAI's warning, for a single channel.
+        sigmoid: apply a sigmoid to the input.
+        softmax: apply a softmax over channels (ignored, with MONAI's warning, for a single channel).
+        other_act: any other callable applied to the input instead, e.g. ``torch.tanh``.
+        reduction: ``"mean"`` (default) or ``"sum"`` over the values ``f``, or ``"none"``: shape ``(B, C')``,
+            ``(C',)`` with ``batch`` (``C'`` the kept classes).
+        batch: average over the batch before the reduction. Default False.
+        spacing: keyword only, fastloss addition: voxel spacing for the distance maps (one number or one
+            per spatial dim; MONAI's unit spacing by default).
+        ignore_index: keyword only, fastloss addition: see above.
+
+    Forward args:
+        input: ``(B, C, *spatial)``, 1 to 3 spatial dims (logits with ``sigmoid``/``softmax``).
+        target: integer labels ``(B, 1, *spatial)`` / ``(B, *spatial)``, or one-hot / soft ``(B, C, *spatial)``.
+        distance_map: optional precomputed φ_G, ``(B, C, *spatial)`` (or ``(B, C - 1, *spatial)`` without
+            the background; ``*spatial`` may be flattened), used as is; no gradient flows into it.
 
     Raises:
-        TypeError: wrong argument types, non-callable ``other_act``, bad input/target dtypes.
-        ValueError: incompatible activations, unknown reduction, bad spacing, bad shapes or labels, a
-            ``distance_map`` of the wrong shape.
+        TypeError: non-callable ``other_act``, non-bool flags, a non-int ``ignore_index``, bad input, target
+            or ``distance_map`` types.
+        ValueError: more than one activation, an unknown ``reduction``, bad ``spacing``, an input without
+            1 to 3 spatial dims, a target or ``distance_map`` of the wrong shape, out-of-range labels.
 
     Example:
-        >>> loss = BoundaryLoss()
+        >>> import torch
+        >>> from fastloss.losses.boundary import BoundaryLoss
+        >>> loss = BoundaryLoss(softmax=True, to_onehot_y=True)  # MONAI's call, unchanged
         >>> x = torch.randn(2, 3, 16, 16, 16, requires_grad=True)
         >>> y = torch.randint(0, 3, (2, 1, 16, 16, 16))
         >>> loss(x, y).backward()
+        >>> BoundaryLoss(softmax=True, reduction="none", batch=True)(x, y).shape
+        torch.Size([3])
     """
 
     def __init__(
         self,
-        include_background: bool = False,
+        include_background: bool = True,
         to_onehot_y: bool = False,
         sigmoid: bool = False,
-        softmax: Optional[bool] = None,
+        softmax: bool = False,
         other_act: Optional[Callable] = None,
         reduction: str = "mean",
+        batch: bool = False,
+        *,
         spacing=None,
         ignore_index: Optional[int] = None,
     ) -> None:
-        if softmax is None:
-            softmax = not sigmoid and other_act is None
         super().__init__(
             include_background=include_background,
             to_onehot_y=to_onehot_y,
@@ -100,6 +129,7 @@ class BoundaryLoss(LossBase):
             softmax=softmax,
             other_act=other_act,
             reduction=reduction,
+            batch=batch,
             ignore_index=ignore_index,
         )
         self.spacing = _check_spacing_arg(spacing)
@@ -107,30 +137,54 @@ class BoundaryLoss(LossBase):
     def _first_class(self, C: int) -> int:
         return 0 if (self.include_background or C == 1) else 1
 
+    @torch.no_grad()
+    def compute_distance_map(self, target: torch.Tensor) -> torch.Tensor:
+        """MONAI's ``compute_distance_map``: the signed map of every (image, channel) mask ``target > 0.5``
+        of a one-hot/binary ``target`` ``(B, C, *spatial)`` (1 to 3 spatial dims), zeros for an empty or
+        full mask; float32, on ``target``'s device, with this loss's ``spacing``."""
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        if target.ndim not in (3, 4, 5):
+            raise ValueError(
+                f"target must be (B, C, *spatial) with 1 to 3 spatial dims, got {target.ndim} dims "
+                f"(shape {tuple(target.shape)})"
+            )
+        return self._signed_map(target > 0.5, tuple(target.shape[2:])).to(torch.float32)
+
+    def _signed_map(self, g: torch.Tensor, spatial: tuple) -> torch.Tensor:
+        """Signed map of the boolean masks ``g`` ``(B, C, ...)`` (any layout of ``spatial``), zero where a
+        mask is empty or full; shape ``(B, C, *spatial)``, float32."""
+        from ..distance import signed_distance
+
+        B, C = g.shape[:2]
+        g = g.reshape((B, C) + spatial)
+        spacing = check_spacing(self.spacing, len(spatial))
+        phi = torch.as_tensor(signed_distance(g, spacing, spatial_dims=len(spatial)))
+        # signed_distance gives 0 for an empty mask already, but a finite map for a full one (distance to
+        # the image edge); MONAI (no foreground/background interface) gives 0 for both.
+        full = g.reshape(B, C, -1).all(dim=-1).reshape((B, C) + (1,) * len(spatial))
+        return torch.where(full, torch.zeros((), dtype=phi.dtype, device=phi.device), phi)
+
     def distance_map(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The ``(B, C, N)`` signed distance map φ_G of ``target`` (zero in the background channel when it
-        is excluded), as ``forward`` computes it; pass it back reshaped to ``(B, C, *spatial)``."""
+        """The map ``forward`` computes for ``input``/``target``: ``(B, C, *spatial)`` in the compute dtype,
+        zeros in channel 0 when the background is excluded; pass it back as ``distance_map``."""
         prep = self.prepare(input, target)
-        return self._map_from_target(input, prep.target, self._first_class(input.shape[1]))
+        B, C = input.shape[:2]
+        return self._map_from_target(input, prep.target, self._first_class(C)).reshape(input.shape)
 
     @torch.no_grad()
     def _map_from_target(self, input: torch.Tensor, tgt, c0: int) -> torch.Tensor:
-        from ..distance import signed_distance
-
         B, C = input.shape[:2]
-        spatial = tuple(input.shape[2:])
         dt = compute_dtype(input)
-        spacing = check_spacing(self.spacing, len(spatial))
-        g = tgt.dense(dt)[:, c0:] > 0.5  # (B, C', N) binary masks, ignored voxels are background
-        phi = signed_distance(g.reshape((B, C - c0) + spatial), spacing, spatial_dims=len(spatial))
-        phi = torch.as_tensor(phi).to(device=input.device, dtype=dt).reshape(B, C - c0, -1)
+        g = tgt.dense(dt)[:, c0:] > 0.5  # (B, C', N) binary masks; ignored voxels are background
+        phi = self._signed_map(g, tuple(input.shape[2:])).to(device=input.device, dtype=dt).reshape(B, C - c0, -1)
         if c0:
             phi = torch.cat([phi.new_zeros(B, c0, phi.shape[2]), phi], dim=1)
         return phi
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: Optional[torch.Tensor] = None):
-        """``input`` logits ``(B, C, *spatial)``; ``target`` labels or one-hot; optional precomputed
-        ``distance_map`` of shape ``(B, C, *spatial)`` (or ``(B, C-1, *spatial)`` without background)."""
+        """See the class docstring: ``input`` ``(B, C, *spatial)``, ``target`` labels or one-hot, optional
+        precomputed ``distance_map``. Returns a scalar, or ``(B, C')`` / ``(C',)`` for ``reduction="none"``."""
         prep = self.prepare(input, target)
         C = input.shape[1]
         c0 = self._first_class(C)
@@ -138,11 +192,12 @@ class BoundaryLoss(LossBase):
             phi = self._map_from_target(input, prep.target, c0)
         else:
             phi = self._check_map(distance_map, input, c0).to(compute_dtype(input))
-        # Σ_i m·φ·p and Σ_i m per (b, c); ∂L/∂p_i = φ_i / count (autograd or the fused backward kernel).
+        # Σ_i m·φ·p and Σ_i m per (b, c) (m the ignore mask, 1 without ignore_index, so Σ m = N);
+        # ∂f/∂p_i = m_i φ_i / Σ m (autograd or the fused backward kernel), φ a constant.
         stats = class_stats(prep.input, prep.target, StatsSpec(prep.activation, ("map_p", "count")), phi)
-        stats = select_classes(stats, self.include_background)
+        stats = self.reduce_stats(stats)  # drop the background; batch: sum the sums over the batch
         f = stats[..., 0] / stats[..., 1].clamp_min(1.0)
-        return reduce_loss(f, self.reduction, prep.spatial_ndim)
+        return reduce_loss(f, self.reduction, prep.spatial_ndim, broadcast=False)
 
     @staticmethod
     def _check_map(distance_map, input: torch.Tensor, c0: int) -> torch.Tensor:
