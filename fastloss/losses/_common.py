@@ -32,6 +32,7 @@ from .._validation import (
     check_reduction,
     prepare_target,
 )
+from ..backend import use_triton
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "check_nonneg",
     "expand_class_weight",
     "flatten_spatial",
+    "fused_formula",
     "prepare_inputs",
     "reduce_loss",
     "resolve_activation",
@@ -323,3 +325,14 @@ class LossBase(nn.Module):
             f"include_background={self.include_background}, activation={self.activation!r}, "
             f"reduction={self.reduction!r}, batch={self.batch}, ignore_index={self.ignore_index}"
         )
+
+
+def fused_formula(name: str, loss, input, target):
+    """The loss through ``fastloss.ops.triton_formula.<name>`` (the statistics kernel, then one launch that
+    evaluates the formula and its derivative) when the Triton backend serves ``input`` and that function
+    covers the loss's configuration; None otherwise, and the caller runs its torch formula."""
+    if not isinstance(input, torch.Tensor) or not use_triton(input):
+        return None
+    from ..ops import triton_formula
+
+    return getattr(triton_formula, name)(loss, input, target)

@@ -26,6 +26,7 @@ from ._common import (
     check_ignore_index,
     check_nonneg,
     expand_class_weight,
+    fused_formula,
     prepare_inputs,
     select_classes,
     sum_batch,
@@ -215,6 +216,9 @@ class DiceCELoss(nn.Module):
         return (1.0 - ls) * ce + (ls / C) * smooth
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fused = fused_formula("fused_dice_ce", self, input, target)  # one statistics pass, one formula launch
+        if fused is not None:
+            return fused
         # One statistics pass serves both parts when they share the activation (softmax Dice).
         with shared_statistics(("pg", "p", "g", "ce", "count")):
             dice_loss = self.dice(input, target)
@@ -315,6 +319,9 @@ class DiceFocalLoss(nn.Module):
         self.to_onehot_y = self.dice.to_onehot_y
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fused = fused_formula("fused_dice_focal", self, input, target)  # one statistics pass, one formula launch
+        if fused is not None:
+            return fused
         # One statistics pass serves both parts when they share the activation (softmax Dice and focal).
         alpha = self.focal.alpha if self.focal._alpha_is_number else None
         with shared_statistics(("pg", "p", "g", "focal"), gamma=self.focal.gamma, alpha=alpha):

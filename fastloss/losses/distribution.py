@@ -24,6 +24,7 @@ from ._common import (
     check_nonneg,
     expand_class_weight,
     flatten_spatial,
+    fused_formula,
     prepare_inputs,
 )
 
@@ -176,6 +177,9 @@ class CrossEntropyLoss(nn.Module):
         self.to_onehot_y = check_bool(to_onehot_y, "to_onehot_y")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fused = fused_formula("fused_cross_entropy", self, input, target)
+        if fused is not None:
+            return fused
         prep = prepare_inputs(
             input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
         )
@@ -579,6 +583,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: logits ``(B, C, *spatial)``; ``target``: labels or one-hot/soft ``(B, C, *spatial)``."""
+        fused = fused_formula("fused_focal", self, input, target)
+        if fused is not None:
+            return fused
         prep = prepare_inputs(
             input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
         )

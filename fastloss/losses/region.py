@@ -31,6 +31,7 @@ from ._common import (
     apply_class_weight,
     check_bool,
     check_nonneg,
+    fused_formula,
     reduce_loss,
 )
 
@@ -199,6 +200,9 @@ class DiceLoss(_OverlapLoss):
         self.jaccard = check_bool(jaccard, "jaccard")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fused = fused_formula("fused_dice", self, input, target)
+        if fused is not None:
+            return fused
         tp, fp, fn, _, nsp = self.overlap_terms(input, target, squared=self.squared_pred)
         # Dice: 2tp + fp + fn = Σp + Σg (or Σp² + Σg²); Jaccard: 2(tp + fp + fn) = 2·|union|.
         union = tp + fp + fn if self.jaccard else tp + 0.5 * (fp + fn)
@@ -346,6 +350,9 @@ class TverskyLoss(_TverskyFamily):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        fused = fused_formula("fused_tversky", self, input, target)
+        if fused is not None:
+            return fused
         f, nsp = self.per_class(input, target)
         return reduce_loss(f, self.reduction, nsp, broadcast=False)
 

@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._validation import Target
+from .._validation import Target, _is_compiling
 
 COLUMNS = (
     "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
@@ -235,6 +235,9 @@ def shared_statistics(columns: Tuple[str, ...] = (), voxel_map: Optional[torch.T
     unknown = set(params) - set(_PARAM_FIELDS)
     if unknown:
         raise TypeError(f"shared_statistics got unknown parameters {sorted(unknown)}; known: {_PARAM_FIELDS}")
+    if _is_compiling():  # no sharing while torch.compile traces (see class_stats)
+        yield
+        return
     if _SHARED.get() is not None:
         yield
         return
@@ -257,6 +260,10 @@ def class_stats(
     input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``(B, C, K)`` per-(batch, class) sums of ``spec.columns``; dispatches to the active backend."""
+    if _is_compiling():
+        # Dynamo cannot trace ContextVar.get or data_ptr(): while torch.compile traces, every request is
+        # computed on its own (same values; the sharing only saves passes over the logits).
+        return _compute(input, target, spec, voxel_map)
     shared = _SHARED.get()
     if shared is None:
         return _compute(input, target, spec, voxel_map)
