@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -26,14 +25,21 @@ def backend_name() -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_AVAILABLE = None
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
-    return True
+    """Whether triton imports (checked once; a plain global, which torch.compile traces as a constant)."""
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_AVAILABLE = True
+        except Exception:
+            _TRITON_AVAILABLE = False
+    return _TRITON_AVAILABLE
 
 
 def triton_interpreting() -> bool:

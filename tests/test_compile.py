@@ -31,12 +31,6 @@ MAP_NAMES = {"pCE", "DiceHD", "BD", "HD"}
 MAP_CLASSES = {"BoundaryLoss", "HausdorffDTLoss", "DistancePenalizedCELoss", "DiceHausdorffDTLoss"}
 LOSS_CLASSES = sorted(n for n in L.__all__ if isinstance(getattr(L, n), type))
 
-_TOPK_IGNORE_REASON = (
-    "TopKLoss.forward (fastloss/losses/distribution.py) counts the non-ignored voxels with "
-    "int((tgt.mask > 0).sum().item()) to size torch.topk: a data-dependent Python int, which fullgraph "
-    "cannot trace (topk_count guards on it). Fix: under torch.compiler.is_compiling() keep K a tensor and "
-    "take the mean of the first K entries of torch.sort(ce.flatten(), descending=True) (arange < K mask)."
-)
 
 
 @pytest.fixture(autouse=True)
@@ -127,14 +121,9 @@ def test_default_class_fullgraph(cls_name):
         assert "fastloss.edt" in rec.targets()
 
 
-def _is_topk_percent(name: str) -> bool:
-    return PAPER_LOSSES[name][0] in (L.TopKLoss, L.DiceTopKLoss) and PAPER_LOSSES[name][1].get("t") is None
-
-
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_TOPK_IGNORE_REASON))
-     if _is_topk_percent(n) else n for n in paper_loss_names()],
+    paper_loss_names(),
 )
 def test_paper_loss_ignore_index_fullgraph(name):
     """ignore_index (label 255 on a fifth of the voxels): masks are tensors, never host values."""

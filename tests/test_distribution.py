@@ -595,3 +595,38 @@ def test_triton_topk_ties_share_gradient(monkeypatch):
     p = torch.full((3,), 1 / 3)
     per_voxel = (x.grad.abs().sum(1) / (2 * (1 - p[0]))).sum()
     torch.testing.assert_close(per_voxel, torch.tensor(1.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("k", [0.5, 10.0, 37.0, 100.0])
+def test_topk_traced_matches_host_count(reduction, k):
+    """The compile-time TopK (tensor K, sort-based) equals the eager one (host K, torch.topk), values
+    and gradients; distinct values, so the selected set is unique."""
+    from fastloss.ops.topk import topk_count, topk_traced
+
+    g = torch.Generator().manual_seed(5)
+    ce = torch.rand(3, 41, dtype=torch.float64, generator=g).requires_grad_(True)
+    valid = torch.rand(3, 41, generator=g) > 0.3
+    ce_m = ce * valid
+    n = int(valid.sum())
+    K = topk_count(n, k)
+    flat = ce_m.reshape(-1)
+    top = torch.topk(flat, K).indices
+    keep = torch.zeros_like(flat).index_fill(0, top, 1.0)
+    want = {"sum": (flat * keep).sum(), "mean": (flat * keep).sum() / K, "none": (flat * keep).reshape(3, 41)}[reduction]
+    got = topk_traced(ce_m, valid.sum(), k, reduction)
+    torch.testing.assert_close(got, want)
+    w = torch.randn_like(got)
+    (g1,) = torch.autograd.grad((got * w).sum(), ce, retain_graph=True)
+    (g2,) = torch.autograd.grad((want * w).sum(), ce)
+    torch.testing.assert_close(g1, g2)
+
+
+def test_topk_traced_no_valid_voxel_is_zero():
+    from fastloss.ops.topk import topk_traced
+
+    ce = torch.rand(2, 5, requires_grad=True)
+    out = topk_traced(ce * 0, torch.tensor(0), 10.0, "mean")
+    assert out.item() == 0.0
+    (g,) = torch.autograd.grad(out, ce)
+    assert torch.equal(g, torch.zeros_like(g))

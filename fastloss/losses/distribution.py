@@ -15,9 +15,16 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .._validation import Target, _check_label_range, check_class_weight, check_reduction, label_checks_enabled
+from .._validation import (
+    Target,
+    _check_label_range,
+    _is_compiling,
+    check_class_weight,
+    check_reduction,
+    label_checks_enabled,
+)
 from ..ops.stats import StatsSpec, class_stats, compute_dtype, voxel_terms
-from ..ops.topk import topk_ce_mean, topk_count, topk_select_mask, topk_sum
+from ..ops.topk import topk_ce_mean, topk_count, topk_select_mask, topk_sum, topk_traced
 from ._common import (
     check_bool,
     check_ignore_index,
@@ -461,6 +468,10 @@ class TopKLoss(nn.Module):
         ce = _voxel_ce_any(input, tgt, self.class_weight)  # (B, N), 0 at ignored voxels
         if tgt.mask is None:
             n_valid = ce.numel()
+        elif _is_compiling():
+            # no host value while torch.compile traces: K stays a tensor (sort-based selection)
+            out = topk_traced(ce, (tgt.mask > 0).sum(), self.k, self.reduction)
+            return out.reshape((B,) + tuple(input.shape[2:])) if self.reduction == "none" else out
         else:
             n_valid = int((tgt.mask > 0).sum().item())  # K must be a Python int: one host sync
         K = topk_count(n_valid, self.k)

@@ -30,7 +30,7 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["topk_count", "topk_sum", "topk_ce_mean", "topk_select_mask"]
+__all__ = ["topk_count", "topk_sum", "topk_ce_mean", "topk_select_mask", "topk_traced"]
 
 
 def topk_count(n_valid: int, k: float) -> int:
@@ -120,3 +120,26 @@ def topk_select_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         idx = torch.topk(flat, k, largest=True, sorted=False).indices
         sel.index_fill_(0, idx, 1.0)
     return sel.view_as(values)
+
+
+def topk_traced(values: torch.Tensor, n_valid: torch.Tensor, k: float, reduction: str) -> torch.Tensor:
+    """TopK with a data-dependent count, for ``torch.compile``: no host value anywhere.
+
+    ``K = min(n, max(1, floor(n · k / 100)))`` (0 when ``n = 0``), ``n`` = ``n_valid`` a 0-d tensor, as
+    :func:`topk_count` computes it on the host. The values are sorted in decreasing order and the first
+    ``K`` kept: the same sum as ``torch.topk``, and the same gradient (1 on the kept voxels) except
+    which of several tied voxels at the threshold receive it. ``reduction``: ``"mean"`` (sum / K),
+    ``"sum"``, or ``"none"`` (the values at the kept positions, 0 elsewhere, shaped like ``values``).
+    """
+    flat = values.reshape(-1)
+    n = n_valid.to(torch.float64)
+    kk = torch.minimum(n, torch.clamp(torch.floor(n * k / 100.0), min=1.0))  # 0 when n == 0
+    order = torch.sort(flat.detach(), descending=True).indices
+    keep_sorted = (torch.arange(flat.numel(), device=flat.device) < kk).to(flat.dtype)
+    if reduction == "none":
+        keep = torch.zeros_like(flat).scatter(0, order, keep_sorted)
+        return (flat * keep).reshape(values.shape)
+    total = (flat.gather(0, order) * keep_sorted).sum()
+    if reduction == "sum":
+        return total
+    return total / kk.clamp_min(1.0).to(flat.dtype)
