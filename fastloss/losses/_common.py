@@ -44,6 +44,7 @@ __all__ = [
     "check_nonneg",
     "expand_class_weight",
     "flatten_spatial",
+    "functional_form",
     "fused_formula",
     "prepare_inputs",
     "reduce_loss",
@@ -336,3 +337,19 @@ def fused_formula(name: str, loss, input, target):
     from ..ops import triton_formula
 
     return getattr(triton_formula, name)(loss, input, target)
+
+
+def functional_form(cls, name: str, forward_kwargs: Sequence[str] = ()):
+    """The functional form of loss class ``cls``: ``name(input, target, *args, **kwargs)`` builds
+    ``cls(**kwargs)`` and calls it on ``(input, target, *args)``; the keyword arguments named in
+    ``forward_kwargs`` (e.g. ``distance_map``) go to ``forward`` instead of the constructor."""
+
+    def loss_fn(input: torch.Tensor, target: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        fwd = {k: kwargs.pop(k) for k in forward_kwargs if k in kwargs}
+        return cls(**kwargs)(input, target, *args, **fwd)
+
+    extra = "".join(f", {k}=None" for k in forward_kwargs)
+    loss_fn.__name__ = loss_fn.__qualname__ = name
+    loss_fn.__module__ = cls.__module__
+    loss_fn.__doc__ = f"Functional :class:`{cls.__name__}`: ``{cls.__name__}(**kwargs)(input, target{extra})``."
+    return loss_fn

@@ -15,7 +15,7 @@ import torch
 
 from .._validation import check_spacing
 from ..ops.stats import StatsSpec, activate, class_stats, compute_dtype
-from ._common import LossBase, check_nonneg, reduce_loss, select_classes
+from ._common import LossBase, check_nonneg, functional_form, reduce_loss, select_classes
 
 __all__ = ["BoundaryLoss", "HausdorffDTLoss", "boundary_loss", "hausdorff_dt_loss"]
 
@@ -326,11 +326,5 @@ class HausdorffDTLoss(LossBase):
         return reduce_loss(f, self.reduction, prep.spatial_ndim)
 
 
-def boundary_loss(input: torch.Tensor, target: torch.Tensor, distance_map: Optional[torch.Tensor] = None, **kwargs):
-    """Functional :class:`BoundaryLoss`: ``BoundaryLoss(**kwargs)(input, target, distance_map)``."""
-    return BoundaryLoss(**kwargs)(input, target, distance_map)
-
-
-def hausdorff_dt_loss(input: torch.Tensor, target: torch.Tensor, **kwargs):
-    """Functional :class:`HausdorffDTLoss`: ``HausdorffDTLoss(**kwargs)(input, target)``."""
-    return HausdorffDTLoss(**kwargs)(input, target)
+boundary_loss = functional_form(BoundaryLoss, "boundary_loss", forward_kwargs=("distance_map",))
+hausdorff_dt_loss = functional_form(HausdorffDTLoss, "hausdorff_dt_loss")

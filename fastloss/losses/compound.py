@@ -26,6 +26,7 @@ from ._common import (
     check_ignore_index,
     check_nonneg,
     expand_class_weight,
+    functional_form,
     fused_formula,
     prepare_inputs,
     select_classes,
@@ -750,31 +751,9 @@ class DiceHausdorffDTLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ functional
-def dice_ce_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional :class:`DiceCELoss`: ``DiceCELoss(**kwargs)(input, target)``."""
-    return DiceCELoss(**kwargs)(input, target)
-
-
-def dice_focal_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional :class:`DiceFocalLoss`: ``DiceFocalLoss(**kwargs)(input, target)``."""
-    return DiceFocalLoss(**kwargs)(input, target)
-
-
-def dice_topk_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional :class:`DiceTopKLoss`: ``DiceTopKLoss(**kwargs)(input, target)``."""
-    return DiceTopKLoss(**kwargs)(input, target)
-
-
-def exp_log_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional :class:`ExpLogLoss`: ``ExpLogLoss(**kwargs)(input, target)``."""
-    return ExpLogLoss(**kwargs)(input, target)
-
-
-def dice_boundary_loss(input: torch.Tensor, target: torch.Tensor, distance_map=None, **kwargs) -> torch.Tensor:
-    """Functional :class:`DiceBoundaryLoss` at a fixed ``alpha`` (kwargs): ``DiceBoundaryLoss(**kwargs)(...)``."""
-    return DiceBoundaryLoss(**kwargs)(input, target, distance_map)
-
-
-def dice_hausdorff_dt_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional :class:`DiceHausdorffDTLoss`: ``DiceHausdorffDTLoss(**kwargs)(input, target)``."""
-    return DiceHausdorffDTLoss(**kwargs)(input, target)
+dice_ce_loss = functional_form(DiceCELoss, "dice_ce_loss")
+dice_focal_loss = functional_form(DiceFocalLoss, "dice_focal_loss")
+dice_topk_loss = functional_form(DiceTopKLoss, "dice_topk_loss")
+exp_log_loss = functional_form(ExpLogLoss, "exp_log_loss")
+dice_boundary_loss = functional_form(DiceBoundaryLoss, "dice_boundary_loss", forward_kwargs=("distance_map",))
+dice_hausdorff_dt_loss = functional_form(DiceHausdorffDTLoss, "dice_hausdorff_dt_loss")

@@ -31,6 +31,7 @@ from ._common import (
     check_nonneg,
     expand_class_weight,
     flatten_spatial,
+    functional_form,
     fused_formula,
     prepare_inputs,
 )
@@ -233,9 +234,7 @@ def _cross_entropy(
     return _safe_div(num, den)
 
 
-def cross_entropy_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional form: ``CrossEntropyLoss(**kwargs)(input, target)``."""
-    return CrossEntropyLoss(**kwargs)(input, target)
+cross_entropy_loss = functional_form(CrossEntropyLoss, "cross_entropy_loss")
 
 
 # ----------------------------------------------------------------------------------- weighted cross entropy
@@ -372,9 +371,7 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
             return _weights_from_counts(_class_counts(target))
 
 
-def weighted_cross_entropy_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional form: ``WeightedCrossEntropyLoss(**kwargs)(input, target)``."""
-    return WeightedCrossEntropyLoss(**kwargs)(input, target)
+weighted_cross_entropy_loss = functional_form(WeightedCrossEntropyLoss, "weighted_cross_entropy_loss")
 
 
 # ------------------------------------------------------------------------------------------------- TopK
@@ -499,9 +496,7 @@ class TopKLoss(nn.Module):
         return _safe_div(num, sel.sum())
 
 
-def topk_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional form: ``TopKLoss(**kwargs)(input, target)``."""
-    return TopKLoss(**kwargs)(input, target)
+topk_loss = functional_form(TopKLoss, "topk_loss")
 
 
 # ------------------------------------------------------------------------------------------------- Focal
@@ -692,9 +687,7 @@ class FocalLoss(nn.Module):
         return w.reshape(1).to(device=like.device, dtype=dt)
 
 
-def focal_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional form: ``FocalLoss(**kwargs)(input, target)``."""
-    return FocalLoss(**kwargs)(input, target)
+focal_loss = functional_form(FocalLoss, "focal_loss")
 
 
 # ------------------------------------------------------------------------------- distance-penalised CE
@@ -854,8 +847,4 @@ class DistancePenalizedCELoss(nn.Module):
         return dm.reshape(B, ch, -1)
 
 
-def distance_penalized_ce_loss(
-    input: torch.Tensor, target: torch.Tensor, distance_map: Optional[torch.Tensor] = None, **kwargs
-) -> torch.Tensor:
-    """Functional form: ``DistancePenalizedCELoss(**kwargs)(input, target, distance_map)``."""
-    return DistancePenalizedCELoss(**kwargs)(input, target, distance_map)
+distance_penalized_ce_loss = functional_form(DistancePenalizedCELoss, "distance_penalized_ce_loss", forward_kwargs=("distance_map",))

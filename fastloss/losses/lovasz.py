@@ -9,7 +9,7 @@ from torch import nn
 
 from ..ops.lovasz import lovasz_extension
 from ..ops.stats import compute_dtype
-from ._common import check_bool, check_ignore_index, flatten_spatial, prepare_inputs
+from ._common import check_bool, check_ignore_index, flatten_spatial, functional_form, prepare_inputs
 from .._validation import check_reduction
 
 __all__ = ["LovaszSoftmaxLoss", "lovasz_softmax_loss"]
@@ -144,6 +144,4 @@ class LovaszSoftmaxLoss(nn.Module):
         return per.mean() if self.per_image else per
 
 
-def lovasz_softmax_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Functional form: ``LovaszSoftmaxLoss(**kwargs)(input, target)``."""
-    return LovaszSoftmaxLoss(**kwargs)(input, target)
+lovasz_softmax_loss = functional_form(LovaszSoftmaxLoss, "lovasz_softmax_loss")

@@ -31,6 +31,7 @@ from ._common import (
     apply_class_weight,
     check_bool,
     check_nonneg,
+    functional_form,
     fused_formula,
     reduce_loss,
 )
@@ -754,41 +755,11 @@ class SensitivitySpecificityLoss(LossBase):
 
 
 # ----------------------------------------------------------------------------------------- functional forms
-def dice_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``DiceLoss(**kwargs)(input, target)``."""
-    return DiceLoss(**kwargs)(input, target)
-
-
-def iou_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``IoULoss(**kwargs)(input, target)``."""
-    return IoULoss(**kwargs)(input, target)
-
-
-def tversky_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``TverskyLoss(**kwargs)(input, target)``."""
-    return TverskyLoss(**kwargs)(input, target)
-
-
-def generalized_dice_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``GeneralizedDiceLoss(**kwargs)(input, target)``."""
-    return GeneralizedDiceLoss(**kwargs)(input, target)
-
-
-def focal_tversky_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``FocalTverskyLoss(**kwargs)(input, target)``."""
-    return FocalTverskyLoss(**kwargs)(input, target)
-
-
-def asymmetric_similarity_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``AsymmetricSimilarityLoss(**kwargs)(input, target)``."""
-    return AsymmetricSimilarityLoss(**kwargs)(input, target)
-
-
-def penalty_generalized_dice_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``PenaltyGeneralizedDiceLoss(**kwargs)(input, target)``."""
-    return PenaltyGeneralizedDiceLoss(**kwargs)(input, target)
-
-
-def sensitivity_specificity_loss(input: torch.Tensor, target: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``SensitivitySpecificityLoss(**kwargs)(input, target)``."""
-    return SensitivitySpecificityLoss(**kwargs)(input, target)
+dice_loss = functional_form(DiceLoss, "dice_loss")
+iou_loss = functional_form(IoULoss, "iou_loss")
+tversky_loss = functional_form(TverskyLoss, "tversky_loss")
+generalized_dice_loss = functional_form(GeneralizedDiceLoss, "generalized_dice_loss")
+focal_tversky_loss = functional_form(FocalTverskyLoss, "focal_tversky_loss")
+asymmetric_similarity_loss = functional_form(AsymmetricSimilarityLoss, "asymmetric_similarity_loss")
+penalty_generalized_dice_loss = functional_form(PenaltyGeneralizedDiceLoss, "penalty_generalized_dice_loss")
+sensitivity_specificity_loss = functional_form(SensitivitySpecificityLoss, "sensitivity_specificity_loss")
