@@ -132,19 +132,18 @@ class Target:
             if self.num_classes == 1:
                 g = (lab == 1).to(dtype).unsqueeze(1)
             else:
+                # channel-first one-hot written in place; an out-of-range label (possible only with the
+                # label check off) gets an all-zero vector, as the kernels treat it
                 in_range = (lab >= 0) & (lab < self.num_classes)
-                safe = torch.where(in_range, lab, torch.zeros_like(lab))
-                g = torch.nn.functional.one_hot(safe, self.num_classes).to(dtype)
-                g = g * in_range.unsqueeze(-1).to(dtype)
-                g = g.movedim(-1, 1)
+                g = torch.zeros((lab.shape[0], self.num_classes) + tuple(lab.shape[1:]), dtype=dtype, device=lab.device)
+                if label_checks_enabled() and self.ignore_index is None:
+                    g.scatter_(1, lab.unsqueeze(1), 1.0)  # every label was checked to lie in [0, C)
+                else:
+                    safe = torch.where(in_range, lab, torch.zeros_like(lab))
+                    g.scatter_(1, safe.unsqueeze(1), in_range.unsqueeze(1).to(dtype))
         if self.mask is not None:
             g = g * self.mask.to(dtype).unsqueeze(1)
         return g
-
-    def mask_or_ones(self, batch: int, n: int, dtype, device) -> torch.Tensor:
-        if self.mask is None:
-            return torch.ones(batch, n, dtype=dtype, device=device)
-        return self.mask.to(dtype)
 
 
 def prepare_target(
@@ -235,6 +234,9 @@ def prepare_target(
 
 def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int], name: str) -> None:
     hi = 2 if C == 1 else C
+    lo_hi = torch.aminmax(labels)  # one pass, one host sync; the detailed check only when it fails
+    if int(lo_hi.min) >= 0 and int(lo_hi.max) < hi:
+        return
     bad = (labels < 0) | (labels >= hi)
     if ignore_index is not None:
         bad &= labels != ignore_index

@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._validation import Target, _is_compiling
+from .._validation import Target, _is_compiling, label_checks_enabled
 
 COLUMNS = (
     "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
@@ -99,9 +99,9 @@ def voxel_terms(
     p = activate(x, spec.activation)
     g = target.dense(dt)
     m = None if target.mask is None else target.mask.to(dt).unsqueeze(1)
-    if target.labels is not None:
+    if target.labels is not None and not label_checks_enabled():
         # Out-of-range labels (possible only with the label check off) are ignored voxels, as in the
-        # kernels; with the check on this mask is all ones.
+        # kernels; with the check on every label is in range or ignore_index (masked above).
         hi = 2 if C == 1 else C
         valid = ((target.labels >= 0) & (target.labels < hi)).to(dt).unsqueeze(1)
         m = valid if m is None else m * valid
@@ -183,10 +183,55 @@ def class_stats_torch(
     """Torch backend of :func:`class_stats`: ``(B, C, K)`` sums, differentiable by autograd."""
     B, C = input.shape[:2]
     x = input.reshape(B, C, -1)
+    if set(spec.columns) <= _LABEL_FAST and target.labels is not None and C > 1 and spec.activation == "softmax":
+        return _label_stats_softmax(x, target, spec)
     if voxel_map is not None:
         voxel_map = voxel_map.reshape(B, -1, x.shape[2])
     terms = voxel_terms(x, target, spec, voxel_map)
     return torch.stack([terms[c].sum(dim=2) for c in spec.columns], dim=2)
+
+
+_LABEL_FAST = frozenset(("pg", "p", "pp", "g", "gg", "ce", "count"))
+
+
+def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> torch.Tensor:
+    """The Dice/CE columns for integer labels and a softmax without a one-hot tensor: the terms that
+    carry g are gathered at each voxel's label and scattered into per-class bins (one value per voxel
+    instead of C); the rest are plain sums. Same values as :func:`voxel_terms` (autograd through
+    gather/scatter_add)."""
+    dt = compute_dtype(x)
+    B, C, N = x.shape
+    logp = torch.log_softmax(x.to(dt), dim=1)
+    p = logp.exp()
+    lab = target.labels
+    valid = None if target.mask is None else target.mask.to(dt)
+    if target.ignore_index is not None or not label_checks_enabled():
+        in_range = (lab >= 0) & (lab < C)  # out-of-range labels are ignored voxels, as in the kernels
+        lab = torch.where(in_range, lab, torch.zeros_like(lab))
+        valid = in_range.to(dt) if valid is None else valid * in_range.to(dt)
+    idx = lab.unsqueeze(1)  # (B, 1, N)
+
+    def per_class(v):  # Σ over the voxels of each label class of the per-voxel value v (B, N)
+        v = v if valid is None else v * valid
+        return torch.zeros(B, C, dtype=dt, device=x.device).scatter_add(1, lab, v)
+
+    pm = p if valid is None else p * valid.unsqueeze(1)
+    out = []
+    for col in spec.columns:
+        if col == "pg":
+            out.append(per_class(p.gather(1, idx).squeeze(1)))
+        elif col == "p":
+            out.append(pm.sum(dim=2))
+        elif col == "pp":
+            out.append((pm * pm).sum(dim=2))
+        elif col in ("g", "gg"):
+            out.append(per_class(torch.ones(B, N, dtype=dt, device=x.device)))
+        elif col == "ce":
+            out.append(per_class(-logp.gather(1, idx).squeeze(1)))
+        else:  # count: the counted voxels, in every class
+            n = torch.full((B,), float(N), dtype=dt, device=x.device) if valid is None else valid.sum(dim=1)
+            out.append(n.unsqueeze(1).expand(B, C))
+    return torch.stack(out, dim=2)
 
 
 def _compute(input, target, spec, voxel_map):
