@@ -6,6 +6,7 @@
 // consecutive floats of every row, a cache line): it gathers a tile into a float64 buffer, runs the 1D
 // envelope on each line in place, and scatters the tile back. Tiles that hold only zeros are skipped.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -20,7 +21,9 @@ namespace {
 
 constexpr int64_t kTile = 16;  // lines per tile: 16 floats = one 64-byte cache line per row
 
-// Runs fn(begin, end) over [0, n) split into `threads` contiguous chunks (the caller's thread takes one).
+// Runs fn(begin, end) over [0, n) on `threads` threads (the caller's among them). Work is handed out in
+// chunks of `grain` items from a shared counter, so lines that cost more (long runs of foreground) do not
+// leave one thread waiting on another; each item is still processed by exactly one fn call.
 template <class Fn>
 void parallel_for(int64_t n, int threads, Fn fn) {
   if (n <= 0) return;
@@ -29,21 +32,19 @@ void parallel_for(int64_t n, int threads, Fn fn) {
     fn(int64_t(0), n);
     return;
   }
+  const int64_t grain = std::max<int64_t>(1, n / (t * 16));
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    for (;;) {
+      const int64_t begin = next.fetch_add(grain, std::memory_order_relaxed);
+      if (begin >= n) return;
+      fn(begin, std::min(n, begin + grain));
+    }
+  };
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(t - 1));
-  const int64_t chunk = n / t, extra = n % t;
-  int64_t begin = 0;
-  int64_t first_end = 0;
-  for (int64_t i = 0; i < t; ++i) {
-    const int64_t end = begin + chunk + (i < extra ? 1 : 0);
-    if (i == 0) {
-      first_end = end;
-    } else {
-      pool.emplace_back([=]() { fn(begin, end); });
-    }
-    begin = end;
-  }
-  fn(int64_t(0), first_end);
+  for (int64_t i = 1; i < t; ++i) pool.emplace_back(worker);
+  worker();
   for (auto& th : pool) th.join();
 }
 
@@ -52,6 +53,13 @@ struct HostEnv {
   std::vector<int64_t> vs;
   std::vector<double> fs, zs;
   explicit HostEnv(int64_t n) : vs(static_cast<size_t>(n)), fs(static_cast<size_t>(n)), zs(static_cast<size_t>(n)) {}
+  void reserve(int64_t n) {
+    if (vs.size() < static_cast<size_t>(n)) {
+      vs.resize(static_cast<size_t>(n));
+      fs.resize(static_cast<size_t>(n));
+      zs.resize(static_cast<size_t>(n));
+    }
+  }
   void set(int64_t k, int64_t v, double f, double z) {
     vs[k] = v;
     fs[k] = f;
@@ -79,10 +87,12 @@ void binary_pass(const uint8_t* mask, float* out, int64_t lines, int64_t n, doub
 void parabola_pass(float* out, int64_t outer, int64_t n, int64_t inner, double s, bool take_sqrt, int threads) {
   const int64_t tiles_per_outer = (inner + kTile - 1) / kTile;
   const int64_t tiles = outer * tiles_per_outer;
-  // Keep several tiles per thread chunk but never more threads than the work deserves.
   parallel_for(tiles, threads, [&](int64_t begin, int64_t end) {
-    std::vector<double> buf(static_cast<size_t>(kTile * n));
-    HostEnv env(n);
+    // per-thread scratch, reused across the chunks a thread takes
+    thread_local std::vector<double> buf;
+    thread_local HostEnv env(0);
+    if (buf.size() < static_cast<size_t>(kTile * n)) buf.resize(static_cast<size_t>(kTile * n));
+    env.reserve(n);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = t / tiles_per_outer;
       const int64_t i0 = (t % tiles_per_outer) * kTile;
