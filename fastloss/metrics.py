@@ -80,14 +80,15 @@ def _check_binary(x: torch.Tensor, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a real binary mask, got dtype {x.dtype}")
     if x.dtype == torch.bool:
         return x
-    bad = (x != 0) & (x != 1)
+    nonzero = x != 0
+    bad = nonzero & (x != 1)
     if bool(bad.any()):
         values = torch.unique(x[bad].detach())[:8].tolist()
         raise ValueError(
             f"{name} must be a binary (0/1) or one-hot mask; found values {values}. "
             "Threshold probabilities or one-hot encode label maps first."
         )
-    return x != 0
+    return nonzero
 
 
 def _prepare(y_pred, y, include_background: bool):
@@ -214,13 +215,26 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
     R = p.shape[0] * p.shape[1]
     ep = mask_edges(p.reshape((R,) + p.shape[2:]), nd)
     eg = mask_edges(g.reshape((R,) + g.shape[2:]), nd)
+    k = 1 if directed else 2
+    if not ep.is_cuda:
+        # CPU: each row cropped to its own border voxels' bounding box (an organ's box is a small part
+        # of the volume), one EDT call per row holding both directions. The GPU path below keeps one
+        # batched call over the shared box: no Python loop over batch or class there.
+        for r in range(R):
+            cropped = _crop_to_edges(ep[r : r + 1], eg[r : r + 1], nd)
+            if cropped is None:
+                yield slice(r, r + 1), torch.stack((ep[r : r + 1], eg[r : r + 1])), None
+                continue
+            epr, egr = cropped
+            targets = torch.stack((~egr, ~epr))[:k]
+            yield slice(r, r + 1), torch.stack((epr, egr)), edt(targets.view(torch.uint8), spacing, spatial_dims=nd)
+        return
     cropped = _crop_to_edges(ep, eg, nd)
     if cropped is None:
         yield slice(0, R), torch.stack((ep, eg)), None
         return
     ep, eg = cropped
     n_vox = math.prod(ep.shape[1:])
-    k = 1 if directed else 2
     step = max(1, _CHUNK_VOXELS // (k * n_vox))
     for start in range(0, R, step):
         rows = slice(start, min(R, start + step))
@@ -393,11 +407,11 @@ def surface_dice(
     if ball is not None:
         R = B * C
         E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
-        n_border = E.flatten(2).sum(-1).sum(0)
+        n_border = torch.count_nonzero(E.flatten(2), dim=-1).sum(0)
         n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
     else:
         for rows, E, D in _edge_distance_chunks(p, g, sp):
-            n_border[rows] = E.flatten(2).sum(-1).sum(0)
+            n_border[rows] = torch.count_nonzero(E.flatten(2), dim=-1).sum(0)
             if D is not None:
                 t = tol_rows[rows].view((1, -1) + (1,) * nd)
                 n_close[rows] = ((D <= t) & E).flatten(2).sum(-1).sum(0)
@@ -454,7 +468,7 @@ def hausdorff_distance(
     hd = torch.full((R,), float("nan"), dtype=torch.float32, device=dev)
     n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)
     for rows, E, D in _edge_distance_chunks(p, g, sp, directed=directed):
-        n_border[:, rows] = E.flatten(2).sum(-1)
+        n_border[:, rows] = torch.count_nonzero(E.flatten(2), dim=-1)
         if D is None:
             continue
         K, r = D.shape[:2]
