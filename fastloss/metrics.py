@@ -6,7 +6,9 @@ torch tensors on any device, or numpy arrays) and return ``(B, C)`` float32 tens
 device, with the values and the empty-mask conventions of MONAI 1.6's ``compute_dice``,
 ``compute_surface_dice`` and ``compute_hausdorff_distance``.
 
-How the surface metrics are computed, with no Python loop over batch or class:
+How the surface metrics are computed (on the GPU with no Python loop over batch or class; on the
+CPU one (batch, class) row at a time, each cut to the bounding box of its foreground ``p | g``,
+which changes no border voxel and no distance; see ``_prepare_cpu_crops``):
 
 1. Border voxels, as MONAI defines them (``get_mask_edges`` with ``spacing=None``): a foreground
    voxel is on the border when it does not survive a binary erosion with the face-connected cross
@@ -91,9 +93,8 @@ def _check_binary(x: torch.Tensor, name: str) -> torch.Tensor:
     return nonzero
 
 
-def _prepare(y_pred, y, include_background: bool):
-    """Check a (y_pred, y) pair of masks; return bool tensors with the background channel dropped
-    (MONAI's ``ignore_background``: the first channel goes only when there is more than one)."""
+def _check_pair(y_pred, y, include_background: bool):
+    """Shape, device and type checks of a (y_pred, y) pair of masks (values are checked later)."""
     y_pred = _to_tensor(y_pred, "y_pred")
     y = _to_tensor(y, "y")
     if not isinstance(include_background, bool):
@@ -112,11 +113,133 @@ def _prepare(y_pred, y, include_background: bool):
         raise ValueError(f"y_pred and y must not be empty, got shape {tuple(y_pred.shape)}")
     if y_pred.device != y.device:
         raise ValueError(f"y_pred is on {y_pred.device} but y is on {y.device}")
+    for x, name in ((y_pred, "y_pred"), (y, "y")):
+        if x.dtype.is_complex:
+            raise TypeError(f"{name} must be a real binary mask, got dtype {x.dtype}")
+    return y_pred, y
+
+
+def _prepare(y_pred, y, include_background: bool):
+    """Check a (y_pred, y) pair of masks; return bool tensors with the background channel dropped
+    (MONAI's ``ignore_background``: the first channel goes only when there is more than one)."""
+    y_pred, y = _check_pair(y_pred, y, include_background)
     p = _check_binary(y_pred, "y_pred")
     g = _check_binary(y, "y")
     if not include_background and p.shape[1] > 1:
         p, g = p[:, 1:], g[:, 1:]
     return p, g
+
+
+def _first_last(prof: torch.Tensor):
+    """First index and one past the last index of the non-zero entries of each row of a uint8
+    ``(R, n)`` profile (0 and 0 for an all-zero row)."""
+    n = prof.shape[1]
+    first = prof.argmax(1)  # argmax returns the first maximal index
+    last = n - prof.flip(1).argmax(1)
+    has = prof.amax(1) > 0
+    return torch.where(has, first, 0), torch.where(has, last, 0)
+
+
+def _dense_strides(x: torch.Tensor):
+    """Contiguous strides for ``x``'s shape laid out in ``x``'s memory order (so that an output written
+    next to ``x`` keeps, e.g., a channels-last layout)."""
+    order = sorted(range(x.ndim), key=lambda d: (-x.stride(d), d))
+    strides = [0] * x.ndim
+    step = 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= x.shape[d]
+    return tuple(strides)
+
+
+def _prepare_cpu_crops(y_pred, y, include_background: bool):
+    """CPU: check a (y_pred, y) pair of masks and cut every evaluated (b, c) row to the bounding box of
+    its foreground ``p | g``.
+
+    Returns ``(B, C', crops)`` with ``crops[b * C' + c]`` a pair of bool views ``(p, g)`` of that box,
+    or None when both masks of the row are empty. Outside the box both masks are 0, so the border
+    voxels (the outside of the image is background for the erosion, and so is the outside of the
+    box) and every distance between border voxels are those of the full volume. The box of ``p | g``
+    is also the box of the two borders (a mask's extreme voxels along an axis are border voxels).
+
+    The value check visits only the boxes: ``x != 0`` holds nowhere outside them, so a value other than
+    0 or 1 can only sit inside; it is tested there (and over the whole dropped background channel).
+    """
+    y_pred, y = _check_pair(y_pred, y, include_background)
+    B, C = y_pred.shape[:2]
+    off = 1 if not include_background and C > 1 else 0
+    xs = (y_pred[:, off:], y[:, off:])
+    Ce = C - off
+    spatial = tuple(y_pred.shape[2:])
+    nd = len(spatial)
+    # The foreground of either mask (logical_or reads any dtype as "!= 0") and, when the background
+    # channel is dropped, the value check of that channel (unused otherwise, but bad input all the
+    # same). In slabs along the first spatial axis, so that the check re-reads a slab from cache (one
+    # pass over memory instead of two: channels-last one-hot maps interleave the channels).
+    u = torch.empty(xs[0].shape, dtype=torch.bool).as_strided(xs[0].shape, _dense_strides(xs[0]))
+    plane = y_pred.element_size() * B * C * math.prod(spatial[1:])
+    step = max(1, (4 << 20) // plane)
+    for s in range(0, spatial[0], step):
+        slab = slice(s, min(spatial[0], s + step))
+        torch.logical_or(xs[0][:, :, slab], xs[1][:, :, slab], out=u[:, :, slab])
+        if off:
+            for x, name in ((y_pred, "y_pred"), (y, "y")):
+                bg = x[:, :1, slab]
+                if bg.dtype != torch.bool and not torch.equal(bg, bg.bool().to(bg.dtype)):
+                    _check_binary(x, name)  # raises, naming the bad values
+    u = u.view(torch.uint8)  # (B, C', *spatial); uint8 reductions are vectorised, bool ones are not
+    # one projection per spatial axis, in the tensor's memory order (reductions across the innermost
+    # dim of a strided view are slow)
+    order = sorted(range(u.ndim), key=lambda d: (-u.stride(d), d))
+    phys = u.permute(order)
+    if not phys.is_contiguous():
+        phys = phys.contiguous()
+    inverse = [order.index(d) for d in range(u.ndim)]
+    profiles = []  # (B * C', n_axis): does slice i along the axis hold foreground
+    for axis in range(2, 2 + nd):
+        prof = phys
+        # one dim at a time, outermost first: the first (full-size) reduction then has a long
+        # contiguous inner extent, which is the fast case; the later ones act on small tensors
+        for pos in sorted(i for i, d in enumerate(order) if d >= 2 and d != axis):
+            prof = prof.amax(pos, keepdim=True)
+        profiles.append(prof.permute(inverse).reshape(B * Ce, spatial[axis - 2]))
+    bounds = [_first_last(prof) for prof in profiles]
+    has = profiles[0].amax(1) > 0
+    table = torch.stack([has.long()] + [t for lh in bounds for t in lh], 1).tolist()  # one host copy
+    crops = []
+    for r, row in enumerate(table):
+        if not row[0]:
+            crops.append(None)
+            continue
+        b, c = divmod(r, Ce)
+        box = tuple(slice(row[1 + 2 * a], row[2 + 2 * a]) for a in range(nd))
+        pair = []
+        for x, name in zip(xs, ("y_pred", "y")):
+            xc = x[(b, c) + box]
+            if x.dtype == torch.bool:
+                pair.append(xc)
+                continue
+            mc = xc.bool()
+            if not torch.equal(xc, mc.to(xc.dtype)):  # a value other than 0 or 1 (NaN included)
+                _check_binary(x, name)  # raises, naming the bad values
+            pair.append(mc)
+        crops.append(tuple(pair))
+    return B, Ce, crops
+
+
+def _count_true(m: torch.Tensor) -> torch.Tensor:
+    """Number of True values of each row (leading dim) of a bool tensor, as int64 ``(R,)``.
+
+    Bool and byte sums are not vectorised on the CPU; instead read 8 bytes (each 0 or 1) as one int64
+    word, whose product with 0x0101010101010101 holds the sum of the 8 bytes (at most 8) in its top byte.
+    """
+    R = m.shape[0]
+    flat = m.reshape(R, -1)
+    n = flat.shape[1]
+    if n % 8 or not flat.is_contiguous() or flat.storage_offset() % 8:
+        flat = torch.cat((flat, flat.new_zeros(R, (-n) % 8)), 1)
+    words = flat.reshape(-1).view(torch.uint8).view(torch.int64).view(R, -1)
+    return ((words * 0x0101010101010101) >> 56).sum(1)
 
 
 def _check_percentile(percentile) -> Optional[float]:
@@ -216,19 +339,6 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
     ep = mask_edges(p.reshape((R,) + p.shape[2:]), nd)
     eg = mask_edges(g.reshape((R,) + g.shape[2:]), nd)
     k = 1 if directed else 2
-    if not ep.is_cuda:
-        # CPU: each row cropped to its own border voxels' bounding box (an organ's box is a small part
-        # of the volume), one EDT call per row holding both directions. The GPU path below keeps one
-        # batched call over the shared box: no Python loop over batch or class there.
-        for r in range(R):
-            cropped = _crop_to_edges(ep[r : r + 1], eg[r : r + 1], nd)
-            if cropped is None:
-                yield slice(r, r + 1), torch.stack((ep[r : r + 1], eg[r : r + 1])), None
-                continue
-            epr, egr = cropped
-            targets = torch.stack((~egr, ~epr))[:k]
-            yield slice(r, r + 1), torch.stack((epr, egr)), edt(targets.view(torch.uint8), spacing, spatial_dims=nd)
-        return
     cropped = _crop_to_edges(ep, eg, nd)
     if cropped is None:
         yield slice(0, R), torch.stack((ep, eg)), None
@@ -243,6 +353,27 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
         targets = torch.stack((~eg[rows], ~ep[rows]))[:k]
         D = edt(targets.view(torch.uint8), spacing, spatial_dims=nd)
         yield rows, E, D
+
+
+def _cpu_row_edges(crops, nd: int, spacing, directed: bool = False, distances: bool = True):
+    """CPU counterpart of :func:`_edge_distance_chunks`, one row at a time on the row's box.
+
+    Yields ``(rows, E, D)`` for each row with a foreground (``rows`` a one-row slice; ``E`` and ``D``
+    shaped as there with ``r = 1``, over the box). ``D`` is None when ``distances`` is False or either
+    mask of the row is empty (the callers' empty-mask conventions need no distances).
+    """
+    from .distance import edt  # lazy: the compiled extension loads only when a surface metric runs
+
+    k = 1 if directed else 2
+    for r, crop in enumerate(crops):
+        if crop is None:
+            continue
+        E = torch.stack([mask_edges(m, nd) for m in crop])[:, None]  # (2, 1, *box)
+        D = None
+        if distances and bool(crop[0].any()) and bool(crop[1].any()):
+            # edt(~border) is the distance to the nearest border voxel; the query side is the other mask
+            D = edt(torch.stack((~E[1], ~E[0]))[:k].view(torch.uint8), spacing, spatial_dims=nd)
+        yield slice(r, r + 1), E, D
 
 
 def _ball_offsets(radius: float, spacing, nd: int, limit: int):
@@ -288,7 +419,10 @@ def _close_counts_by_shifts(E: torch.Tensor, tol_rows: torch.Tensor, offsets, le
         else:
             rows_ok = rows_ok_host.to(E.device, non_blocking=True)
             dst.logical_or_(src & rows_ok.view((1, -1) + (1,) * nd))
-    return (near & E).flatten(2).sum(-1)
+    near &= E
+    if near.is_cuda:
+        return near.flatten(2).sum(-1)
+    return _count_true(near.flatten(0, 1)).view(2, -1)
 
 
 def _row_quantile(values: torch.Tensor, row_ids: torch.Tensor, counts: torch.Tensor, q: Optional[float]):
@@ -392,26 +526,40 @@ def surface_dice(
         TypeError / ValueError: bad masks (as :func:`dice`), a tolerance that is negative, not
         finite or of the wrong length, a spacing of the wrong length or not positive.
     """
-    p, g = _prepare(y_pred, y, include_background)
-    nd = p.ndim - 2
+    nd = _to_tensor(y_pred, "y_pred").ndim - 2
+    on_cpu = _to_tensor(y_pred, "y_pred").device.type == "cpu"
+    if on_cpu:
+        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
+        dev = torch.device("cpu")
+    else:
+        p, g = _prepare(y_pred, y, include_background)
+        B, C = p.shape[:2]
+        dev = p.device
     sp = check_spacing(spacing, nd)
-    B, C = p.shape[:2]
     tol = _check_tolerance(tolerance, C)
     # MONAI compares float32 distances with the threshold, i.e. in float32.
-    tol_rows = tol.to(torch.float32).to(p.device).repeat(B)  # row b * C + c -> class c
-    n_border = torch.zeros(B * C, dtype=torch.int64, device=p.device)
-    n_close = torch.zeros(B * C, dtype=torch.int64, device=p.device)
+    tol_rows = tol.to(torch.float32).to(dev).repeat(B)  # row b * C + c -> class c
+    n_border = torch.zeros(B * C, dtype=torch.int64, device=dev)
+    n_close = torch.zeros(B * C, dtype=torch.int64, device=dev)
     # A small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to test by shifting
     # the border masks than by a full EDT; both give the same counts.
     ball = _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
-    if ball is not None:
+    if on_cpu:
+        # one row at a time on its foreground's box (see _prepare_cpu_crops)
+        for rows, E, D in _cpu_row_edges(crops, nd, sp, distances=ball is None):
+            n_border[rows] = _count_true(E.flatten(1)).sum()
+            if ball is not None:
+                n_close[rows] = _close_counts_by_shifts(E, tol_rows[rows], *ball).sum(0)
+            elif D is not None:
+                n_close[rows] = _count_true(((D <= tol_rows[rows].item()) & E).flatten(1)).sum()
+    elif ball is not None:
         R = B * C
         E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
-        n_border = torch.count_nonzero(E.flatten(2), dim=-1).sum(0)
+        n_border = E.flatten(2).sum(-1).sum(0)
         n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
     else:
         for rows, E, D in _edge_distance_chunks(p, g, sp):
-            n_border[rows] = torch.count_nonzero(E.flatten(2), dim=-1).sum(0)
+            n_border[rows] = E.flatten(2).sum(-1).sum(0)
             if D is not None:
                 t = tol_rows[rows].view((1, -1) + (1,) * nd)
                 n_close[rows] = ((D <= t) & E).flatten(2).sum(-1).sum(0)
@@ -457,18 +605,27 @@ def hausdorff_distance(
         TypeError / ValueError: bad masks (as :func:`dice`), a percentile outside ``[0, 100]``, a
         spacing of the wrong length or not positive.
     """
-    p, g = _prepare(y_pred, y, include_background)
+    nd = _to_tensor(y_pred, "y_pred").ndim - 2
+    on_cpu = _to_tensor(y_pred, "y_pred").device.type == "cpu"
+    if on_cpu:
+        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
+        dev = torch.device("cpu")
+    else:
+        p, g = _prepare(y_pred, y, include_background)
+        B, C = p.shape[:2]
+        dev = p.device
     q = _check_percentile(percentile)
-    nd = p.ndim - 2
     sp = check_spacing(spacing, nd)
-    B, C = p.shape[:2]
     R = B * C
     pooled = bool(pooled) and not directed
-    dev = p.device
     hd = torch.full((R,), float("nan"), dtype=torch.float32, device=dev)
     n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)
-    for rows, E, D in _edge_distance_chunks(p, g, sp, directed=directed):
-        n_border[:, rows] = torch.count_nonzero(E.flatten(2), dim=-1)
+    if on_cpu:  # one row at a time on its foreground's box (see _prepare_cpu_crops)
+        chunks = _cpu_row_edges(crops, nd, sp, directed=directed)
+    else:
+        chunks = _edge_distance_chunks(p, g, sp, directed=directed)
+    for rows, E, D in chunks:
+        n_border[:, rows] = _count_true(E.flatten(1)).view(2, -1) if on_cpu else E.flatten(2).sum(-1)
         if D is None:
             continue
         K, r = D.shape[:2]

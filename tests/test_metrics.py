@@ -265,3 +265,126 @@ def test_cuda_matches_cpu():
         got = fn(pc, yc)
         assert got.is_cuda
         torch.testing.assert_close(got.cpu(), fn(p, y), rtol=1e-5, atol=0, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the CPU path's per-row boxes (_prepare_cpu_crops): edge cases against MONAI
+# ----------------------------------------------------------------------------------------------
+
+
+def _box_cases(shape):
+    """Masks whose boxes touch the image edge, empty rows, one-sided empties, a single voxel."""
+    B, C = 2, 5
+    y = torch.zeros((B, C) + shape)
+    p = torch.zeros_like(y)
+    full = tuple(slice(None) for _ in shape)
+    corner = tuple(slice(0, 3) for _ in shape)
+    far = tuple(slice(s - 4, s) for s in shape)
+    mid = tuple(slice(2, s - 2) for s in shape)
+    y[(0, 1) + corner] = 1  # touches the low edge of every axis
+    p[(0, 1) + tuple(slice(0, 4) for _ in shape)] = 1
+    y[(0, 2) + far] = 1  # touches the high edge; prediction empty
+    p[(0, 3) + mid] = 1  # reference empty
+    y[(1, 1) + full] = 1  # the whole image (border = the image boundary)
+    p[(1, 1) + mid] = 1
+    y[(1, 2) + (1,) * len(shape)] = 1  # single voxels far apart
+    p[(1, 2) + tuple(s - 1 for s in shape)] = 1
+    # (1, 3) and (0, 4), (1, 4): both empty
+    return p, y
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (7, 9, 8), (15,)])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_boxes_edge_and_empty_rows_match_monai(shape, include_background):
+    p, y = _box_cases(shape)
+    sp = tuple(0.5 + 0.25 * i for i in range(len(shape)))
+    for spacing in (None, sp):
+        got = hausdorff_distance(p, y, percentile=95, include_background=include_background, spacing=spacing)
+        want = _monai(
+            monai_metrics.compute_hausdorff_distance, p, y, percentile=95,
+            include_background=include_background, spacing=spacing,
+        )
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+        got = hausdorff_distance(p, y, percentile=None, include_background=include_background, spacing=spacing)
+        want = _monai(
+            monai_metrics.compute_hausdorff_distance, p, y, include_background=include_background, spacing=spacing
+        )
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+        n_cls = 5 if include_background else 4
+        for tol in (1.0, 3.0):
+            got = surface_dice(p, y, tol, include_background=include_background, spacing=spacing)
+            if len(shape) > 1:
+                want = _monai(
+                    monai_metrics.compute_surface_dice, p, y, [tol] * n_cls,
+                    include_background=include_background, spacing=spacing,
+                )
+            else:  # MONAI's NSD takes 2D/3D only: brute force over scipy's border voxels
+                want = _naive_nsd(p, y, tol, include_background, spacing)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def _naive_nsd(p, y, tol, include_background, spacing):
+    first = 0 if include_background else 1
+    out = torch.empty(p.shape[0], p.shape[1] - first)
+    sp = np.asarray(spacing if spacing is not None else (1.0,) * (p.ndim - 2))
+    for b in range(p.shape[0]):
+        for c in range(first, p.shape[1]):
+            pts = []
+            for m in (p[b, c].numpy() > 0, y[b, c].numpy() > 0):
+                pts.append(np.argwhere(m ^ ndimage.binary_erosion(m)) * sp)
+            n = len(pts[0]) + len(pts[1])
+            close = 0
+            for a, o in ((pts[0], pts[1]), (pts[1], pts[0])):
+                if len(a) and len(o):
+                    d = np.sqrt(((a[:, None] - o[None]) ** 2).sum(-1)).min(1).astype(np.float32)
+                    close += int((d <= np.float32(tol)).sum())
+            out[b, c - first] = close / n if n else math.nan
+    return out
+
+
+@pytest.mark.parametrize("path", ["shifts", "edt"])
+def test_channels_last_and_dtypes_agree(path, monkeypatch):
+    """One-hot maps made by F.one_hot(...).movedim(-1, 1) are channels-last; the CPU path reads them
+    in memory order. Same results as contiguous copies and as MONAI, for every input dtype."""
+    if path == "edt":
+        monkeypatch.setattr(M, "_MAX_SHIFTS", 0)
+    p, y = _with_empties(*_label_pair((9, 10, 11), C=4, seed=31))
+    assert not y.is_contiguous()  # channels-last, as _label_pair builds them
+    want_hd = _monai(monai_metrics.compute_hausdorff_distance, p, y, percentile=95)
+    want_nsd = _monai(monai_metrics.compute_surface_dice, p, y, [1.5] * 3)
+    for conv in (lambda t: t.contiguous(), lambda t: t, lambda t: t.bool(), lambda t: t.to(torch.int32)):
+        torch.testing.assert_close(hausdorff_distance(conv(p), conv(y)), want_hd, rtol=1e-5, atol=0, equal_nan=True)
+        torch.testing.assert_close(surface_dice(conv(p), conv(y), 1.5), want_nsd, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def test_bad_values_anywhere_raise():
+    """Non-binary values are found inside a row's box, in the dropped background channel, and as
+    NaN; the message names the values."""
+    p, y = _label_pair((8, 9, 10), C=3, seed=37)
+    cases = []
+    q = p.clone()
+    q[0, 1][q[0, 1] > 0] = 0.5  # inside the foreground box of row (0, 1)
+    cases.append((q, y, "0.5"))
+    q = y.clone()
+    q[1, 0, 0, 0, 0] = 2.0  # the background channel, dropped by the metric
+    cases.append((p, q, "2.0"))
+    q = p.clone()
+    q[0, 2, 3, 3, 3] = float("nan")
+    cases.append((q, y, "nan"))
+    q = p.clone()
+    q[1, 1, 7, 8, 9] = -1.0  # a negative value alone (its own box)
+    cases.append((q, y, "-1.0"))
+    for a, b, shown in cases:
+        for fn in (lambda a, b: hausdorff_distance(a, b), lambda a, b: surface_dice(a, b, 1.0)):
+            with pytest.raises(ValueError, match="binary") as err:
+                fn(a, b)
+            assert shown in str(err.value)
+
+
+def test_count_true_matches_sum():
+    g = torch.Generator().manual_seed(41)
+    for shape in [(3, 17), (2, 64), (4, 5, 7, 3), (1, 1)]:
+        m = torch.rand(shape, generator=g) > 0.4
+        assert M._count_true(m).tolist() == m.reshape(shape[0], -1).sum(1).tolist()
+        sub = m[..., 1:]  # not contiguous
+        assert M._count_true(sub).tolist() == sub.reshape(shape[0], -1).sum(1).tolist()
