@@ -202,7 +202,7 @@ def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> to
     dt = compute_dtype(x)
     B, C, N = x.shape
     logp = torch.log_softmax(x.to(dt), dim=1)
-    p = logp.exp()
+    p = logp.exp() if {"pg", "p", "pp"} & set(spec.columns) else None
     lab = target.labels
     valid = None if target.mask is None else target.mask.to(dt)
     if target.ignore_index is not None or not label_checks_enabled():
@@ -215,7 +215,7 @@ def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> to
         v = v if valid is None else v * valid
         return torch.zeros(B, C, dtype=dt, device=x.device).scatter_add(1, lab, v)
 
-    pm = p if valid is None else p * valid.unsqueeze(1)
+    pm = p if valid is None or p is None else p * valid.unsqueeze(1)
     out = []
     for col in spec.columns:
         if col == "pg":
