@@ -93,6 +93,24 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _elementwise_activation(x, log_eps, ACT: tl.constexpr, NEED_LOG: tl.constexpr, HAS_LOG_EPS: tl.constexpr):
+    """``p`` and ``log p`` of the per-element activations: sigmoid (ACT 1), or none (ACT 2: x is p; its
+    log only when a column needs it, clamped at ``log_eps`` when given)."""
+    if ACT == 1:
+        p = _sigmoid(x)
+        logp = _logsigmoid(x)
+    else:
+        p = x
+        logp = tl.zeros_like(x)
+        if NEED_LOG:
+            if HAS_LOG_EPS:
+                logp = tl.log(tl.maximum(x, log_eps))
+            else:
+                logp = tl.log(x)
+    return p, logp
+
+
+@triton.jit
 def _pow_pos(base, e: tl.constexpr):
     # base^e for base ≥ 0 (torch's pow: 0^e = 0 for e > 0, 1 for e = 0)
     if e == 0.0:
@@ -201,17 +219,8 @@ def _stats_fwd_kernel(
         if ACT == 0:
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
-        elif ACT == 1:
-            p = _sigmoid(x)
-            logp = _logsigmoid(x)
         else:
-            p = x
-            logp = tl.zeros_like(x)
-            if NEED_LOG:
-                if HAS_LOG_EPS:
-                    logp = tl.log(tl.maximum(x, log_eps))
-                else:
-                    logp = tl.log(x)
+            p, logp = _elementwise_activation(x, log_eps, ACT, NEED_LOG, HAS_LOG_EPS)
         pm = p * m
         out = part_b + c * K * P
         if I_PG >= 0:
@@ -432,17 +441,7 @@ def _stats_bwd_kernel(
             w = tl.zeros_like(x)
             if NEED_MAP:
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
-            if ACT == 1:
-                p = _sigmoid(x)
-                logp = _logsigmoid(x)
-            else:
-                p = x
-                logp = tl.zeros_like(x)
-                if NEED_LOG:
-                    if HAS_LOG_EPS:
-                        logp = tl.log(tl.maximum(x, log_eps))
-                    else:
-                        logp = tl.log(x)
+            p, logp = _elementwise_activation(x, log_eps, ACT, NEED_LOG, HAS_LOG_EPS)
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
                                   I_MAPCE, I_MAPP, I_MAPSQ, TINY)
