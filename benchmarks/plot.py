@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         groups = defaultdict(dict)
         for r in rows:
             prov = r.get("provider", "") + (f" x{r['threads']}" if r.get("threads") else "")
-            groups[prov][r.get(label_key) or r.get("shape")] = float(r["median_ms"])
+            label = " ".join(v for v in (r.get("maps"), r.get(label_key), r.get("shape")) if v)
+            groups[prov][label] = float(r["median_ms"])
         labels = sorted({k for g in groups.values() for k in g})
         vals = {(lab, g): v for g, d in groups.items() for lab, v in d.items()}
         _bar(ax, labels, sorted(groups), vals, "ms (median, log)")

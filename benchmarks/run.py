@@ -44,6 +44,14 @@ def main(argv=None) -> int:
 
         rows = bench_metrics.run(quick=not args.full)
         print("->", common.append_csv("metrics.csv", rows) if rows and "run_id" in rows[0] else "metrics rows written by bench_metrics", "\n")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib not installed: no plots (pip install -e '.[bench]')")
+    else:
+        import plot
+
+        plot.main(["--run", common.RUN_ID])
     return 0
 
 
