@@ -25,13 +25,15 @@ def main(argv=None) -> int:
     ap.add_argument("--full", action="store_true", help="larger cases and the slow baselines")
     ap.add_argument("--compile", action="store_true", help="add torch.compile providers (GPU)")
     ap.add_argument("--only", default="losses,edt,metrics")
+    ap.add_argument("--losses", default=None, help="comma-separated paper names (default: all of Table 2, BD, HD)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     print(f"fastloss benchmark run {common.RUN_ID}")
     if "losses" in parts:
         import bench_losses
 
-        rows = bench_losses.run(quick=not args.full, device=args.device, full=args.full, compile_=args.compile)
+        rows = bench_losses.run(quick=not args.full, device=args.device, full=args.full, compile_=args.compile,
+                                losses=args.losses.split(",") if args.losses else None)
         bench_losses.print_table(rows)
         print("->", common.append_csv("losses.csv", rows), "\n")
     if "edt" in parts:
