@@ -50,7 +50,6 @@ __all__ = [
     "reduce_loss",
     "resolve_activation",
     "select_classes",
-    "spatial_reduce_dims",
     "sum_batch",
 ]
 
@@ -95,11 +94,6 @@ def check_ignore_index(ignore_index) -> Optional[int]:
 def flatten_spatial(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, *spatial)`` -> ``(B, C, N)`` (a view when ``x`` is contiguous)."""
     return x.reshape(x.shape[0], x.shape[1], -1)
-
-
-def spatial_reduce_dims(x: torch.Tensor) -> list:
-    """The spatial dims of a ``(B, C, *spatial)`` tensor: ``[2, ..., x.ndim - 1]``."""
-    return list(range(2, x.ndim))
 
 
 # ------------------------------------------------------------------------------------------ activation
