@@ -152,6 +152,19 @@ def _dense_strides(x: torch.Tensor):
     return tuple(strides)
 
 
+def _prepare_surface(y_pred, y, include_background: bool):
+    """Checked inputs of the surface metrics: ``(nd, B, C', device, crops, p, g)``. CPU tensors come as
+    per-row crops (:func:`_prepare_cpu_crops`, ``p``/``g`` None), GPU tensors as whole bool masks
+    (:func:`_prepare`, ``crops`` None), so that the GPU path stays batched."""
+    first = _to_tensor(y_pred, "y_pred")
+    nd = first.ndim - 2
+    if first.device.type == "cpu":
+        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
+        return nd, B, C, torch.device("cpu"), crops, None, None
+    p, g = _prepare(y_pred, y, include_background)
+    return nd, p.shape[0], p.shape[1], p.device, None, p, g
+
+
 def _prepare_cpu_crops(y_pred, y, include_background: bool):
     """CPU: check a (y_pred, y) pair of masks and cut every evaluated (b, c) row to the bounding box of
     its foreground ``p | g``.
@@ -526,15 +539,8 @@ def surface_dice(
         TypeError / ValueError: bad masks (as :func:`dice`), a tolerance that is negative, not
         finite or of the wrong length, a spacing of the wrong length or not positive.
     """
-    nd = _to_tensor(y_pred, "y_pred").ndim - 2
-    on_cpu = _to_tensor(y_pred, "y_pred").device.type == "cpu"
-    if on_cpu:
-        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
-        dev = torch.device("cpu")
-    else:
-        p, g = _prepare(y_pred, y, include_background)
-        B, C = p.shape[:2]
-        dev = p.device
+    nd, B, C, dev, crops, p, g = _prepare_surface(y_pred, y, include_background)
+    on_cpu = crops is not None
     sp = check_spacing(spacing, nd)
     tol = _check_tolerance(tolerance, C)
     # MONAI compares float32 distances with the threshold, i.e. in float32.
@@ -605,15 +611,8 @@ def hausdorff_distance(
         TypeError / ValueError: bad masks (as :func:`dice`), a percentile outside ``[0, 100]``, a
         spacing of the wrong length or not positive.
     """
-    nd = _to_tensor(y_pred, "y_pred").ndim - 2
-    on_cpu = _to_tensor(y_pred, "y_pred").device.type == "cpu"
-    if on_cpu:
-        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
-        dev = torch.device("cpu")
-    else:
-        p, g = _prepare(y_pred, y, include_background)
-        B, C = p.shape[:2]
-        dev = p.device
+    nd, B, C, dev, crops, p, g = _prepare_surface(y_pred, y, include_background)
+    on_cpu = crops is not None
     q = _check_percentile(percentile)
     sp = check_spacing(spacing, nd)
     R = B * C

@@ -25,33 +25,7 @@ from typing import Dict, Tuple
 
 from torch import nn
 
-from .losses.boundary import BoundaryLoss, HausdorffDTLoss  # noqa: F401  (re-exported for convenience)
-from .losses.compound import (
-    DiceBoundaryLoss,
-    DiceCELoss,
-    DiceFocalLoss,
-    DiceHausdorffDTLoss,
-    DiceTopKLoss,
-    ExpLogLoss,
-)
-from .losses.distribution import (
-    CrossEntropyLoss,
-    DistancePenalizedCELoss,
-    FocalLoss,
-    TopKLoss,
-    WeightedCrossEntropyLoss,
-)
-from .losses.lovasz import LovaszSoftmaxLoss
-from .losses.region import (
-    AsymmetricSimilarityLoss,
-    DiceLoss,
-    FocalTverskyLoss,
-    GeneralizedDiceLoss,
-    IoULoss,
-    PenaltyGeneralizedDiceLoss,
-    SensitivitySpecificityLoss,
-    TverskyLoss,
-)
+from . import losses as L
 
 __all__ = ["PAPER_LOSSES", "get_loss", "paper_loss_names"]
 
@@ -60,42 +34,42 @@ _REGION = dict(softmax=True, include_background=False, batch=True, smooth_nr=1e-
 
 PAPER_LOSSES: Dict[str, Tuple[type, dict]] = {
     # ---- Table 2: the 20 losses
-    "Asym": (AsymmetricSimilarityLoss, dict(_REGION, beta=1.5)),
-    "CE": (CrossEntropyLoss, {}),
-    "Dice": (DiceLoss, dict(_REGION)),
-    "DiceBD": (DiceBoundaryLoss, dict(_REGION, alpha=1.0, alpha_step=0.01, alpha_min=0.01)),
-    "DiceCE": (DiceCELoss, dict(_REGION)),
-    "DiceFocal": (DiceFocalLoss, dict(_REGION, gamma=2.0, use_softmax=True, focal_include_background=True,
+    "Asym": (L.AsymmetricSimilarityLoss, dict(_REGION, beta=1.5)),
+    "CE": (L.CrossEntropyLoss, {}),
+    "Dice": (L.DiceLoss, dict(_REGION)),
+    "DiceBD": (L.DiceBoundaryLoss, dict(_REGION, alpha=1.0, alpha_step=0.01, alpha_min=0.01)),
+    "DiceCE": (L.DiceCELoss, dict(_REGION)),
+    "DiceFocal": (L.DiceFocalLoss, dict(_REGION, gamma=2.0, use_softmax=True, focal_include_background=True,
                                       focal_mean_over="voxels")),
-    "DiceHD": (DiceHausdorffDTLoss, dict(_REGION, alpha=None, distance_alpha=2.0)),
-    "DiceTopK": (DiceTopKLoss, dict(_REGION, k=10.0)),
-    "ELL": (ExpLogLoss, dict(_REGION, w_dice=0.8, w_ce=0.2, gamma_dice=0.3, gamma_ce=0.3)),
-    "Focal": (FocalLoss, dict(use_softmax=True, gamma=2.0, mean_over="voxels")),
-    "FocalTversky": (FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0)),
-    "GDice": (GeneralizedDiceLoss, dict(_REGION)),
-    "IoU": (IoULoss, dict(_REGION)),
-    "Lovász": (LovaszSoftmaxLoss, {}),
-    "pCE": (DistancePenalizedCELoss, {}),
-    "pGDice": (PenaltyGeneralizedDiceLoss, dict(_REGION, k=2.5)),
-    "SS": (SensitivitySpecificityLoss, dict(softmax=True, include_background=False, batch=True, w=0.1,
+    "DiceHD": (L.DiceHausdorffDTLoss, dict(_REGION, alpha=None, distance_alpha=2.0)),
+    "DiceTopK": (L.DiceTopKLoss, dict(_REGION, k=10.0)),
+    "ELL": (L.ExpLogLoss, dict(_REGION, w_dice=0.8, w_ce=0.2, gamma_dice=0.3, gamma_ce=0.3)),
+    "Focal": (L.FocalLoss, dict(use_softmax=True, gamma=2.0, mean_over="voxels")),
+    "FocalTversky": (L.FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0)),
+    "GDice": (L.GeneralizedDiceLoss, dict(_REGION)),
+    "IoU": (L.IoULoss, dict(_REGION)),
+    "Lovász": (L.LovaszSoftmaxLoss, {}),
+    "pCE": (L.DistancePenalizedCELoss, {}),
+    "pGDice": (L.PenaltyGeneralizedDiceLoss, dict(_REGION, k=2.5)),
+    "SS": (L.SensitivitySpecificityLoss, dict(softmax=True, include_background=False, batch=True, w=0.1,
                                             smooth_nr=0.0, smooth_dr=1e-5)),
-    "TopK": (TopKLoss, dict(k=10.0)),
-    "Tversky": (TverskyLoss, dict(_REGION, alpha=0.3, beta=0.7)),
-    "WCE": (WeightedCrossEntropyLoss, {}),
+    "TopK": (L.TopKLoss, dict(k=10.0)),
+    "Tversky": (L.TverskyLoss, dict(_REGION, alpha=0.3, beta=0.7)),
+    "WCE": (L.WeightedCrossEntropyLoss, {}),
 }
 # ---- Table 3: TopK variants (percentage k and probability threshold t)
 for _k in (10, 30, 50, 70, 90):
-    PAPER_LOSSES[f"TopK-{_k}%"] = (TopKLoss, dict(k=float(_k)))
+    PAPER_LOSSES[f"TopK-{_k}%"] = (L.TopKLoss, dict(k=float(_k)))
 for _t in ("0.1", "0.3", "0.5", "0.7", "0.9"):
-    PAPER_LOSSES[f"TopK-Threshold ({_t})"] = (TopKLoss, dict(t=float(_t)))
+    PAPER_LOSSES[f"TopK-Threshold ({_t})"] = (L.TopKLoss, dict(t=float(_t)))
 # ---- Table 4: Dice variants (batch/sample Dice, with/without squared denominator)
-PAPER_LOSSES["Dice (Batch, no square)"] = (DiceLoss, dict(_REGION))
-PAPER_LOSSES["BatchSquareDice"] = (DiceLoss, dict(_REGION, squared_pred=True))
-PAPER_LOSSES["SampleDice (no square)"] = (DiceLoss, dict(_REGION, batch=False))
-PAPER_LOSSES["SampleSquareDice"] = (DiceLoss, dict(_REGION, batch=False, squared_pred=True))
+PAPER_LOSSES["Dice (Batch, no square)"] = (L.DiceLoss, dict(_REGION))
+PAPER_LOSSES["BatchSquareDice"] = (L.DiceLoss, dict(_REGION, squared_pred=True))
+PAPER_LOSSES["SampleDice (no square)"] = (L.DiceLoss, dict(_REGION, batch=False))
+PAPER_LOSSES["SampleSquareDice"] = (L.DiceLoss, dict(_REGION, batch=False, squared_pred=True))
 # ---- Eqs. (20), (21): the boundary terms on their own (the paper trains them only inside DiceBD/DiceHD)
-PAPER_LOSSES["BD"] = (BoundaryLoss, dict(softmax=True, include_background=False))
-PAPER_LOSSES["HD"] = (HausdorffDTLoss, dict(softmax=True, include_background=False))
+PAPER_LOSSES["BD"] = (L.BoundaryLoss, dict(softmax=True, include_background=False))
+PAPER_LOSSES["HD"] = (L.HausdorffDTLoss, dict(softmax=True, include_background=False))
 
 # Other spellings accepted by get_loss (looked up after normalisation, see _key).
 _ALIASES = {

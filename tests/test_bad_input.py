@@ -163,3 +163,15 @@ def test_topk_k_outside_0_100(k):
 def test_topk_k_accepts_the_bounds():
     DI.TopKLoss(k=100)
     DI.TopKLoss(k=1e-3)
+
+
+@pytest.mark.parametrize("name", ["TopKLoss", "LovaszSoftmaxLoss", "DistancePenalizedCELoss"])
+def test_softmax_losses_reject_one_channel_before_the_target(name):
+    """Losses that take a softmax over classes need C >= 2; the message names the loss and the C that
+    came, and it comes before the target is inspected (this target has an out-of-range label too)."""
+    import fastloss
+
+    x = torch.randn(2, 1, 5, 5)
+    y = torch.full((2, 1, 5, 5), 7)
+    with pytest.raises(ValueError, match=rf"{name} needs at least 2 channels.*got C=1"):
+        getattr(fastloss, name)()(x, y)

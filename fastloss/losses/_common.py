@@ -134,8 +134,12 @@ def prepare_inputs(
     other_act: Optional[Callable] = None,
     to_onehot_y: bool = False,
     ignore_index: Optional[int] = None,
+    multiclass: Optional[str] = None,
 ) -> Prepared:
     """Validate ``input``/``target`` and resolve the activation, as MONAI's region losses do.
+
+    ``multiclass``: the name of a loss that takes a softmax over classes and so needs ``C >= 2``
+    (checked before the target is looked at).
 
     ``activation`` is :func:`fastloss._validation.check_activation`'s answer (``sigmoid``/``softmax``/
     ``other``/``none``). ``other_act`` is applied to the input (cast to the compute dtype) and the statistics
@@ -148,6 +152,8 @@ def prepare_inputs(
     """
     check_logits(input)
     C = input.shape[1]
+    if multiclass is not None and C < 2:
+        raise ValueError(f"{multiclass} needs at least 2 channels (softmax over classes), got C={C}")
     act = resolve_activation(activation, C)
     if to_onehot_y and C == 1:
         warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)

@@ -451,11 +451,10 @@ class TopKLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
+            multiclass="TopKLoss",
         )
         B, C = input.shape[:2]
-        if C < 2:
-            raise ValueError(f"TopKLoss needs at least 2 channels (softmax over classes), got C={C}")
         if self.class_weight is not None:
             expand_class_weight(self.class_weight, C)
         x = flatten_spatial(input)
@@ -795,12 +794,11 @@ class DistancePenalizedCELoss(nn.Module):
         self, input: torch.Tensor, target: torch.Tensor, distance_map: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
+            multiclass="DistancePenalizedCELoss",
         )
         B, C = input.shape[:2]
         spatial = tuple(input.shape[2:])
-        if C < 2:
-            raise ValueError(f"DistancePenalizedCELoss needs at least 2 channels (softmax), got C={C}")
         dt = compute_dtype(input)
         if distance_map is None:
             spacing = self.spacing

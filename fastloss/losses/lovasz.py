@@ -97,11 +97,10 @@ class LovaszSoftmaxLoss(nn.Module):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: logits ``(B, C, *spatial)``, ``C >= 2``; ``target``: labels or one-hot/soft."""
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
+            multiclass="LovaszSoftmaxLoss",
         )
         B, C = input.shape[:2]
-        if C < 2:
-            raise ValueError(f"LovaszSoftmaxLoss needs at least 2 channels (softmax over classes), got C={C}")
         if isinstance(self.classes, tuple):
             bad = [c for c in self.classes if c >= C]
             if bad:
