@@ -9,6 +9,8 @@ labels as ignored voxels, so nothing is ever read out of bounds).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 from dataclasses import dataclass
@@ -224,12 +226,41 @@ def prepare_target(
         labels = labels.long()
 
     if label_checks_enabled():
-        _check_label_range(labels, C, ignore_index, name)
+        _check_label_range_once(labels, C, ignore_index, name)
 
     mask = None
     if ignore_index is not None:
         mask = (labels != ignore_index).to(torch.float64 if input.dtype == torch.float64 else torch.float32)
     return Target(labels, None, mask, C, spatial, ignore_index)
+
+
+# Inside ``labels_checked_once()`` (entered by every compound loss through
+# ``fastloss.ops.stats.shared_statistics``) a label tensor is range-checked once, not once per part:
+# the check reads every label and costs a host sync.
+_CHECKED: contextvars.ContextVar = contextvars.ContextVar("fastloss_checked_labels", default=None)
+
+
+@contextlib.contextmanager
+def labels_checked_once():
+    if _CHECKED.get() is not None:
+        yield
+        return
+    token = _CHECKED.set(set())
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def _check_label_range_once(labels: torch.Tensor, C: int, ignore_index: Optional[int], name: str) -> None:
+    seen = _CHECKED.get()
+    if seen is None:
+        _check_label_range(labels, C, ignore_index, name)
+        return
+    key = (labels.data_ptr(), labels.numel(), labels.dtype, labels.device, labels._version, C, ignore_index)
+    if key not in seen:
+        _check_label_range(labels, C, ignore_index, name)
+        seen.add(key)
 
 
 def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int], name: str) -> None:

@@ -50,3 +50,24 @@ def test_label_fast_path_out_of_range_labels_are_ignored_when_unchecked(monkeypa
     t_kept = prepare_target(x[..., keep], y[..., keep])
     monkeypatch.setenv("FASTLOSS_CHECK_LABELS", "1")
     torch.testing.assert_close(fast, _dense(x[..., keep], t_kept, spec))
+
+
+@pytest.mark.parametrize("name", ["DiceCE", "DiceFocal", "DiceTopK", "DiceHD"])
+def test_compound_checks_labels_once(name, monkeypatch, torch_backend):
+    """The parts of a compound loss share one label-range check (it reads every label and syncs),
+    and a bad label still raises."""
+    import fastloss
+    import fastloss._validation as V
+
+    calls = []
+    real = V._check_label_range
+    monkeypatch.setattr(V, "_check_label_range", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 5, 4, generator=g, requires_grad=True)
+    y = torch.randint(0, 3, (2, 1, 6, 5, 4), generator=g)
+    loss = fastloss.get_loss(name)
+    loss(x, y)
+    assert len(calls) == 1
+    y[0, 0, 0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\].*found \[3\]"):
+        loss(x, y)

@@ -404,7 +404,8 @@ class DiceTopKLoss(nn.Module):
         self.lambda_topk = check_nonneg(lambda_topk, "lambda_topk")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.lambda_dice * self.dice(input, target) + self.lambda_topk * self.topk(input, target)
+        with shared_statistics():  # the parts share the label check
+            return self.lambda_dice * self.dice(input, target) + self.lambda_topk * self.topk(input, target)
 
 
 # ------------------------------------------------------------------------------------------------- ExpLog

@@ -39,7 +39,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._validation import Target, _is_compiling, label_checks_enabled
+from .._validation import Target, _is_compiling, label_checks_enabled, labels_checked_once
 
 COLUMNS = (
     "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
@@ -288,7 +288,8 @@ def shared_statistics(columns: Tuple[str, ...] = (), voxel_map: Optional[torch.T
         return
     token = _SHARED.set({"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}})
     try:
-        yield
+        with labels_checked_once():
+            yield
     finally:
         _SHARED.reset(token)
 
