@@ -34,6 +34,23 @@ void check_geometry(int64_t batch, const std::vector<int64_t>& shape, const std:
       throw std::invalid_argument("expected positive finite spacing, got " + std::to_string(s));
 }
 
+// (data_ptr, word_size, zero_mask, one_bits, [5 strides in elements]) -> MaskView
+fastloss::MaskView mask_view(const py::tuple& t) {
+  if (t.size() != 5) throw std::invalid_argument("a mask view is (data_ptr, word_size, zero_mask, one_bits, strides)");
+  fastloss::MaskView v{};
+  v.data = reinterpret_cast<const void*>(t[0].cast<std::uintptr_t>());
+  v.word_size = t[1].cast<int64_t>();
+  v.zero_mask = t[2].cast<uint64_t>();
+  v.one_bits = t[3].cast<uint64_t>();
+  const auto strides = t[4].cast<std::vector<int64_t>>();
+  if (!v.data) throw std::invalid_argument("null data pointer");
+  if (v.word_size != 1 && v.word_size != 2 && v.word_size != 4 && v.word_size != 8)
+    throw std::invalid_argument("word size must be 1, 2, 4 or 8, got " + std::to_string(v.word_size));
+  if (strides.size() != 5) throw std::invalid_argument("expected 5 strides");
+  for (int i = 0; i < 5; ++i) v.strides[i] = strides[static_cast<size_t>(i)];
+  return v;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -53,6 +70,68 @@ PYBIND11_MODULE(_C, m) {
       py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("batch"), py::arg("shape"), py::arg("spacing"),
       py::arg("squared"), py::arg("threads"),
       "Squared (or plain) EDT of `batch` contiguous uint8 volumes of `shape` into contiguous float32 `out`.");
+
+  m.def(
+      "edt_query_cpu",
+      [](std::uintptr_t mask, std::uintptr_t query, std::uintptr_t out, int64_t capacity, int64_t batch,
+         std::vector<int64_t> shape, std::vector<double> spacing, bool features_nonzero, double max_distance,
+         int threads) {
+        check_geometry(batch, shape, spacing);
+        if (!(max_distance >= 0.0)) throw std::invalid_argument("expected max_distance >= 0 (or inf)");
+        if (capacity < 0) throw std::invalid_argument("expected capacity >= 0, got " + std::to_string(capacity));
+        if (!mask || !query || (capacity > 0 && !out)) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::edt_query_cpu(reinterpret_cast<const uint8_t*>(mask), reinterpret_cast<const uint8_t*>(query),
+                                reinterpret_cast<float*>(out), capacity, batch, shape, spacing, features_nonzero,
+                                max_distance, threads);
+      },
+      py::arg("mask_ptr"), py::arg("query_ptr"), py::arg("out_ptr"), py::arg("capacity"), py::arg("batch"),
+      py::arg("shape"), py::arg("spacing"), py::arg("features_nonzero"), py::arg("max_distance"), py::arg("threads"),
+      "EDT of `batch` contiguous uint8 volumes read at the non-zero voxels of the uint8 `query` (same layout), "
+      "in C order, into float32 `out` of `capacity` (= number of query voxels) values.");
+
+  m.def(
+      "mask_boxes_cpu",
+      [](py::tuple p, py::tuple g, int64_t B, int64_t C, std::vector<int64_t> spatial, std::uintptr_t boxes,
+         std::uintptr_t copy_p, std::uintptr_t copy_g, int threads) {
+        const fastloss::MaskView pv = mask_view(p), gv = mask_view(g);
+        if (spatial.size() != 3) throw std::invalid_argument("expected 3 spatial sizes (padded with 1s)");
+        if (B < 1 || C < 1) throw std::invalid_argument("expected B, C >= 1");
+        for (int64_t s : spatial)
+          if (s < 1) throw std::invalid_argument("expected positive spatial sizes, got " + std::to_string(s));
+        if (!boxes) throw std::invalid_argument("null data pointer");
+        if ((pv.strides[4] != 1 && !copy_p) || (gv.strides[4] != 1 && !copy_g))
+          throw std::invalid_argument("a mask with a strided last axis needs a copy buffer");
+        int64_t bad[2] = {0, 0};
+        {
+          py::gil_scoped_release release;
+          fastloss::mask_boxes_cpu(pv, gv, B, C, spatial.data(), reinterpret_cast<int64_t*>(boxes), bad,
+                                   pv.strides[4] != 1 ? reinterpret_cast<uint8_t*>(copy_p) : nullptr,
+                                   gv.strides[4] != 1 ? reinterpret_cast<uint8_t*>(copy_g) : nullptr, threads);
+        }
+        return py::make_tuple(bad[0], bad[1]);
+      },
+      py::arg("p"), py::arg("g"), py::arg("B"), py::arg("C"), py::arg("spatial"), py::arg("boxes_ptr"),
+      py::arg("copy_p_ptr"), py::arg("copy_g_ptr"), py::arg("threads"),
+      "Per-(b, c) boxes of p | g into int64 boxes (B*C, 6); returns the numbers of rows of p, g with values other "
+      "than 0/1. p, g: (data_ptr, word_size, zero_mask, one_bits, strides[5]); a mask with a strided last axis is "
+      "also copied as uint8 (B, C, *spatial) to its copy pointer.");
+
+  m.def(
+      "mask_border_cpu",
+      [](py::tuple x, int64_t b, int64_t c, std::vector<int64_t> lo, std::vector<int64_t> hi, int nd, std::uintptr_t out,
+         int threads) {
+        const fastloss::MaskView v = mask_view(x);
+        if (lo.size() != 3 || hi.size() != 3) throw std::invalid_argument("expected 3 box bounds per side");
+        if (nd < 1 || nd > 3) throw std::invalid_argument("expected 1 to 3 real spatial axes");
+        for (size_t a = 0; a < 3; ++a)
+          if (lo[a] < 0 || hi[a] < lo[a]) throw std::invalid_argument("expected 0 <= lo <= hi");
+        if (!out) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        return fastloss::mask_border_cpu(v, b, c, lo.data(), hi.data(), nd, reinterpret_cast<uint8_t*>(out), threads);
+      },
+      py::arg("x"), py::arg("b"), py::arg("c"), py::arg("lo"), py::arg("hi"), py::arg("nd"), py::arg("out_ptr"),
+      py::arg("threads"), "Border voxels of volume (b, c) of x in the box [lo, hi) into a contiguous uint8 box; returns their count.");
 
   m.def(
       "has_cuda",

@@ -1,8 +1,11 @@
-// Entry points of the exact Euclidean distance transform (see edt_1d.h for the maths).
+// Entry points of the compiled CPU/CUDA code: the exact Euclidean distance transform (see edt_1d.h for the
+// maths) and the mask helpers of the surface metrics.
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "mask_view.h"
 
 namespace fastloss {
 
@@ -12,6 +15,30 @@ namespace fastloss {
 // threads <= 0 means std::thread::hardware_concurrency().
 void edt_cpu(const uint8_t* mask, float* out, int64_t batch, const std::vector<int64_t>& shape,
              const std::vector<double>& spacing, bool squared, int threads);
+
+// The EDT read at query voxels only: out[k] = edt(mask)[k-th non-zero voxel of query, C order] for the
+// `batch` volumes of `query` (same layout as mask); with features_nonzero, distances to the nearest non-zero
+// of mask instead of the nearest zero. Distances above max_distance (compared in float32; +inf for none)
+// are returned as +inf. `capacity` must equal the number of non-zero query voxels (checked before anything
+// is written). Cheaper than the full transform when the queries are few and near features of the mask
+// (see edt_query_cpu.cpp); exact either way.
+void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_t capacity, int64_t batch,
+                   const std::vector<int64_t>& shape, const std::vector<double>& spacing, bool features_nonzero,
+                   double max_distance, int threads);
+
+// Value check and per-(b, c) bounding box of p | g for two masks (B, C, n[0], n[1], n[2]) (see mask_view.h):
+// boxes[(b*C + c)*6 + 2a], [.. + 2a + 1] = first index and one past the last along spatial axis a where p or g
+// is non-zero (0, 0 for an empty volume); bad[0], bad[1] = how many rows (along the last axis) of p, g hold a
+// value other than 0 and 1 (0 for valid masks). A mask whose last axis is not contiguous is also written as
+// 0/1 bytes to copy_p / copy_g (contiguous (B, C, n0, n1, n2)), which must then be non-null.
+void mask_boxes_cpu(const MaskView& p, const MaskView& g, int64_t B, int64_t C, const int64_t n[3], int64_t* boxes,
+                    int64_t bad[2], uint8_t* copy_p, uint8_t* copy_g, int threads);
+
+// Border voxels (MONAI's get_mask_edges) of volume (b, c) of m inside the box [lo, hi) (which must hold every
+// non-zero of that volume), written to out as a contiguous uint8 box; nd = number of real spatial axes (the
+// last nd of the three). Returns the number of border voxels.
+int64_t mask_border_cpu(const MaskView& m, int64_t b, int64_t c, const int64_t lo[3], const int64_t hi[3], int nd,
+                        uint8_t* out, int threads);
 
 #if defined(FASTLOSS_WITH_CUDA)
 // Same on the GPU, enqueued on `stream` (a cudaStream_t) without synchronising. `scratch` must hold

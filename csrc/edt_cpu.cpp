@@ -6,7 +6,6 @@
 // consecutive floats of every row, a cache line): it gathers a tile into a float64 buffer, runs the 1D
 // envelope on each line in place, and scatters the tile back. Tiles that hold only zeros are skipped.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -15,38 +14,12 @@
 
 #include "edt.h"
 #include "edt_1d.h"
+#include "parallel.h"
 
 namespace fastloss {
 namespace {
 
 constexpr int64_t kTile = 16;  // lines per tile: 16 floats = one 64-byte cache line per row
-
-// Runs fn(begin, end) over [0, n) on `threads` threads (the caller's among them). Work is handed out in
-// chunks of `grain` items from a shared counter, so lines that cost more (long runs of foreground) do not
-// leave one thread waiting on another; each item is still processed by exactly one fn call.
-template <class Fn>
-void parallel_for(int64_t n, int threads, Fn fn) {
-  if (n <= 0) return;
-  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(threads, n));
-  if (t == 1) {
-    fn(int64_t(0), n);
-    return;
-  }
-  const int64_t grain = std::max<int64_t>(1, n / (t * 16));
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    for (;;) {
-      const int64_t begin = next.fetch_add(grain, std::memory_order_relaxed);
-      if (begin >= n) return;
-      fn(begin, std::min(n, begin + grain));
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(t - 1));
-  for (int64_t i = 1; i < t; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
-}
 
 // Envelope storage for one line (root, value, left breakpoint), sized for the longest segment.
 struct HostEnv {
@@ -143,7 +116,7 @@ void edt_cpu(const uint8_t* mask, float* out, int64_t batch, const std::vector<i
     total *= d;
   }
   if (total == 0) return;
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  threads = resolve_threads(threads);
   // Small inputs: thread start-up (~20 us) would cost more than the work.
   if (total < (int64_t(1) << 15)) threads = 1;
 

@@ -130,114 +130,106 @@ def _prepare(y_pred, y, include_background: bool):
     return p, g
 
 
-def _first_last(prof: torch.Tensor):
-    """First index and one past the last index of the non-zero entries of each row of a uint8
-    ``(R, n)`` profile (0 and 0 for an all-zero row)."""
-    n = prof.shape[1]
-    first = prof.argmax(1)  # argmax returns the first maximal index
-    last = n - prof.flip(1).argmax(1)
-    has = prof.amax(1) > 0
-    return torch.where(has, first, 0), torch.where(has, last, 0)
-
-
-def _dense_strides(x: torch.Tensor):
-    """Contiguous strides for ``x``'s shape laid out in ``x``'s memory order (so that an output written
-    next to ``x`` keeps, e.g., a channels-last layout)."""
-    order = sorted(range(x.ndim), key=lambda d: (-x.stride(d), d))
-    strides = [0] * x.ndim
-    step = 1
-    for d in reversed(order):
-        strides[d] = step
-        step *= x.shape[d]
-    return tuple(strides)
-
-
 def _prepare_surface(y_pred, y, include_background: bool):
-    """Checked inputs of the surface metrics: ``(nd, B, C', device, crops, p, g)``. CPU tensors come as
-    per-row crops (:func:`_prepare_cpu_crops`, ``p``/``g`` None), GPU tensors as whole bool masks
-    (:func:`_prepare`, ``crops`` None), so that the GPU path stays batched."""
+    """Checked inputs of the surface metrics: ``(nd, B, C', device, plan, p, g)``. CPU tensors come as a
+    :class:`_CpuRows` plan (``p``/``g`` None), GPU tensors as whole bool masks (:func:`_prepare`, ``plan``
+    None), so that the GPU path stays batched."""
     first = _to_tensor(y_pred, "y_pred")
     nd = first.ndim - 2
     if first.device.type == "cpu":
-        B, C, crops = _prepare_cpu_crops(y_pred, y, include_background)
-        return nd, B, C, torch.device("cpu"), crops, None, None
+        plan = _CpuRows(y_pred, y, include_background)
+        return nd, plan.B, plan.C, torch.device("cpu"), plan, None, None
     p, g = _prepare(y_pred, y, include_background)
     return nd, p.shape[0], p.shape[1], p.device, None, p, g
 
 
-def _prepare_cpu_crops(y_pred, y, include_background: bool):
-    """CPU: check a (y_pred, y) pair of masks and cut every evaluated (b, c) row to the bounding box of
-    its foreground ``p | g``.
+def _word_pattern(dtype: torch.dtype):
+    """``(zero_mask, one_bits)`` of a real dtype read as raw words: a value is 0 when
+    ``bits & zero_mask == 0`` (floats: either sign) and 1 when ``bits == one_bits``."""
+    bits = 8 * dtype.itemsize
+    if dtype.is_floating_point:
+        words = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+        one = int(torch.ones((), dtype=dtype).view(words).item()) & ((1 << bits) - 1)
+        return (1 << (bits - 1)) - 1, one
+    return (1 << bits) - 1, 1
 
-    Returns ``(B, C', crops)`` with ``crops[b * C' + c]`` a pair of bool views ``(p, g)`` of that box,
-    or None when both masks of the row are empty. Outside the box both masks are 0, so the border
-    voxels (the outside of the image is background for the erosion, and so is the outside of the
-    box) and every distance between border voxels are those of the full volume. The box of ``p | g``
-    is also the box of the two borders (a mask's extreme voxels along an axis are border voxels).
 
-    The value check visits only the boxes: ``x != 0`` holds nowhere outside them, so a value other than
-    0 or 1 can only sit inside; it is tested there (and over the whole dropped background channel).
+def _mask_view(x: torch.Tensor):
+    """The compiled helpers' view of a ``(B, C, *spatial)`` CPU tensor: data pointer, word size, the
+    :func:`_word_pattern` and five strides (spatial padded to 3 axes with leading size-1 axes)."""
+    zero_mask, one_bits = _word_pattern(x.dtype)
+    st = list(x.stride())
+    return (x.data_ptr(), x.element_size(), zero_mask, one_bits, st[:2] + [0] * (5 - x.ndim) + st[2:])
+
+
+class _CpuRows:
+    """CPU plan of the surface metrics: the checked masks and the bounding box of every evaluated
+    ``(b, c)`` row's foreground ``p | g``.
+
+    One compiled pass over each input (``mask_boxes_cpu``) checks that every value (background channel
+    included) is 0 or 1, reading raw bits so that NaN and every other value are caught, and finds the
+    boxes. Masks whose last axis is contiguous are read in place whatever their dtype; others
+    (channels-last one-hot maps) are copied as bytes in the same pass. Outside its box both
+    masks of a row are 0, so its border voxels (the outside of the image is background for the erosion,
+    and so is the outside of the box) and all distances between them are those of the full volume. The
+    box of ``p | g`` is also the box of the two borders (a mask's extreme voxels are border voxels).
     """
-    y_pred, y = _check_pair(y_pred, y, include_background)
-    B, C = y_pred.shape[:2]
-    off = 1 if not include_background and C > 1 else 0
-    xs = (y_pred[:, off:], y[:, off:])
-    Ce = C - off
-    spatial = tuple(y_pred.shape[2:])
-    nd = len(spatial)
-    # The foreground of either mask (logical_or reads any dtype as "!= 0") and, when the background
-    # channel is dropped, the value check of that channel (unused otherwise, but bad input all the
-    # same). In slabs along the first spatial axis, so that the check re-reads a slab from cache (one
-    # pass over memory instead of two: channels-last one-hot maps interleave the channels).
-    u = torch.empty(xs[0].shape, dtype=torch.bool).as_strided(xs[0].shape, _dense_strides(xs[0]))
-    plane = y_pred.element_size() * B * C * math.prod(spatial[1:])
-    step = max(1, (4 << 20) // plane)
-    for s in range(0, spatial[0], step):
-        slab = slice(s, min(spatial[0], s + step))
-        torch.logical_or(xs[0][:, :, slab], xs[1][:, :, slab], out=u[:, :, slab])
-        if off:
-            for x, name in ((y_pred, "y_pred"), (y, "y")):
-                bg = x[:, :1, slab]
-                if bg.dtype != torch.bool and not torch.equal(bg, bg.bool().to(bg.dtype)):
-                    _check_binary(x, name)  # raises, naming the bad values
-    u = u.view(torch.uint8)  # (B, C', *spatial); uint8 reductions are vectorised, bool ones are not
-    # one projection per spatial axis, in the tensor's memory order (reductions across the innermost
-    # dim of a strided view are slow)
-    order = sorted(range(u.ndim), key=lambda d: (-u.stride(d), d))
-    phys = u.permute(order)
-    if not phys.is_contiguous():
-        phys = phys.contiguous()
-    inverse = [order.index(d) for d in range(u.ndim)]
-    profiles = []  # (B * C', n_axis): does slice i along the axis hold foreground
-    for axis in range(2, 2 + nd):
-        prof = phys
-        # one dim at a time, outermost first: the first (full-size) reduction then has a long
-        # contiguous inner extent, which is the fast case; the later ones act on small tensors
-        for pos in sorted(i for i, d in enumerate(order) if d >= 2 and d != axis):
-            prof = prof.amax(pos, keepdim=True)
-        profiles.append(prof.permute(inverse).reshape(B * Ce, spatial[axis - 2]))
-    bounds = [_first_last(prof) for prof in profiles]
-    has = profiles[0].amax(1) > 0
-    table = torch.stack([has.long()] + [t for lh in bounds for t in lh], 1).tolist()  # one host copy
-    crops = []
-    for r, row in enumerate(table):
-        if not row[0]:
-            crops.append(None)
-            continue
-        b, c = divmod(r, Ce)
-        box = tuple(slice(row[1 + 2 * a], row[2 + 2 * a]) for a in range(nd))
-        pair = []
-        for x, name in zip(xs, ("y_pred", "y")):
-            xc = x[(b, c) + box]
-            if x.dtype == torch.bool:
-                pair.append(xc)
-                continue
-            mc = xc.bool()
-            if not torch.equal(xc, mc.to(xc.dtype)):  # a value other than 0 or 1 (NaN included)
+
+    def __init__(self, y_pred, y, include_background: bool):
+        from .distance import _ext  # lazy: the compiled extension loads only when a surface metric runs
+
+        y_pred, y = _check_pair(y_pred, y, include_background)
+        B, C = y_pred.shape[:2]
+        self.off = 1 if not include_background and C > 1 else 0
+        self.B, self.C = B, C - self.off
+        self.nd = y_pred.ndim - 2
+        spatial3 = [1] * (3 - self.nd) + list(y_pred.shape[2:])
+        boxes = torch.empty((B * C, 6), dtype=torch.int64)
+        # a mask whose last axis is strided (channels-last one-hot maps) is copied as 0/1 bytes on the way:
+        # the border step reading one channel in place would pull in every channel's cache lines
+        copies = [None if x.stride(-1) == 1 else torch.empty(x.shape, dtype=torch.uint8) for x in (y_pred, y)]
+        ptrs = [0 if cp is None else cp.data_ptr() for cp in copies]
+        bad = _ext().mask_boxes_cpu(_mask_view(y_pred), _mask_view(y), B, C, spatial3, boxes.data_ptr(), *ptrs, 0)
+        for x, name, n_bad in zip((y_pred, y), ("y_pred", "y"), bad):
+            if n_bad:
                 _check_binary(x, name)  # raises, naming the bad values
-            pair.append(mc)
-        crops.append(tuple(pair))
-    return B, Ce, crops
+        self._masks = [x if cp is None else cp for x, cp in zip((y_pred, y), copies)]  # what the views read
+        self.views = tuple(_mask_view(m) for m in self._masks)
+        table = boxes.view(B, C, 6)[:, self.off :].reshape(-1, 6).tolist()
+        self.boxes = [row if row[1] > 0 else None for row in table]  # (lo0, hi0, lo1, hi1, lo2, hi2) or empty
+
+    def rows(self, spacing, distances: Optional[str] = None, directed: bool = False, max_distance=None):
+        """Yield ``(r, counts, V)`` for every row ``r`` with a foreground.
+
+        ``counts``: int64 ``(2,)`` numbers of border voxels of the prediction and the reference.
+        ``V``: float32 distances from the prediction's border voxels (C order) to the reference border,
+        followed (unless ``directed``) by those from the reference's border voxels to the prediction's
+        border (:func:`fastloss.distance.edt_at`'s search, on the row's box); with ``max_distance`` (a
+        per-row sequence) distances above it come as ``inf``. None when ``distances`` is False or a mask
+        of the row is empty (the callers' empty-mask conventions need no distances).
+        """
+        from .distance import _edt_at_cpu, _ext
+
+        sp = [1.0] * self.nd if spacing is None else [float(v) for v in spacing]
+        ext = _ext()
+        for r, box in enumerate(self.boxes):
+            if box is None:
+                continue
+            b, c = divmod(r, self.C)
+            lo, hi = box[0::2], box[1::2]
+            shape = [h - l for l, h in zip(lo, hi)]
+            E = torch.empty([2] + shape, dtype=torch.uint8)  # borders of the prediction and the reference
+            counts = [ext.mask_border_cpu(v, b, c + self.off, lo, hi, self.nd, E[i].data_ptr(), 0) for i, v in enumerate(self.views)]
+            V = None
+            if distances and counts[0] and counts[1]:  # a mask is empty exactly when it has no border
+                E = E.view([2] + shape[3 - self.nd :])
+                limit = float("inf") if max_distance is None else float(max_distance[r])
+                # direction 0: the prediction's border voxels, distances to the reference border
+                parts = [_edt_at_cpu(E[1:], E[:1], counts[0], sp, features_nonzero=True, max_distance=limit)]
+                if not directed:
+                    parts.append(_edt_at_cpu(E[:1], E[1:], counts[1], sp, features_nonzero=True, max_distance=limit))
+                V = torch.cat(parts) if len(parts) > 1 else parts[0]
+            yield r, torch.tensor(counts, dtype=torch.int64), V
 
 
 def _count_true(m: torch.Tensor) -> torch.Tensor:
@@ -368,27 +360,6 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
         yield rows, E, D
 
 
-def _cpu_row_edges(crops, nd: int, spacing, directed: bool = False, distances: bool = True):
-    """CPU counterpart of :func:`_edge_distance_chunks`, one row at a time on the row's box.
-
-    Yields ``(rows, E, D)`` for each row with a foreground (``rows`` a one-row slice; ``E`` and ``D``
-    shaped as there with ``r = 1``, over the box). ``D`` is None when ``distances`` is False or either
-    mask of the row is empty (the callers' empty-mask conventions need no distances).
-    """
-    from .distance import edt  # lazy: the compiled extension loads only when a surface metric runs
-
-    k = 1 if directed else 2
-    for r, crop in enumerate(crops):
-        if crop is None:
-            continue
-        E = torch.stack([mask_edges(m, nd) for m in crop])[:, None]  # (2, 1, *box)
-        D = None
-        if distances and bool(crop[0].any()) and bool(crop[1].any()):
-            # edt(~border) is the distance to the nearest border voxel; the query side is the other mask
-            D = edt(torch.stack((~E[1], ~E[0]))[:k].view(torch.uint8), spacing, spatial_dims=nd)
-        yield slice(r, r + 1), E, D
-
-
 def _ball_offsets(radius: float, spacing, nd: int, limit: int):
     """Integer offsets ``o`` with ``|o * spacing| <= radius`` and their float32 lengths, or None when
     there are more than ``limit`` of them (then an EDT is cheaper than shifting masks)."""
@@ -472,6 +443,21 @@ def _row_quantile(values: torch.Tensor, row_ids: torch.Tensor, counts: torch.Ten
     return torch.where(counts > 0, picked, out)
 
 
+def _select_quantile(values: torch.Tensor, q: Optional[float]) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (or the maximum for ``q=None``) of a non-empty float32 CPU vector,
+    by selection instead of a sort: the two order statistics that the linear interpolation needs come
+    from one ``numpy.partition`` (O(n)); the interpolation is :func:`_row_quantile`'s."""
+    if q is None:
+        return values.max()
+    n = values.numel()
+    rank = torch.tensor(q, dtype=torch.float32) * float(n - 1)  # in float32, as torch.quantile
+    below, above = int(rank.floor()), int(rank.ceil())
+    part = np.partition(values.numpy(), (below, above) if above != below else below)
+    lo = torch.tensor(part[below])
+    hi = torch.tensor(part[above])
+    return torch.lerp(lo, hi, rank - below)
+
+
 # ----------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------
@@ -539,25 +525,22 @@ def surface_dice(
         TypeError / ValueError: bad masks (as :func:`dice`), a tolerance that is negative, not
         finite or of the wrong length, a spacing of the wrong length or not positive.
     """
-    nd, B, C, dev, crops, p, g = _prepare_surface(y_pred, y, include_background)
-    on_cpu = crops is not None
+    nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
     sp = check_spacing(spacing, nd)
     tol = _check_tolerance(tolerance, C)
     # MONAI compares float32 distances with the threshold, i.e. in float32.
     tol_rows = tol.to(torch.float32).to(dev).repeat(B)  # row b * C + c -> class c
     n_border = torch.zeros(B * C, dtype=torch.int64, device=dev)
     n_close = torch.zeros(B * C, dtype=torch.int64, device=dev)
-    # A small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to test by shifting
-    # the border masks than by a full EDT; both give the same counts.
-    ball = _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
-    if on_cpu:
-        # one row at a time on its foreground's box (see _prepare_cpu_crops)
-        for rows, E, D in _cpu_row_edges(crops, nd, sp, distances=ball is None):
-            n_border[rows] = _count_true(E.flatten(1)).sum()
-            if ball is not None:
-                n_close[rows] = _close_counts_by_shifts(E, tol_rows[rows], *ball).sum(0)
-            elif D is not None:
-                n_close[rows] = _count_true(((D <= tol_rows[rows].item()) & E).flatten(1)).sum()
+    # GPU: a small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to test by
+    # shifting the border masks than by a full EDT; both give the same counts.
+    ball = None if plan is not None else _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
+    if plan is not None:
+        # CPU, one row at a time on its box: the search stops at the tolerance (see _CpuRows.rows)
+        for r, counts, V in plan.rows(sp, distances=True, max_distance=tol_rows.tolist()):
+            n_border[r] = counts.sum()
+            if V is not None:
+                n_close[r] = (V <= tol_rows[r]).sum()
     elif ball is not None:
         R = B * C
         E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
@@ -611,20 +594,26 @@ def hausdorff_distance(
         TypeError / ValueError: bad masks (as :func:`dice`), a percentile outside ``[0, 100]``, a
         spacing of the wrong length or not positive.
     """
-    nd, B, C, dev, crops, p, g = _prepare_surface(y_pred, y, include_background)
-    on_cpu = crops is not None
+    nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
     q = _check_percentile(percentile)
     sp = check_spacing(spacing, nd)
     R = B * C
     pooled = bool(pooled) and not directed
     hd = torch.full((R,), float("nan"), dtype=torch.float32, device=dev)
     n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)
-    if on_cpu:  # one row at a time on its foreground's box (see _prepare_cpu_crops)
-        chunks = _cpu_row_edges(crops, nd, sp, directed=directed)
-    else:
-        chunks = _edge_distance_chunks(p, g, sp, directed=directed)
-    for rows, E, D in chunks:
-        n_border[:, rows] = _count_true(E.flatten(1)).view(2, -1) if on_cpu else E.flatten(2).sum(-1)
+    if plan is not None:  # one row at a time on its foreground's box (see _CpuRows)
+        qq = None if q is None else q / 100.0
+        for r, counts, V in plan.rows(sp, distances=True, directed=directed):
+            n_border[:, r] = counts
+            if V is None:
+                continue
+            if pooled:  # one percentile of both directions' distances together (MedPy)
+                hd[r] = _select_quantile(V, qq)
+            else:  # V holds direction 0's values, then direction 1's; NaN-propagating max, as MONAI
+                parts = V.split(counts[: 1 if directed else 2].tolist())
+                hd[r] = torch.stack([_select_quantile(v, qq) for v in parts]).amax()
+    for rows, E, D in () if plan is not None else _edge_distance_chunks(p, g, sp, directed=directed):
+        n_border[:, rows] = E.flatten(2).sum(-1)
         if D is None:
             continue
         K, r = D.shape[:2]
