@@ -10,6 +10,10 @@ with --quick:
 - ``scattered``: smooth random partitions of the whole volume (every class has surface everywhere),
   the worst case for anything that crops to a class's bounding box.
 
+Two memory layouts of the one-hot maps: ``contiguous`` (what MONAI's ``one_hot`` and
+``AsDiscrete(to_onehot=...)`` produce) and ``channels_last`` (what ``F.one_hot(...).movedim(-1, 1)``
+produces); every provider gets the same tensors.
+
 Providers: fastloss on the CPU (compiled EDT, all threads), fastloss on the GPU when one is present,
 MONAI 1.6 on the CPU (its default, KD-tree surface distances), and DeepMind's ``surface-distance``
 package on the CPU when it is installed. Cases: ``nsd@1`` (compute_surface_dice /
@@ -74,7 +78,7 @@ def label_pair(n: int, seed: int = 0, kind: str = "organs"):
     return onehot(score), onehot(score + noise)
 
 
-def _providers(y, p):
+def _providers(y, p, deepmind: bool = True):
     tol = [TOL] * (C - 1)
     out = {}
 
@@ -98,6 +102,8 @@ def _providers(y, p):
     except ImportError:
         print("monai not installed: skipping the MONAI baseline", file=sys.stderr)
     try:
+        if not deepmind:
+            raise ImportError
         import surface_distance as sd  # DeepMind's package (surfel-area weighted; differs by design)
 
         pn, yn = p.bool().numpy(), y.bool().numpy()
@@ -135,19 +141,26 @@ def _check(providers) -> None:
     print("fastloss NSD/HD95 agree with MONAI on the benchmark input", file=sys.stderr)
 
 
-def run(quick: bool = False, reps: int | None = None, kinds=("organs", "scattered")) -> list[dict]:
+def run(
+    quick: bool = False, reps: int | None = None, kinds=("organs", "scattered"), layouts=("contiguous", "channels_last")
+) -> list[dict]:
     rows = []
-    for kind in kinds:
-        rows += _run_kind(kind, quick, reps)
+    for layout in layouts:
+        for kind in kinds:
+            rows += _run_kind(kind, quick, reps, layout)
     print_table(rows)
     return rows
 
 
-def _run_kind(kind: str, quick: bool, reps) -> list[dict]:
+def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[dict]:
     n = 64 if quick else 128
     reps = reps or (3 if quick else 5)
-    y, p = label_pair(n, kind=kind)
-    providers = _providers(y, p)
+    y, p = label_pair(n, kind=kind)  # channels-last, as F.one_hot(...).movedim(-1, 1) makes them
+    if layout == "contiguous":  # the layout of MONAI's one_hot / AsDiscrete(to_onehot=...)
+        y, p = y.contiguous(), p.contiguous()
+    # DeepMind's package converts to numpy bool first (outside the timing): the layout is irrelevant
+    # to it, so it runs with the contiguous maps only (it takes about a second per (b, c) row)
+    providers = _providers(y, p, deepmind=layout == "contiguous")
     _check(providers)
     shape = f"{B}x{C}x{n}x{n}x{n}"
     rows = []
@@ -178,7 +191,7 @@ def _run_kind(kind: str, quick: bool, reps) -> list[dict]:
                 peak = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
         for case, samples in (("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])):
             s = common.summarize(samples)
-            row = {"bench": "metrics", "case": case, "maps": kind, "shape": shape, "provider": provider}
+            row = {"bench": "metrics", "case": case, "maps": kind, "shape": shape, "provider": provider, "layout": layout}
             row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
             row["peak_mem_mib"] = peak
             rows.append(common.stamp(row, dev))
@@ -186,13 +199,17 @@ def _run_kind(kind: str, quick: bool, reps) -> list[dict]:
 
 
 def print_table(rows) -> None:
-    base = {(r["maps"], r["case"]): r["median_ms"] for r in rows if r["provider"] == "monai"}
-    print(f"{'maps':10} {'case':10} {'provider':18} {'device':30} {'median ms':>11} {'p20':>10} {'p80':>10} {'x MONAI':>8}")
+    key = lambda r: (r.get("layout"), r["maps"], r["case"])  # noqa: E731
+    base = {key(r): r["median_ms"] for r in rows if r["provider"] == "monai"}
+    print(
+        f"{'layout':14} {'maps':10} {'case':10} {'provider':18} {'device':30} {'median ms':>11} {'p20':>10} "
+        f"{'p80':>10} {'x MONAI':>8}"
+    )
     for r in rows:
-        ratio = base.get((r["maps"], r["case"]), float("nan")) / r["median_ms"] if r["median_ms"] else float("nan")
+        ratio = base.get(key(r), float("nan")) / r["median_ms"] if r["median_ms"] else float("nan")
         print(
-            f"{r['maps']:10} {r['case']:10} {r['provider']:18} {r['device'][:30]:30} {r['median_ms']:11.1f} "
-            f"{r['p20_ms']:10.1f} {r['p80_ms']:10.1f} {ratio:8.2f}"
+            f"{r.get('layout', ''):14} {r['maps']:10} {r['case']:10} {r['provider']:18} {r['device'][:30]:30} "
+            f"{r['median_ms']:11.1f} {r['p20_ms']:10.1f} {r['p80_ms']:10.1f} {ratio:8.2f}"
         )
 
 
@@ -200,8 +217,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64^3 volumes and fewer repetitions")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--layouts", default="contiguous,channels_last", help="one-hot memory layouts to time")
+    ap.add_argument("--kinds", default="organs,scattered", help="label-map kinds to time")
     args = ap.parse_args(argv)
-    rows = run(quick=args.quick, reps=args.reps)
+    rows = run(quick=args.quick, reps=args.reps, kinds=args.kinds.split(","), layouts=args.layouts.split(","))
     print("->", common.append_csv("metrics.csv", rows))
     return 0
 

@@ -2,30 +2,37 @@
 
 The paper evaluates every loss with DSC and NSD at 1 mm and discusses HD95 (Sections 3.3 and 5.1).
 These functions take batches of binary or one-hot masks ``(B, C, *spatial)`` (1 to 3 spatial dims;
-torch tensors on any device, or numpy arrays) and return ``(B, C)`` float32 tensors on the input's
-device, with the values and the empty-mask conventions of MONAI 1.6's ``compute_dice``,
+torch tensors on the CPU or a GPU, or numpy arrays) and return ``(B, C)`` float32 tensors on the
+input's device, with the values and the empty-mask conventions of MONAI 1.6's ``compute_dice``,
 ``compute_surface_dice`` and ``compute_hausdorff_distance``.
 
-How the surface metrics are computed (on the GPU with no Python loop over batch or class; on the
-CPU one (batch, class) row at a time, each cut to the bounding box of its foreground ``p | g``,
-which changes no border voxel and no distance; see ``_prepare_cpu_crops``):
+How the surface metrics are computed:
 
 1. Border voxels, as MONAI defines them (``get_mask_edges`` with ``spacing=None``): a foreground
    voxel is on the border when it does not survive a binary erosion with the face-connected cross
    (``scipy.ndimage.generate_binary_structure(ndim, 1)``), voxels outside the image counting as
-   background. So foreground voxels on the image boundary are border voxels. The erosion here is
-   ``2 * ndim`` shifted logical ANDs over the whole ``(B * C)`` batch.
-2. Distances from each border voxel of one mask to the nearest border voxel of the other: one
-   exact EDT (``fastloss.edt``, C++ on the CPU, CUDA on the GPU) of the inverted border masks, both
-   directions and every ``(b, c)`` stacked into the EDT's batch dimension, read at the border voxels.
-   This equals MONAI's KD-tree over border-voxel coordinates (the same Euclidean distance in
-   physical units, ``spacing`` scaling each axis). The volume is first cropped to the bounding box of
-   all border voxels, which changes no distance.
+   background. So foreground voxels on the image boundary are border voxels.
+2. Distances from each border voxel of one mask to the nearest border voxel of the other, in physical
+   units (``spacing`` scaling each axis): the same Euclidean distances as MONAI's KD-tree over
+   border-voxel coordinates.
 3. NSD counts border voxels within the tolerance; HD takes a per-row maximum; HD95 takes a per-row
-   percentile with ``torch.quantile``'s linear interpolation, computed for all rows at once by one
-   batched sort of the border distances scattered into an inf-padded ``(rows, max count)`` matrix.
-   NSD with a small tolerance ball (up to 125 voxel offsets: 1 mm at ~1 mm spacing is 7) skips the
-   EDT: shifting the border masks by every offset of the ball gives the same counts.
+   percentile with ``torch.quantile``'s linear interpolation.
+
+On the CPU (compiled helpers, one ``(batch, class)`` row at a time, see :class:`_CpuRows`): one pass
+over each input checks the values and finds every row's bounding box of ``p | g`` (cropping to it
+changes no border voxel and no distance); the borders of the box are computed from the input in any
+dtype and layout; the distances are read at the border voxels only (:func:`fastloss.distance.edt_at`:
+pass 1 of the EDT and a search over nearby lines; for NSD with a small tolerance, a search of the
+tolerance ball voxel by voxel and no transform at all); HD95 selects its two order statistics with
+``numpy.partition`` instead of sorting.
+
+On the GPU (no Python loop over batch or class): the erosion is ``2 * ndim`` shifted logical ANDs
+over the whole ``(B * C)`` batch; one exact EDT (``fastloss.edt``, CUDA) of the inverted border
+masks, both directions and every row stacked into its batch, cropped to the bounding box of all
+border voxels, read at the border voxels; HD95 by one batched sort of the border distances scattered
+into an inf-padded ``(rows, max count)`` matrix. NSD with a small tolerance ball (up to 125 voxel
+offsets: 1 mm at ~1 mm spacing is 7) skips the EDT: shifting the border masks by every offset of the
+ball gives the same counts.
 
 Where other tools disagree with MONAI (not implemented here, documented so that numbers are compared
 like for like):
@@ -61,6 +68,8 @@ _CHUNK_VOXELS = 1 << 28
 # NSD tests "distance <= tolerance" by shifting border masks when the tolerance ball has at most this
 # many voxel offsets (a shift is a cheap boolean pass; an EDT costs far more per voxel).
 _MAX_SHIFTS = 125
+# Tests set this to run the batched (GPU) path of the surface metrics on CPU tensors.
+_BATCHED_ON_CPU = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +145,7 @@ def _prepare_surface(y_pred, y, include_background: bool):
     None), so that the GPU path stays batched."""
     first = _to_tensor(y_pred, "y_pred")
     nd = first.ndim - 2
-    if first.device.type == "cpu":
+    if first.device.type == "cpu" and not _BATCHED_ON_CPU:
         plan = _CpuRows(y_pred, y, include_background)
         return nd, plan.B, plan.C, torch.device("cpu"), plan, None, None
     p, g = _prepare(y_pred, y, include_background)
@@ -232,21 +241,6 @@ class _CpuRows:
             yield r, torch.tensor(counts, dtype=torch.int64), V
 
 
-def _count_true(m: torch.Tensor) -> torch.Tensor:
-    """Number of True values of each row (leading dim) of a bool tensor, as int64 ``(R,)``.
-
-    Bool and byte sums are not vectorised on the CPU; instead read 8 bytes (each 0 or 1) as one int64
-    word, whose product with 0x0101010101010101 holds the sum of the 8 bytes (at most 8) in its top byte.
-    """
-    R = m.shape[0]
-    flat = m.reshape(R, -1)
-    n = flat.shape[1]
-    if n % 8 or not flat.is_contiguous() or flat.storage_offset() % 8:
-        flat = torch.cat((flat, flat.new_zeros(R, (-n) % 8)), 1)
-    words = flat.reshape(-1).view(torch.uint8).view(torch.int64).view(R, -1)
-    return ((words * 0x0101010101010101) >> 56).sum(1)
-
-
 def _check_percentile(percentile) -> Optional[float]:
     if percentile is None:
         return None
@@ -313,20 +307,38 @@ def mask_edges(mask: torch.Tensor, spatial_dims: Optional[int] = None) -> torch.
     return m ^ eroded  # eroded is a subset of m: the border is what erosion removed
 
 
-def _crop_to_edges(ep: torch.Tensor, eg: torch.Tensor, nd: int):
-    """Crop ``(R, *spatial)`` edge masks to the bounding box of all their border voxels. EDT values
-    at border voxels are distances to other border voxels, all of which stay inside the box."""
-    any_edge = (ep | eg).flatten(0, ep.ndim - nd - 1).any(0)
-    if not bool(any_edge.any()):
-        return None
+def _pack_row_boxes(ep: torch.Tensor, eg: torch.Tensor, nd: int):
+    """Cut the ``(R, *spatial)`` edge masks to one box size for all rows, each row's box placed around
+    its own border voxels: ``(R, *extent)`` copies, ``extent[a]`` the largest extent over the rows of
+    their border voxels along axis ``a``. None when no row has a border voxel.
+
+    A row's box holds all its border voxels and lies inside the image (moved back from the far edge
+    where needed), so EDT values at its border voxels are the distances of the full volume. Organ-like
+    maps have small boxes: the transform then runs on a fraction of ``R`` full volumes. One host sync
+    (the extents)."""
+    R = ep.shape[0]
+    spatial = ep.shape[1:]
+    any_edge = ep | eg
+    starts, extents = [], []
     for axis in range(nd):
-        other = tuple(a for a in range(nd) if a != axis)
-        prof = any_edge.any(dim=other) if other else any_edge
-        idx = torch.nonzero(prof).flatten()
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        ax = ep.ndim - nd + axis
-        ep, eg = ep.narrow(ax, lo, hi - lo), eg.narrow(ax, lo, hi - lo)
-    return ep, eg
+        other = tuple(1 + a for a in range(nd) if a != axis)
+        prof = (any_edge.any(dim=other) if other else any_edge).to(torch.uint8)  # (R, n_axis)
+        n = spatial[axis]
+        has = prof.amax(1) > 0
+        first = torch.where(has, prof.argmax(1), 0)  # argmax: the first maximal index
+        last = torch.where(has, n - prof.flip(1).argmax(1), 0)
+        starts.append(first)
+        extents.append(last - first)
+    ext = torch.stack(extents).amax(1).tolist()  # the one host sync
+    if min(ext) <= 0:
+        return None
+    index = []
+    for axis, (start, e) in enumerate(zip(starts, ext)):
+        start = start.clamp(max=spatial[axis] - e)  # keep the box inside the image
+        idx = start[:, None] + torch.arange(e, device=ep.device)  # (R, e)
+        index.append(idx.view((R,) + tuple(e if a == axis else 1 for a in range(nd))))
+    rows = torch.arange(R, device=ep.device).view((R,) + (1,) * nd)
+    return ep[(rows, *index)], eg[(rows, *index)]
 
 
 def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: bool = False):
@@ -344,7 +356,7 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
     ep = mask_edges(p.reshape((R,) + p.shape[2:]), nd)
     eg = mask_edges(g.reshape((R,) + g.shape[2:]), nd)
     k = 1 if directed else 2
-    cropped = _crop_to_edges(ep, eg, nd)
+    cropped = _pack_row_boxes(ep, eg, nd)
     if cropped is None:
         yield slice(0, R), torch.stack((ep, eg)), None
         return
@@ -404,9 +416,7 @@ def _close_counts_by_shifts(E: torch.Tensor, tol_rows: torch.Tensor, offsets, le
             rows_ok = rows_ok_host.to(E.device, non_blocking=True)
             dst.logical_or_(src & rows_ok.view((1, -1) + (1,) * nd))
     near &= E
-    if near.is_cuda:
-        return near.flatten(2).sum(-1)
-    return _count_true(near.flatten(0, 1)).view(2, -1)
+    return near.flatten(2).sum(-1)
 
 
 def _row_quantile(values: torch.Tensor, row_ids: torch.Tensor, counts: torch.Tensor, q: Optional[float]):

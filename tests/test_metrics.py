@@ -64,13 +64,14 @@ def test_dice_matches_monai(shape, include_background, ignore_empty):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("spacing_idx", [0, 1])
 @pytest.mark.parametrize("per_class", [False, True])
-@pytest.mark.parametrize("path", ["shifts", "edt"])
-def test_surface_dice_matches_monai(shape, spacing_idx, per_class, path, monkeypatch):
-    if path == "edt":
-        monkeypatch.setattr(M, "_MAX_SHIFTS", 0)  # force the EDT path
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_surface_dice_matches_monai(shape, spacing_idx, per_class, size):
+    # small tolerances: the CPU search tests a ball voxel by voxel; large ones: pass 1 and the line search
     spacing = SPACINGS[len(shape)][spacing_idx]
     p, y = _with_empties(*_label_pair(shape, seed=2 + spacing_idx))
     tol = [1.0, 1.5, 2.3] if per_class else 1.2
+    if size == "large":
+        tol = [6.0, 7.5, 9.0] if per_class else 7.0
     got = surface_dice(p, y, tol, spacing=spacing)
     want = _monai(
         monai_metrics.compute_surface_dice, p, y, tol if per_class else [tol] * 3, spacing=spacing
@@ -193,8 +194,10 @@ def test_input_kinds_agree():
         torch.testing.assert_close(surface_dice(conv(p), conv(y), 1.0), ref_nsd, equal_nan=True)
 
 
+@pytest.mark.cuda
 def test_chunked_rows_agree(monkeypatch):
-    p, y = _with_empties(*_label_pair((8, 9, 10), seed=19))
+    """The GPU path's row chunks and its EDT-based NSD (the CPU path works row by row anyway)."""
+    p, y = (t.cuda() for t in _with_empties(*_label_pair((8, 9, 10), seed=19)))
     whole = hausdorff_distance(p, y), hausdorff_distance(p, y, percentile=None)
     nsd = surface_dice(p, y, 2.5, spacing=(1.0, 0.5, 0.5))
     monkeypatch.setattr(M, "_CHUNK_VOXELS", 2 * 8 * 9 * 10)  # one row per EDT call
@@ -221,6 +224,9 @@ def test_row_quantile_equals_torch_quantile():
             else:
                 want = v.max() if q is None else torch.quantile(v, q)
                 assert got[r].item() == want.item() or (math.isnan(want.item()) and math.isnan(got[r].item()))
+                # the CPU path's selection (numpy.partition) gives the same number
+                sel = M._select_quantile(v[torch.randperm(v.numel(), generator=g)], q)
+                assert sel.item() == want.item() or (math.isnan(want.item()) and math.isnan(sel.item()))
 
 
 def test_bad_inputs():
@@ -342,19 +348,64 @@ def _naive_nsd(p, y, tol, include_background, spacing):
     return out
 
 
-@pytest.mark.parametrize("path", ["shifts", "edt"])
-def test_channels_last_and_dtypes_agree(path, monkeypatch):
+# tolerance 1.5: the CPU search tests a small ball voxel by voxel; 7.0: pass 1 and the line search
+@pytest.mark.parametrize("tol", [1.5, 7.0])
+def test_layouts_and_dtypes_agree(tol):
     """One-hot maps made by F.one_hot(...).movedim(-1, 1) are channels-last; the CPU path reads them
-    in memory order. Same results as contiguous copies and as MONAI, for every input dtype."""
-    if path == "edt":
-        monkeypatch.setattr(M, "_MAX_SHIFTS", 0)
+    in memory order (and copies them as bytes). Same results for contiguous copies, sliced views, every
+    input dtype (read as raw bits), and as MONAI."""
     p, y = _with_empties(*_label_pair((9, 10, 11), C=4, seed=31))
     assert not y.is_contiguous()  # channels-last, as _label_pair builds them
     want_hd = _monai(monai_metrics.compute_hausdorff_distance, p, y, percentile=95)
-    want_nsd = _monai(monai_metrics.compute_surface_dice, p, y, [1.5] * 3)
-    for conv in (lambda t: t.contiguous(), lambda t: t, lambda t: t.bool(), lambda t: t.to(torch.int32)):
-        torch.testing.assert_close(hausdorff_distance(conv(p), conv(y)), want_hd, rtol=1e-5, atol=0, equal_nan=True)
-        torch.testing.assert_close(surface_dice(conv(p), conv(y), 1.5), want_nsd, rtol=1e-5, atol=0, equal_nan=True)
+    want_nsd = _monai(monai_metrics.compute_surface_dice, p, y, [tol] * 3)
+    big_p = torch.zeros((2, 4, 12, 10, 13)).to(memory_format=torch.channels_last_3d)
+    big_y = big_p.clone()
+    big_p[:, :, 2:11, :, 1:12], big_y[:, :, 2:11, :, 1:12] = p, y
+    convs = [
+        lambda t: t.contiguous(),
+        lambda t: t,
+        lambda t: t.bool(),
+        lambda t: t.contiguous().to(torch.uint8),
+        lambda t: t.to(torch.int32),
+        lambda t: t.contiguous().to(torch.int64),
+        lambda t: t.to(torch.float16),
+        lambda t: t.contiguous().to(torch.bfloat16),
+        lambda t: t.to(torch.float64),
+    ]
+    for conv in convs:
+        a, b = conv(p), conv(y)
+        torch.testing.assert_close(hausdorff_distance(a, b), want_hd, rtol=1e-5, atol=0, equal_nan=True)
+        torch.testing.assert_close(surface_dice(a, b, tol), want_nsd, rtol=1e-5, atol=0, equal_nan=True)
+    # views into larger tensors (strided, with an offset)
+    a, b = big_p[:, :, 2:11, :, 1:12], big_y[:, :, 2:11, :, 1:12]
+    torch.testing.assert_close(hausdorff_distance(a, b), want_hd, rtol=1e-5, atol=0, equal_nan=True)
+    torch.testing.assert_close(surface_dice(a, b, tol), want_nsd, rtol=1e-5, atol=0, equal_nan=True)
+    # -0.0 is 0
+    neg_zero = torch.where(p > 0, p, torch.full_like(p, -0.0))
+    assert bool(torch.signbit(neg_zero).any())
+    torch.testing.assert_close(hausdorff_distance(neg_zero, y), want_hd, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def test_cpu_boxes_and_borders_match_torch():
+    """The compiled per-row boxes of p | g and border counts against torch: boxes from nonzero
+    indices, borders from mask_edges (which tests above tie to scipy's erosion)."""
+    for shape in ((9, 10, 11), (13, 7), (21,)):
+        p, y = _with_empties(*_label_pair(shape, C=4, seed=43)) if len(shape) > 1 else _box_cases(shape)
+        for layout in (lambda t: t, lambda t: t.contiguous()):
+            plan = M._CpuRows(layout(p), layout(y), include_background=True)
+            rows = dict((r, counts) for r, counts, _ in plan.rows(None, distances=False))
+            for r in range(p.shape[0] * p.shape[1]):
+                b, c = divmod(r, p.shape[1])
+                u = (p[b, c] != 0) | (y[b, c] != 0)
+                if not bool(u.any()):
+                    assert plan.boxes[r] is None and r not in rows
+                    continue
+                idx = torch.nonzero(u)
+                lo = [0] * (3 - len(shape)) + idx.amin(0).tolist()
+                hi = [1] * (3 - len(shape)) + (idx.amax(0) + 1).tolist()
+                assert plan.boxes[r] == [v for pair in zip(lo, hi) for v in pair]
+                want = [int(mask_edges(m[b, c] != 0).sum()) for m in (p, y)]
+                assert rows[r].tolist() == want
 
 
 def test_bad_values_anywhere_raise():
@@ -381,10 +432,45 @@ def test_bad_values_anywhere_raise():
             assert shown in str(err.value)
 
 
-def test_count_true_matches_sum():
-    g = torch.Generator().manual_seed(41)
-    for shape in [(3, 17), (2, 64), (4, 5, 7, 3), (1, 1)]:
-        m = torch.rand(shape, generator=g) > 0.4
-        assert M._count_true(m).tolist() == m.reshape(shape[0], -1).sum(1).tolist()
-        sub = m[..., 1:]  # not contiguous
-        assert M._count_true(sub).tolist() == sub.reshape(shape[0], -1).sum(1).tolist()
+# ----------------------------------------------------------------------------------------------
+# the batched (GPU) path, run on CPU tensors
+# ----------------------------------------------------------------------------------------------
+
+
+def _scattered_boxes(shape, B=2, C=5, seed=47):
+    """Small objects of different sizes at different places, some touching the far image edge (each
+    row's box is packed into a common box size that must stay inside the image)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.zeros((B, C) + shape)
+    p = torch.zeros_like(y)
+    for b in range(B):
+        for c in range(1, C):
+            size = [int(torch.randint(1, max(2, s // 2), (1,), generator=g)) for s in shape]
+            lo = [int(torch.randint(0, s - e + 1, (1,), generator=g)) for s, e in zip(shape, size)]
+            if (b + c) % 3 == 0:  # touch the far edge along every axis
+                lo = [s - e for s, e in zip(shape, size)]
+            box = tuple(slice(l, l + e) for l, e in zip(lo, size))
+            y[(b, c) + box] = 1
+            shift = tuple(slice(max(0, l - 1), l + e - 1) for l, e in zip(lo, size))
+            p[(b, c) + shift] = 1
+    p[1, 4] = 0  # one-sided empty row
+    return p, y
+
+
+@pytest.mark.parametrize("shape", [(14, 17), (12, 11, 13)])
+def test_batched_path_on_cpu_matches_monai(shape, monkeypatch):
+    """The GPU path (whole-batch erosion, per-row boxes packed to one size, one EDT, padded sort, NSD by
+    mask shifts or by the EDT) run on CPU tensors, against MONAI."""
+    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    spacing = tuple(0.6 + 0.3 * i for i in range(len(shape)))
+    for p, y in (_scattered_boxes(shape), _with_empties(*_label_pair(shape, seed=53))):
+        C = p.shape[1]
+        for sp in (None, spacing):
+            want = _monai(monai_metrics.compute_hausdorff_distance, p, y, percentile=95, spacing=sp)
+            torch.testing.assert_close(hausdorff_distance(p, y, spacing=sp), want, rtol=1e-5, atol=0, equal_nan=True)
+            want = _monai(monai_metrics.compute_hausdorff_distance, p, y, spacing=sp)
+            got = hausdorff_distance(p, y, percentile=None, spacing=sp)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=0, equal_nan=True)
+            for tol in (1.0, 9.0):  # mask shifts; the EDT
+                want = _monai(monai_metrics.compute_surface_dice, p, y, [tol] * (C - 1), spacing=sp)
+                torch.testing.assert_close(surface_dice(p, y, tol, spacing=sp), want, rtol=1e-5, atol=0, equal_nan=True)
