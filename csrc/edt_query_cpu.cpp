@@ -74,33 +74,48 @@ std::vector<Offset> sorted_offsets(int64_t n0, int64_t n1, int64_t n2, double s0
   return table;
 }
 
+// f[i] = (s * dist(i))^2 as float32 for i in [lo, hi), rounded once from the exact value (as
+// edt1d::binary_line stores it). With s == 1 and dist < 46341 the square is an exact int32, converted
+// once: the same float, in a loop that vectorises.
+template <class Dist>
+void store_run(float* __restrict__ f, int32_t lo, int32_t hi, double s, bool unit, Dist dist) {
+  if (unit) {
+    for (int32_t i = lo; i < hi; ++i) {
+      const int32_t d = dist(i);
+      f[i] = static_cast<float>(d * d);
+    }
+  } else {
+    for (int32_t i = lo; i < hi; ++i) {
+      const double ds = static_cast<double>(dist(i)) * s;
+      f[i] = static_cast<float>(ds * ds);
+    }
+  }
+}
+
 // Pass 1 of the EDT on one line of the mask, as edt1d::binary_line stores it (the same float32 values,
 // computed from integer distances): f[i] = (s * distance to the nearest zero of m on the line)^2, +inf on
 // a line without zeros. Finds the zeros first (branch-free), then fills the runs between them with
-// min(i - previous zero, next zero - i), a loop without branches. `zeros` holds n positions. Returns
+// min(i - previous zero, next zero - i), loops without branches. `zeros` holds n positions. Returns
 // whether the line has a zero.
 bool squared_line_distance(const uint8_t* m, float* f, int64_t n, double s, bool features_nonzero, int32_t* zeros) {
   const int feature_flag = features_nonzero ? 1 : 0;
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    zeros[count] = static_cast<int32_t>(i);
+  int32_t count = 0;
+  for (int32_t i = 0; i < static_cast<int32_t>(n); ++i) {
+    zeros[count] = i;
     count += ((m[i] != 0) == feature_flag);
   }
   if (count == 0) {
     std::fill(f, f + n, std::numeric_limits<float>::infinity());
     return false;
   }
-  auto store = [f, s](int64_t i, int64_t d) {
-    const double ds = static_cast<double>(d) * s;
-    f[i] = static_cast<float>(ds * ds);
-  };
-  const int64_t z0 = zeros[0], zl = zeros[count - 1];
-  for (int64_t i = 0; i < z0; ++i) store(i, z0 - i);
-  for (int64_t k = 0; k + 1 < count; ++k) {
-    const int64_t a = zeros[k], b = zeros[k + 1];
-    for (int64_t i = a; i < b; ++i) store(i, std::min(i - a, b - i));
+  const bool unit = s == 1.0 && n < 46341;
+  const int32_t z0 = zeros[0], zl = zeros[count - 1];
+  store_run(f, 0, z0, s, unit, [z0](int32_t i) { return z0 - i; });
+  for (int32_t k = 0; k + 1 < count; ++k) {
+    const int32_t a = zeros[k], b = zeros[k + 1];
+    store_run(f, a, b, s, unit, [a, b](int32_t i) { return std::min(i - a, b - i); });
   }
-  for (int64_t i = zl; i < n; ++i) store(i, i - zl);
+  store_run(f, zl, static_cast<int32_t>(n), s, unit, [zl](int32_t i) { return i - zl; });
   return true;
 }
 
@@ -116,7 +131,8 @@ std::vector<BallOffset> ball_offsets(const int64_t n[3], const double s[3], doub
   int64_t r[3];
   double cells = 1.0;
   for (int a = 0; a < 3; ++a) {
-    r[a] = std::min<int64_t>(n[a] - 1, static_cast<int64_t>(std::floor(std::sqrt(reach2) / s[a])));
+    // clamped in double first: a huge max_distance or a tiny spacing must not overflow the cast
+    r[a] = static_cast<int64_t>(std::min(double(n[a] - 1), std::floor(std::sqrt(reach2) / s[a])));
     cells *= double(2 * r[a] + 1);
   }
   std::vector<BallOffset> ball;
@@ -154,6 +170,8 @@ void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_
     s[3 - nd + a] = spacing[a];
   }
   const int64_t n0 = n[0], n1 = n[1], n2 = n[2];
+  if (n2 > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("edt_query_cpu: the last axis must be shorter than 2^31");
   const int64_t vol = n0 * n1 * n2;
   const int64_t lines_per_volume = n0 * n1;
   const int64_t lines = batch * lines_per_volume;

@@ -258,7 +258,10 @@ def edt_at(
     sd = _check_spatial_dims(spatial_dims, mask.ndim, min(mask.ndim, 3))
     sp = _spacing_list(spacing, sd)
     nthreads = _check_threads(threads)
-    t, was_numpy = _as_tensor(mask)
+    was_numpy = isinstance(mask, np.ndarray)
+    if was_numpy:  # any numpy dtype and byte order: only "!= 0" is read
+        mask, query = np.ascontiguousarray(mask != 0), np.ascontiguousarray(query != 0)
+    t, _ = _as_tensor(mask)
     qt, _ = _as_tensor(query)
     if qt.device != t.device:
         raise ValueError(f"query is on {qt.device} but mask is on {t.device}")
