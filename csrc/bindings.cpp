@@ -93,29 +93,24 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "mask_boxes_cpu",
       [](py::tuple p, py::tuple g, int64_t B, int64_t C, std::vector<int64_t> spatial, std::uintptr_t boxes,
-         std::uintptr_t copy_p, std::uintptr_t copy_g, int threads) {
+         int threads) {
         const fastloss::MaskView pv = mask_view(p), gv = mask_view(g);
         if (spatial.size() != 3) throw std::invalid_argument("expected 3 spatial sizes (padded with 1s)");
         if (B < 1 || C < 1) throw std::invalid_argument("expected B, C >= 1");
         for (int64_t s : spatial)
           if (s < 1) throw std::invalid_argument("expected positive spatial sizes, got " + std::to_string(s));
         if (!boxes) throw std::invalid_argument("null data pointer");
-        if ((pv.strides[4] != 1 && !copy_p) || (gv.strides[4] != 1 && !copy_g))
-          throw std::invalid_argument("a mask with a strided last axis needs a copy buffer");
         int64_t bad[2] = {0, 0};
         {
           py::gil_scoped_release release;
-          fastloss::mask_boxes_cpu(pv, gv, B, C, spatial.data(), reinterpret_cast<int64_t*>(boxes), bad,
-                                   pv.strides[4] != 1 ? reinterpret_cast<uint8_t*>(copy_p) : nullptr,
-                                   gv.strides[4] != 1 ? reinterpret_cast<uint8_t*>(copy_g) : nullptr, threads);
+          fastloss::mask_boxes_cpu(pv, gv, B, C, spatial.data(), reinterpret_cast<int64_t*>(boxes), bad, threads);
         }
         return py::make_tuple(bad[0], bad[1]);
       },
       py::arg("p"), py::arg("g"), py::arg("B"), py::arg("C"), py::arg("spatial"), py::arg("boxes_ptr"),
-      py::arg("copy_p_ptr"), py::arg("copy_g_ptr"), py::arg("threads"),
+      py::arg("threads"),
       "Per-(b, c) boxes of p | g into int64 boxes (B*C, 6); returns the numbers of rows of p, g with values other "
-      "than 0/1. p, g: (data_ptr, word_size, zero_mask, one_bits, strides[5]); a mask with a strided last axis is "
-      "also copied as uint8 (B, C, *spatial) to its copy pointer.");
+      "than 0/1. p, g: (data_ptr, word_size, zero_mask, one_bits, strides[5]).");
 
   m.def(
       "mask_border_cpu",

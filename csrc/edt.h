@@ -29,10 +29,9 @@ void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_
 // Value check and per-(b, c) bounding box of p | g for two masks (B, C, n[0], n[1], n[2]) (see mask_view.h):
 // boxes[(b*C + c)*6 + 2a], [.. + 2a + 1] = first index and one past the last along spatial axis a where p or g
 // is non-zero (0, 0 for an empty volume); bad[0], bad[1] = how many rows (along the last axis) of p, g hold a
-// value other than 0 and 1 (0 for valid masks). A mask whose last axis is not contiguous is also written as
-// 0/1 bytes to copy_p / copy_g (contiguous (B, C, n0, n1, n2)), which must then be non-null.
+// value other than 0 and 1 (0 for valid masks).
 void mask_boxes_cpu(const MaskView& p, const MaskView& g, int64_t B, int64_t C, const int64_t n[3], int64_t* boxes,
-                    int64_t bad[2], uint8_t* copy_p, uint8_t* copy_g, int threads);
+                    int64_t bad[2], int threads);
 
 // Border voxels (MONAI's get_mask_edges) of volume (b, c) of m inside the box [lo, hi) (which must hold every
 // non-zero of that volume), written to out as a contiguous uint8 box; nd = number of real spatial axes (the

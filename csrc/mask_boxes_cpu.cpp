@@ -2,13 +2,16 @@
 //
 // The CPU surface metrics cut every (b, c) volume to the box of its foreground p | g (outside it both
 // masks are 0, so borders and border distances are unchanged) and must reject values other than 0 and 1.
-// This reads each element once and works along rows of the last axis: with that axis contiguous the row
-// loop vectorises and nothing is written per voxel; otherwise (a channels-last one-hot map: the row is
-// strided by C) the caller passes a uint8 copy to fill, (B, C, n0, n1, n2) contiguous, which the border
-// step then reads instead of the input (reading one channel in place would pull in every channel's cache
-// lines, once per channel). Work items are (b, z) planes with every channel, so that a
-// channels-last plane is read once from memory for all its channels. Planes' boxes are merged with
-// min/max and bad-row counts summed as integers: the result does not depend on the threads.
+// This reads each element once, writes nothing per voxel, and works along rows of the last axis:
+// - last axis contiguous: per row an OR-reduction (vectorises) and scalar scans for the first and last
+//   non-zero, only in rows that have one;
+// - channels-last (channel stride 1, x stride C: the row (b, z, y) of every channel is n * C contiguous
+//   words): 0/1 flags of the whole interleaved row (vectorises), then every channel's first and last x
+//   from the flags in one sequential sweep;
+// - any other layout: a strided scalar scan.
+// Work items are (b, z) planes with every channel, so that a channels-last plane is read once for all
+// its channels. Planes' boxes are merged with min/max and bad-row counts summed as integers: the result
+// does not depend on the threads.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -25,8 +28,6 @@ struct RowScan {
   bool bad;             // some element is neither 0 nor 1
 };
 
-// One contiguous row: an OR-reduction (vectorises: same-width words, no branches), then the first and
-// last non-zero by scalar scans from either end, only in rows that have one.
 template <class Word>
 RowScan scan_unit(const Word* __restrict__ x, int32_t n, Word zero_mask, Word one_bits) {
   Word any = 0, bad = 0;
@@ -42,25 +43,31 @@ RowScan scan_unit(const Word* __restrict__ x, int32_t n, Word zero_mask, Word on
   return {first, last, bad != 0};
 }
 
-// One strided row, written as 0/1 bytes to `copy` on the way.
 template <class Word>
-RowScan scan_strided(const Word* x, int64_t stride, int32_t n, Word zero_mask, Word one_bits, uint8_t* copy) {
+RowScan scan_strided(const Word* x, int64_t stride, int32_t n, Word zero_mask, Word one_bits) {
   int32_t first = n, last = 0;
   bool bad = false;
   for (int32_t i = 0; i < n; ++i) {
     const Word w = x[i * stride];
     const bool nonzero = (w & zero_mask) != 0;
     bad |= nonzero & (w != one_bits);
-    copy[i] = static_cast<uint8_t>(nonzero);
     first = nonzero && i < first ? i : first;
     last = nonzero ? i + 1 : last;
   }
   return {first, last, bad};
 }
 
-// Channels-last rows (channel stride 1, x stride C: the row (b, z, y) of every channel is n * C contiguous
-// words): first 0/1 flags of the whole interleaved row (vectorises), returning whether a value is neither
-// 0 nor 1; then deinterleave_row splits the flags into the C copy rows, whose boxes come from scan_unit.
+RowScan scan(const MaskView& m, int64_t offset, int32_t n) {
+  return dispatch_word(m.word_size, [&](auto tag) {
+    using Word = decltype(tag);
+    const Word* x = static_cast<const Word*>(m.data) + offset;
+    const Word zm = static_cast<Word>(m.zero_mask), one = static_cast<Word>(m.one_bits);
+    if (m.strides[4] == 1) return scan_unit<Word>(x, n, zm, one);
+    return scan_strided<Word>(x, m.strides[4], n, zm, one);
+  });
+}
+
+// Channels-last rows: 0/1 flags of n interleaved words; returns whether a value is neither 0 nor 1.
 template <class Word>
 bool flag_row(const Word* __restrict__ x, int64_t n, Word zero_mask, Word one_bits, uint8_t* __restrict__ flags) {
   Word bad = 0;
@@ -72,18 +79,20 @@ bool flag_row(const Word* __restrict__ x, int64_t n, Word zero_mask, Word one_bi
   return bad != 0;
 }
 
-void deinterleave_row(const uint8_t* __restrict__ flags, int64_t C, int64_t c, int32_t n, uint8_t* __restrict__ dst) {
-  for (int32_t i = 0; i < n; ++i) dst[i] = flags[i * C + c];
-}
-
-RowScan scan(const MaskView& m, int64_t offset, int32_t n, uint8_t* copy) {
-  return dispatch_word(m.word_size, [&](auto tag) {
-    using Word = decltype(tag);
-    const Word* x = static_cast<const Word*>(m.data) + offset;
-    const Word zm = static_cast<Word>(m.zero_mask), one = static_cast<Word>(m.one_bits);
-    if (m.strides[4] == 1) return scan_unit<Word>(x, n, zm, one);
-    return scan_strided<Word>(x, m.strides[4], n, zm, one, copy);
-  });
+// First and one-past-last x of every channel in a row of interleaved flags (flags[x * C + c]).
+void interleaved_bounds(const uint8_t* __restrict__ flags, int64_t C, int32_t n, int32_t* __restrict__ first,
+                        int32_t* __restrict__ last) {
+  for (int64_t c = 0; c < C; ++c) {
+    first[c] = n;
+    last[c] = 0;
+  }
+  for (int32_t i = 0; i < n; ++i) {
+    const uint8_t* f = flags + i * C;
+    for (int64_t c = 0; c < C; ++c) {
+      first[c] = std::min(first[c], f[c] ? i : n);
+      last[c] = f[c] ? i + 1 : last[c];
+    }
+  }
 }
 
 struct PlaneBox {
@@ -93,7 +102,7 @@ struct PlaneBox {
 }  // namespace
 
 void mask_boxes_cpu(const MaskView& p, const MaskView& g, int64_t B, int64_t C, const int64_t n[3], int64_t* boxes,
-                    int64_t bad[2], uint8_t* copy_p, uint8_t* copy_g, int threads) {
+                    int64_t bad[2], int threads) {
   const int64_t n0 = n[0], n1 = n[1], n2 = n[2];
   const int64_t items = B * n0;  // (b, z) planes, every channel
   threads = resolve_threads(threads);
@@ -101,22 +110,17 @@ void mask_boxes_cpu(const MaskView& p, const MaskView& g, int64_t B, int64_t C, 
   std::vector<PlaneBox> plane_box(static_cast<size_t>(B * C * n0));  // index (b * C + c) * n0 + z
   std::vector<int64_t> plane_bad(static_cast<size_t>(2 * items), 0);
   const MaskView* views[2] = {&p, &g};
-  uint8_t* copies[2] = {copy_p, copy_g};
-  // channels-last masks: each row of all channels is read once, in memory order (flag_row)
   const bool channels_last[2] = {C > 1 && p.strides[1] == 1 && p.strides[4] == C,
                                  C > 1 && g.strides[1] == 1 && g.strides[4] == C};
   parallel_for(items, threads, [&](int64_t begin, int64_t end) {
-    // the copy of row (b, c, z, y) of mask k
-    auto row_bytes = [&](int k, int64_t b, int64_t c, int64_t z, int64_t y) -> uint8_t* {
-      return copies[k] + (((b * C + c) * n0 + z) * n1 + y) * n2;
-    };
     std::vector<uint8_t> flags(static_cast<size_t>(n2 * C));
+    std::vector<int32_t> bounds(static_cast<size_t>(4 * C));  // channels-last: first, last of p; of g
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / n0, z = item % n0;
       for (int64_t c = 0; c < C; ++c)
         plane_box[static_cast<size_t>((b * C + c) * n0 + z)] = {static_cast<int32_t>(n1), 0, static_cast<int32_t>(n2), 0};
       for (int64_t y = 0; y < n1; ++y) {
-        for (int k = 0; k < 2; ++k) {  // channels-last masks: this row of every channel into the copy first
+        for (int k = 0; k < 2; ++k) {  // channels-last masks: this row of every channel at once
           const MaskView& m = *views[k];
           if (!channels_last[k]) continue;
           const int64_t off = b * m.strides[0] + z * m.strides[2] + y * m.strides[3];
@@ -126,20 +130,23 @@ void mask_boxes_cpu(const MaskView& p, const MaskView& g, int64_t B, int64_t C, 
                                   static_cast<Word>(m.one_bits), flags.data());
           });
           plane_bad[static_cast<size_t>(2 * item + k)] += row_bad ? 1 : 0;
-          for (int64_t c = 0; c < C; ++c)
-            deinterleave_row(flags.data(), C, c, static_cast<int32_t>(n2), row_bytes(k, b, c, z, y));
+          interleaved_bounds(flags.data(), C, static_cast<int32_t>(n2), bounds.data() + 2 * k * C,
+                             bounds.data() + (2 * k + 1) * C);
         }
         for (int64_t c = 0; c < C; ++c) {
           int32_t first = static_cast<int32_t>(n2), last = 0;
           for (int k = 0; k < 2; ++k) {
-            const MaskView& m = *views[k];
-            const int64_t off = b * m.strides[0] + c * m.strides[1] + z * m.strides[2] + y * m.strides[3];
-            uint8_t* copy = copies[k] ? row_bytes(k, b, c, z, y) : nullptr;
-            const RowScan r = channels_last[k] ? scan_unit<uint8_t>(copy, static_cast<int32_t>(n2), 1, 1)
-                                                : scan(m, off, static_cast<int32_t>(n2), copy);
+            RowScan r;
+            if (channels_last[k]) {
+              r = {bounds[static_cast<size_t>(2 * k * C + c)], bounds[static_cast<size_t>((2 * k + 1) * C + c)], false};
+            } else {
+              const MaskView& m = *views[k];
+              r = scan(m, b * m.strides[0] + c * m.strides[1] + z * m.strides[2] + y * m.strides[3],
+                       static_cast<int32_t>(n2));
+              plane_bad[static_cast<size_t>(2 * item + k)] += r.bad ? 1 : 0;
+            }
             first = std::min(first, r.first);
             last = std::max(last, r.last);
-            plane_bad[static_cast<size_t>(2 * item + k)] += r.bad ? 1 : 0;
           }
           if (first < last) {
             PlaneBox& box = plane_box[static_cast<size_t>((b * C + c) * n0 + z)];

@@ -177,8 +177,8 @@ class _CpuRows:
 
     One compiled pass over each input (``mask_boxes_cpu``) checks that every value (background channel
     included) is 0 or 1, reading raw bits so that NaN and every other value are caught, and finds the
-    boxes. Masks whose last axis is contiguous are read in place whatever their dtype; others
-    (channels-last one-hot maps) are copied as bytes in the same pass. Outside its box both
+    boxes, reading channels-last maps in memory order. The border step then reads the boxes in place,
+    whatever the dtype and layout (see the comment on byte masks below). Outside its box both
     masks of a row are 0, so its border voxels (the outside of the image is background for the erosion,
     and so is the outside of the box) and all distances between them are those of the full volume. The
     box of ``p | g`` is also the box of the two borders (a mask's extreme voxels are border voxels).
@@ -194,16 +194,19 @@ class _CpuRows:
         self.nd = y_pred.ndim - 2
         spatial3 = [1] * (3 - self.nd) + list(y_pred.shape[2:])
         boxes = torch.empty((B * C, 6), dtype=torch.int64)
-        # a mask whose last axis is strided (channels-last one-hot maps) is copied as 0/1 bytes on the way:
-        # the border step reading one channel in place would pull in every channel's cache lines
-        copies = [None if x.stride(-1) == 1 else torch.empty(x.shape, dtype=torch.uint8) for x in (y_pred, y)]
-        ptrs = [0 if cp is None else cp.data_ptr() for cp in copies]
-        bad = _ext().mask_boxes_cpu(_mask_view(y_pred), _mask_view(y), B, C, spatial3, boxes.data_ptr(), *ptrs, 0)
+        bad = _ext().mask_boxes_cpu(_mask_view(y_pred), _mask_view(y), B, C, spatial3, boxes.data_ptr(), 0)
         for x, name, n_bad in zip((y_pred, y), ("y_pred", "y"), bad):
             if n_bad:
                 _check_binary(x, name)  # raises, naming the bad values
-        self._masks = [x if cp is None else cp for x, cp in zip((y_pred, y), copies)]  # what the views read
-        self.views = tuple(_mask_view(m) for m in self._masks)
+        # The border step reads each row's box in place. Along a strided last axis (channels-last maps)
+        # that pulls in every channel's cache lines; when the boxes cover more than one volume per batch
+        # item in all, one byte mask per input (torch, same layout: 1 byte instead of 4 per channel)
+        # costs less.
+        evaluated = boxes.view(B, C, 6)[:, self.off :]
+        covered = int((evaluated[..., 1::2] - evaluated[..., 0::2]).prod(-1).sum())
+        heavy = covered > B * math.prod(spatial3)
+        self._masks = [x != 0 if heavy and x.stride(-1) != 1 and x.element_size() > 1 else x for x in (y_pred, y)]
+        self.views = tuple(_mask_view(m) for m in self._masks)  # self._masks keeps their memory
         table = boxes.view(B, C, 6)[:, self.off :].reshape(-1, 6).tolist()
         self.boxes = [row if row[1] > 0 else None for row in table]  # (lo0, hi0, lo1, hi1, lo2, hi2) or empty
 
