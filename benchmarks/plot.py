@@ -78,11 +78,11 @@ def main(argv=None) -> int:
         rows, _ = _rows(name, None)
         if not rows:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4))
+        fig, ax = plt.subplots(figsize=(12 if name == "metrics.csv" else 8, 4))
         groups = defaultdict(dict)
         for r in rows:
             prov = r.get("provider", "") + (f" x{r['threads']}" if r.get("threads") else "")
-            label = " ".join(v for v in (r.get("maps"), r.get(label_key), r.get("shape")) if v)
+            label = " ".join(v for v in (r.get("layout"), r.get("maps"), r.get(label_key), r.get("shape")) if v)
             groups[prov][label] = float(r["median_ms"])
         labels = sorted({k for g in groups.values() for k in g})
         vals = {(lab, g): v for g, d in groups.items() for lab, v in d.items()}
