@@ -205,12 +205,14 @@ class _CpuRows:
         evaluated = boxes.view(B, C, 6)[:, self.off :]
         covered = int((evaluated[..., 1::2] - evaluated[..., 0::2]).prod(-1).sum())
         heavy = covered > B * math.prod(spatial3)
-        self._masks = [x != 0 if heavy and x.stride(-1) != 1 and x.element_size() > 1 else x for x in (y_pred, y)]
+        self._masks = [
+            x != 0 if heavy and x.stride(-1) != 1 and x.element_size() > 1 else x for x in (y_pred, y)
+        ]
         self.views = tuple(_mask_view(m) for m in self._masks)  # self._masks keeps their memory
         table = boxes.view(B, C, 6)[:, self.off :].reshape(-1, 6).tolist()
         self.boxes = [row if row[1] > 0 else None for row in table]  # (lo0, hi0, lo1, hi1, lo2, hi2) or empty
 
-    def rows(self, spacing, distances: Optional[str] = None, directed: bool = False, max_distance=None):
+    def rows(self, spacing, distances: bool = True, directed: bool = False, max_distance=None):
         """Yield ``(r, counts, V)`` for every row ``r`` with a foreground.
 
         ``counts``: int64 ``(2,)`` numbers of border voxels of the prediction and the reference.
@@ -231,7 +233,10 @@ class _CpuRows:
             lo, hi = box[0::2], box[1::2]
             shape = [h - l for l, h in zip(lo, hi)]
             E = torch.empty([2] + shape, dtype=torch.uint8)  # borders of the prediction and the reference
-            counts = [ext.mask_border_cpu(v, b, c + self.off, lo, hi, self.nd, E[i].data_ptr(), 0) for i, v in enumerate(self.views)]
+            counts = [
+                ext.mask_border_cpu(view, b, c + self.off, lo, hi, self.nd, E[i].data_ptr(), 0)
+                for i, view in enumerate(self.views)
+            ]
             V = None
             if distances and counts[0] and counts[1]:  # a mask is empty exactly when it has no border
                 E = E.view([2] + shape[3 - self.nd :])
