@@ -18,7 +18,7 @@ Providers: fastloss on the CPU (compiled EDT, all threads), fastloss on the GPU 
 MONAI 1.6 on the CPU (its default, KD-tree surface distances), and DeepMind's ``surface-distance``
 package on the CPU when it is installed. Cases: ``nsd@1`` (compute_surface_dice /
 surface_dice), ``hd95`` (compute_hausdorff_distance(percentile=95) / hausdorff_distance) and
-``nsd+hd95`` (both, per repetition). Before timing, fastloss's values are checked against MONAI's.
+``nsd+hd95`` (both, per repetition) and, for fastloss, ``nsd+hd95 one call`` (``surface_metrics``). Before timing, fastloss's values are checked against MONAI's.
 
 Median/p20/p80 wall ms (GPU: synchronized); rows go to benchmarks/results/metrics.csv.
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from fastloss.metrics import hausdorff_distance, surface_dice  # noqa: E402
+from fastloss.metrics import hausdorff_distance, surface_dice, surface_metrics  # noqa: E402
 
 B, C = 2, 9
 TOL = 1.0
@@ -87,6 +87,8 @@ def _providers(y, p, deepmind: bool = True):
         return (
             lambda: surface_dice(pd, yd, TOL, spacing=(1.0, 1.0, 1.0)),
             lambda: hausdorff_distance(pd, yd, percentile=95, spacing=(1.0, 1.0, 1.0)),
+            # both in one call (borders and distances once)
+            lambda: surface_metrics(pd, yd, TOL, percentile=95, spacing=(1.0, 1.0, 1.0)),
         )
 
     out[("fastloss", "cpu")] = fl("cpu")
@@ -134,8 +136,10 @@ def _check(providers) -> None:
         want = [f().cpu() for f in providers[("monai", "cpu")]]
     for key in (("fastloss", "cpu"), ("fastloss", "cuda")):
         if key in providers:
-            got = [f().cpu() for f in providers[key]]
-            for name, g, w in zip(("nsd", "hd95"), got, want):
+            f_nsd, f_hd, f_both = providers[key]
+            got = [f_nsd().cpu(), f_hd().cpu()]
+            got_both = [t.cpu() for t in f_both()]
+            for name, g, w in zip(("nsd", "hd95", "nsd (one call)", "hd95 (one call)"), got + got_both, want + want):
                 if not torch.allclose(g, w, rtol=1e-5, atol=0, equal_nan=True):
                     raise AssertionError(f"{key} {name} differs from MONAI: max |diff| {(g - w).abs().max().item()}")
     print("fastloss NSD/HD95 agree with MONAI on the benchmark input", file=sys.stderr)
@@ -164,15 +168,15 @@ def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[
     _check(providers)
     shape = f"{B}x{C}x{n}x{n}x{n}"
     rows = []
-    for (provider, dev), (f_nsd, f_hd) in providers.items():
+    for (provider, dev), (f_nsd, f_hd, *f_both) in providers.items():
         slow = provider != "fastloss"
         r = max(2, reps - 2) if slow else reps
-        t_nsd, t_hd = [], []
+        t_nsd, t_hd, t_both = [], [], []
         peak = ""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if not slow:  # warm-up (extension load, CUDA context, allocator)
-                f_nsd(), f_hd()
+                f_nsd(), f_hd(), [f() for f in f_both]
             common.sync(dev)
             if dev == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -187,9 +191,16 @@ def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[
                 t2 = time.perf_counter()
                 t_nsd.append((t1 - t0) * 1e3)
                 t_hd.append((t2 - t1) * 1e3)
+                if f_both:
+                    f_both[0]()
+                    common.sync(dev)
+                    t_both.append((time.perf_counter() - t2) * 1e3)
             if dev == "cuda":
                 peak = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-        for case, samples in (("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])):
+        cases = [("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])]
+        if t_both:
+            cases.append(("nsd+hd95 one call", t_both))
+        for case, samples in cases:
             s = common.summarize(samples)
             row = {"bench": "metrics", "case": case, "maps": kind, "shape": shape, "provider": provider, "layout": layout}
             row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
@@ -199,16 +210,17 @@ def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[
 
 
 def print_table(rows) -> None:
-    key = lambda r: (r.get("layout"), r["maps"], r["case"])  # noqa: E731
+    # the one-call case (fastloss.metrics.surface_metrics) compares with MONAI's two calls
+    key = lambda r: (r.get("layout"), r["maps"], r["case"].replace(" one call", ""))  # noqa: E731
     base = {key(r): r["median_ms"] for r in rows if r["provider"] == "monai"}
     print(
-        f"{'layout':14} {'maps':10} {'case':10} {'provider':18} {'device':30} {'median ms':>11} {'p20':>10} "
+        f"{'layout':14} {'maps':10} {'case':18} {'provider':18} {'device':30} {'median ms':>11} {'p20':>10} "
         f"{'p80':>10} {'x MONAI':>8}"
     )
     for r in rows:
         ratio = base.get(key(r), float("nan")) / r["median_ms"] if r["median_ms"] else float("nan")
         print(
-            f"{r.get('layout', ''):14} {r['maps']:10} {r['case']:10} {r['provider']:18} {r['device'][:30]:30} "
+            f"{r.get('layout', ''):14} {r['maps']:10} {r['case']:18} {r['provider']:18} {r['device'][:30]:30} "
             f"{r['median_ms']:11.1f} {r['p20_ms']:10.1f} {r['p80_ms']:10.1f} {ratio:8.2f}"
         )
 

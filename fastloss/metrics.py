@@ -58,7 +58,7 @@ import torch
 
 from ._validation import check_spacing
 
-__all__ = ["dice", "surface_dice", "hausdorff_distance", "mask_edges"]
+__all__ = ["dice", "surface_dice", "hausdorff_distance", "surface_metrics", "mask_edges"]
 
 Spacing = Union[None, float, Sequence[float]]
 
@@ -543,36 +543,8 @@ def surface_dice(
         TypeError / ValueError: bad masks (as :func:`dice`), a tolerance that is negative, not
         finite or of the wrong length, a spacing of the wrong length or not positive.
     """
-    nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
-    sp = check_spacing(spacing, nd)
-    tol = _check_tolerance(tolerance, C)
-    # MONAI compares float32 distances with the threshold, i.e. in float32.
-    tol_rows = tol.to(torch.float32).to(dev).repeat(B)  # row b * C + c -> class c
-    n_border = torch.zeros(B * C, dtype=torch.int64, device=dev)
-    n_close = torch.zeros(B * C, dtype=torch.int64, device=dev)
-    # GPU: a small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to test by
-    # shifting the border masks than by a full EDT; both give the same counts.
-    ball = None if plan is not None else _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
-    if plan is not None:
-        # CPU, one row at a time on its box: the search stops at the tolerance (see _CpuRows.rows)
-        for r, counts, V in plan.rows(sp, distances=True, max_distance=tol_rows.tolist()):
-            n_border[r] = counts.sum()
-            if V is not None:
-                n_close[r] = (V <= tol_rows[r]).sum()
-    elif ball is not None:
-        R = B * C
-        E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
-        n_border = E.flatten(2).sum(-1).sum(0)
-        n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
-    else:
-        for rows, E, D in _edge_distance_chunks(p, g, sp):
-            n_border[rows] = E.flatten(2).sum(-1).sum(0)
-            if D is not None:
-                t = tol_rows[rows].view((1, -1) + (1,) * nd)
-                n_close[rows] = ((D <= t) & E).flatten(2).sum(-1).sum(0)
-    # 0 / 0 -> NaN when neither mask has a border (both empty); distances to an empty mask are inf,
-    # so a one-sided empty pair gives 0 / n = 0.
-    return (n_close.double() / n_border.double()).float().view(B, C)
+    nsd, _ = _surface_metrics(y_pred, y, include_background, spacing, tolerance=tolerance)
+    return nsd
 
 
 def hausdorff_distance(
@@ -612,49 +584,121 @@ def hausdorff_distance(
         TypeError / ValueError: bad masks (as :func:`dice`), a percentile outside ``[0, 100]``, a
         spacing of the wrong length or not positive.
     """
+    _, hd = _surface_metrics(
+        y_pred, y, include_background, spacing, percentile=percentile, want_hd=True, directed=directed, pooled=pooled
+    )
+    return hd
+
+
+def surface_metrics(
+    y_pred,
+    y,
+    tolerance: Union[float, Sequence[float], torch.Tensor],
+    percentile: Optional[float] = 95,
+    include_background: bool = False,
+    spacing: Spacing = None,
+):
+    """NSD at ``tolerance`` and the (percentile) Hausdorff distance together: ``(nsd, hd)``, each
+    ``(B, C')``, equal to :func:`surface_dice` and :func:`hausdorff_distance` with the same arguments.
+
+    The checks, the borders and the border-to-border distances are computed once for both (an
+    evaluation that wants both pays about what :func:`hausdorff_distance` alone costs).
+    """
+    return _surface_metrics(y_pred, y, include_background, spacing, tolerance=tolerance, percentile=percentile, want_hd=True)
+
+
+def _surface_metrics(
+    y_pred,
+    y,
+    include_background: bool,
+    spacing: Spacing,
+    tolerance=None,
+    percentile: Optional[float] = 95,
+    want_hd: bool = False,
+    directed: bool = False,
+    pooled: bool = False,
+):
+    """The NSD (when ``tolerance`` is given) and the Hausdorff distance (when ``want_hd``) of
+    :func:`surface_dice`, :func:`hausdorff_distance` and :func:`surface_metrics`; None for the other."""
     nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
-    q = _check_percentile(percentile)
     sp = check_spacing(spacing, nd)
-    R = B * C
+    want_nsd = tolerance is not None
+    if want_nsd:
+        tol = _check_tolerance(tolerance, C)
+        # MONAI compares float32 distances with the threshold, i.e. in float32.
+        tol_rows = tol.to(torch.float32).to(dev).repeat(B)  # row b * C + c -> class c
+    q = _check_percentile(percentile) if want_hd else None
+    qq = None if q is None else q / 100.0
     pooled = bool(pooled) and not directed
+    R = B * C
+    n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)  # prediction, reference
+    n_close = torch.zeros(R, dtype=torch.int64, device=dev)
     hd = torch.full((R,), float("nan"), dtype=torch.float32, device=dev)
-    n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)
-    if plan is not None:  # one row at a time on its foreground's box (see _CpuRows)
-        qq = None if q is None else q / 100.0
-        for r, counts, V in plan.rows(sp, distances=True, directed=directed):
+    # GPU, NSD alone: a small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to
+    # test by shifting the border masks than by a full EDT; both give the same counts.
+    ball = None
+    if plan is None and want_nsd and not want_hd:
+        ball = _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
+    if plan is not None:
+        # CPU, one row at a time on its box; NSD alone: the search stops at the tolerance
+        limits = tol_rows.tolist() if want_nsd and not want_hd else None
+        for r, counts, V in plan.rows(sp, distances=True, directed=directed, max_distance=limits):
             n_border[:, r] = counts
             if V is None:
                 continue
-            if pooled:  # one percentile of both directions' distances together (MedPy)
+            if want_nsd:
+                n_close[r] = (V <= tol_rows[r]).sum()
+            if want_hd and pooled:  # one percentile of both directions' distances together (MedPy)
                 hd[r] = _select_quantile(V, qq)
-            else:  # V holds direction 0's values, then direction 1's; NaN-propagating max, as MONAI
+            elif want_hd:  # V holds direction 0's values, then direction 1's; NaN-propagating max, as MONAI
                 parts = V.split(counts[: 1 if directed else 2].tolist())
                 hd[r] = torch.stack([_select_quantile(v, qq) for v in parts]).amax()
-    for rows, E, D in () if plan is not None else _edge_distance_chunks(p, g, sp, directed=directed):
-        n_border[:, rows] = E.flatten(2).sum(-1)
-        if D is None:
-            continue
-        K, r = D.shape[:2]
-        E = E[:K]  # the query border voxels of each direction computed
-        counts = n_border[:K, rows]
-        if q is None and not pooled:
-            # maximum per row and direction without extracting anything
-            per_dir = torch.where(E, D, torch.zeros((), dtype=D.dtype, device=dev)).flatten(2).amax(-1)
-            per_dir = torch.where(counts > 0, per_dir, torch.full_like(per_dir, float("nan")))
-        else:
-            if pooled:  # one group per row holding both directions: read (row, direction, voxel)
-                values = D.transpose(0, 1)[E.transpose(0, 1)]
-                group_counts = counts.sum(0)
-            else:  # one group per (direction, row)
-                values = D[E]
-                group_counts = counts.flatten()
-            row_ids = torch.repeat_interleave(torch.arange(group_counts.numel(), device=dev), group_counts)
-            per_dir = _row_quantile(values, row_ids, group_counts, None if q is None else q / 100.0).view(-1, r)
-        # NaN-propagating maximum over the directions, as MONAI's torch.max over the stack
-        hd[rows] = per_dir.amax(0) if per_dir.shape[0] > 1 else per_dir[0]
-    empty_p = n_border[0] == 0
-    empty_g = n_border[1] == 0
-    one_empty_value = float("inf") if q is None else float("nan")
-    hd = torch.where(empty_p ^ empty_g, torch.full_like(hd, one_empty_value), hd)
-    hd = torch.where(empty_p & empty_g, torch.full_like(hd, float("nan")), hd)
-    return hd.view(B, C)
+    elif ball is not None:
+        E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
+        n_border = E.flatten(2).sum(-1)
+        n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
+    else:
+        for rows, E, D in _edge_distance_chunks(p, g, sp, directed=directed):
+            n_border[:, rows] = E.flatten(2).sum(-1)
+            if D is None:
+                continue
+            if want_nsd:  # both directions (NSD is never directed)
+                t = tol_rows[rows].view((1, -1) + (1,) * nd)
+                n_close[rows] = ((D <= t) & E).flatten(2).sum(-1).sum(0)
+            if want_hd:
+                hd[rows] = _chunk_hausdorff(E, D, n_border[:, rows], q, pooled)
+    nsd = hdv = None
+    if want_nsd:
+        # 0 / 0 -> NaN when neither mask has a border (both empty); distances to an empty mask are inf,
+        # so a one-sided empty pair gives 0 / n = 0.
+        nsd = (n_close.double() / n_border.sum(0).double()).float().view(B, C)
+    if want_hd:
+        empty_p = n_border[0] == 0
+        empty_g = n_border[1] == 0
+        one_empty_value = float("inf") if q is None else float("nan")
+        hd = torch.where(empty_p ^ empty_g, torch.full_like(hd, one_empty_value), hd)
+        hdv = torch.where(empty_p & empty_g, torch.full_like(hd, float("nan")), hd).view(B, C)
+    return nsd, hdv
+
+
+def _chunk_hausdorff(E: torch.Tensor, D: torch.Tensor, counts: torch.Tensor, q: Optional[float], pooled: bool):
+    """Hausdorff distance (maximum, or percentile ``q`` in [0, 100]) of each row of a GPU-path chunk
+    (``E``, ``D`` as :func:`_edge_distance_chunks` yields them, ``counts`` the ``(2, r)`` border counts)."""
+    K, r = D.shape[:2]
+    E = E[:K]  # the query border voxels of each direction computed
+    counts = counts[:K]
+    if q is None and not pooled:
+        # maximum per row and direction without extracting anything
+        per_dir = torch.where(E, D, torch.zeros((), dtype=D.dtype, device=D.device)).flatten(2).amax(-1)
+        per_dir = torch.where(counts > 0, per_dir, torch.full_like(per_dir, float("nan")))
+    else:
+        if pooled:  # one group per row holding both directions: read (row, direction, voxel)
+            values = D.transpose(0, 1)[E.transpose(0, 1)]
+            group_counts = counts.sum(0)
+        else:  # one group per (direction, row)
+            values = D[E]
+            group_counts = counts.flatten()
+        row_ids = torch.repeat_interleave(torch.arange(group_counts.numel(), device=D.device), group_counts)
+        per_dir = _row_quantile(values, row_ids, group_counts, None if q is None else q / 100.0).view(-1, r)
+    # NaN-propagating maximum over the directions, as MONAI's torch.max over the stack
+    return per_dir.amax(0) if per_dir.shape[0] > 1 else per_dir[0]

@@ -474,3 +474,22 @@ def test_batched_path_on_cpu_matches_monai(shape, monkeypatch):
             for tol in (1.0, 9.0):  # mask shifts; the EDT
                 want = _monai(monai_metrics.compute_surface_dice, p, y, [tol] * (C - 1), spacing=sp)
                 torch.testing.assert_close(surface_dice(p, y, tol, spacing=sp), want, rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_surface_metrics_equal_the_separate_metrics(batched, monkeypatch):
+    """surface_metrics computes the borders and distances once for both metrics: the same numbers as
+    the two separate calls, which the tests above tie to MONAI (CPU path and batched path)."""
+    monkeypatch.setattr(M, "_BATCHED_ON_CPU", batched)
+    for shape, seed in (((9, 10, 11), 59), ((13, 12), 61)):
+        p, y = _with_empties(*_label_pair(shape, seed=seed))
+        sp = tuple(0.8 + 0.2 * i for i in range(len(shape)))
+        for tol, pct, spacing in ((1.0, 95, None), ([0.5, 2.0, 6.5], None, sp), (3.0, 50, sp)):
+            nsd, hd = M.surface_metrics(p, y, tol, percentile=pct, spacing=spacing)
+            torch.testing.assert_close(nsd, surface_dice(p, y, tol, spacing=spacing), rtol=0, atol=0, equal_nan=True)
+            want = hausdorff_distance(p, y, percentile=pct, spacing=spacing)
+            torch.testing.assert_close(hd, want, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="tolerance"):
+        M.surface_metrics(p, y, -1.0)
+    with pytest.raises(ValueError, match="percentile"):
+        M.surface_metrics(p, y, 1.0, percentile=101)
