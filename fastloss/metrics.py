@@ -194,7 +194,10 @@ class _CpuRows:
         self.nd = y_pred.ndim - 2
         spatial3 = [1] * (3 - self.nd) + list(y_pred.shape[2:])
         boxes = torch.empty((B * C, 6), dtype=torch.int64)
-        bad = _ext().mask_boxes_cpu(_mask_view(y_pred), _mask_view(y), B, C, spatial3, boxes.data_ptr(), 0)
+        # the compiled helpers use torch's intra-op thread count (torch.set_num_threads limits them too)
+        self.threads = torch.get_num_threads()
+        views = (_mask_view(y_pred), _mask_view(y))
+        bad = _ext().mask_boxes_cpu(*views, B, C, spatial3, boxes.data_ptr(), self.threads)
         for x, name, n_bad in zip((y_pred, y), ("y_pred", "y"), bad):
             if n_bad:
                 _check_binary(x, name)  # raises, naming the bad values
@@ -234,7 +237,7 @@ class _CpuRows:
             shape = [h - l for l, h in zip(lo, hi)]
             E = torch.empty([2] + shape, dtype=torch.uint8)  # borders of the prediction and the reference
             counts = [
-                ext.mask_border_cpu(view, b, c + self.off, lo, hi, self.nd, E[i].data_ptr(), 0)
+                ext.mask_border_cpu(view, b, c + self.off, lo, hi, self.nd, E[i].data_ptr(), self.threads)
                 for i, view in enumerate(self.views)
             ]
             V = None
@@ -242,9 +245,10 @@ class _CpuRows:
                 E = E.view([2] + shape[3 - self.nd :])
                 limit = float("inf") if max_distance is None else float(max_distance[r])
                 # direction 0: the prediction's border voxels, distances to the reference border
-                parts = [_edt_at_cpu(E[1:], E[:1], counts[0], sp, features_nonzero=True, max_distance=limit)]
+                kw = dict(threads=self.threads, features_nonzero=True, max_distance=limit)
+                parts = [_edt_at_cpu(E[1:], E[:1], counts[0], sp, **kw)]
                 if not directed:
-                    parts.append(_edt_at_cpu(E[:1], E[1:], counts[1], sp, features_nonzero=True, max_distance=limit))
+                    parts.append(_edt_at_cpu(E[:1], E[1:], counts[1], sp, **kw))
                 V = torch.cat(parts) if len(parts) > 1 else parts[0]
             yield r, torch.tensor(counts, dtype=torch.int64), V
 

@@ -493,3 +493,19 @@ def test_surface_metrics_equal_the_separate_metrics(batched, monkeypatch):
         M.surface_metrics(p, y, -1.0)
     with pytest.raises(ValueError, match="percentile"):
         M.surface_metrics(p, y, 1.0, percentile=101)
+
+
+def test_cpu_threads_follow_torch():
+    """The compiled CPU helpers run on torch.get_num_threads() threads; the results do not depend on it."""
+    p, y = _with_empties(*_label_pair((40, 41, 42), seed=67))  # large enough to be threaded
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert M._CpuRows(p, y, False).threads == n
+            results.append(M.surface_metrics(p, y, 1.5))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
