@@ -658,7 +658,10 @@ def _surface_metrics(
                 parts = V.split(counts[: 1 if directed else 2].tolist())
                 hd[r] = torch.stack([_select_quantile(v, qq) for v in parts]).amax()
     elif ball is not None:
-        E = torch.stack((mask_edges(p.reshape((R,) + p.shape[2:]), nd), mask_edges(g.reshape((R,) + g.shape[2:]), nd)))
+        ep = mask_edges(p.reshape((R,) + p.shape[2:]), nd)
+        eg = mask_edges(g.reshape((R,) + g.shape[2:]), nd)
+        packed = _pack_row_boxes(ep, eg, nd)  # the shifts then touch each row's box only
+        E = torch.stack(packed if packed is not None else (ep, eg))
         n_border = E.flatten(2).sum(-1)
         n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
     else:
