@@ -244,8 +244,8 @@ void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_
     return;
   }
 
-  // Pass 1 along the contiguous axis, and per line: its number of queries and whether it has a zero.
-  // pass-1 values; every element is written by pass 1 (no zero-fill of a buffer this size)
+  // Pass 1 along the contiguous axis (every element written: no zero-fill of a buffer this size), and per
+  // line its number of queries and whether it has a zero.
   std::unique_ptr<float[]> f(new float[static_cast<size_t>(batch * vol)]);
   std::vector<uint8_t> line_has_zero(static_cast<size_t>(lines), 0);
   parallel_for(lines, threads, [&](int64_t begin, int64_t end) {

@@ -205,14 +205,14 @@ class _CpuRows:
         # that pulls in every channel's cache lines; when the boxes cover more than one volume per batch
         # item in all, one byte mask per input (torch, same layout: 1 byte instead of 4 per channel)
         # costs less.
-        evaluated = boxes.view(B, C, 6)[:, self.off :]
+        evaluated = boxes.view(B, C, 6)[:, self.off :]  # the rows the metrics report
         covered = int((evaluated[..., 1::2] - evaluated[..., 0::2]).prod(-1).sum())
         heavy = covered > B * math.prod(spatial3)
         self._masks = [
             x != 0 if heavy and x.stride(-1) != 1 and x.element_size() > 1 else x for x in (y_pred, y)
         ]
         self.views = tuple(_mask_view(m) for m in self._masks)  # self._masks keeps their memory
-        table = boxes.view(B, C, 6)[:, self.off :].reshape(-1, 6).tolist()
+        table = evaluated.reshape(-1, 6).tolist()
         self.boxes = [row if row[1] > 0 else None for row in table]  # (lo0, hi0, lo1, hi1, lo2, hi2) or empty
 
     def rows(self, spacing, distances: bool = True, directed: bool = False, max_distance=None):
@@ -451,18 +451,21 @@ def _row_quantile(values: torch.Tensor, row_ids: torch.Tensor, counts: torch.Ten
     if q is None:
         picked = srt.gather(1, last[:, None])[:, 0]
     else:
-        # torch.quantile: rank = q * (n - 1) in the input dtype; interpolate between the values at
-        # floor(rank) and ceil(rank) with weight rank - floor(rank), using torch.lerp
-        # (so two infinite neighbours give NaN, as in torch.quantile).
-        qt = torch.tensor(q, dtype=torch.float32, device=counts.device)
-        ranks = qt * last.to(torch.float32)
-        below = ranks.to(torch.int64)
-        above = ranks.ceil().to(torch.int64)
-        weights = ranks - below
+        below, above, weights = _quantile_ranks(q, last)
         lo = srt.gather(1, below[:, None])[:, 0]
         hi = srt.gather(1, above[:, None])[:, 0]
         picked = torch.lerp(lo, hi, weights)
     return torch.where(counts > 0, picked, out)
+
+
+def _quantile_ranks(q: float, last: torch.Tensor):
+    """``torch.quantile``'s interpolation points for ``q`` in [0, 1] and ``last = n - 1`` (any shape):
+    ``rank = q * (n - 1)`` in float32 (the input dtype), the int64 indices ``floor(rank)`` and
+    ``ceil(rank)``, and the weight ``rank - floor(rank)``, for ``torch.lerp`` (which, as
+    ``torch.quantile``, gives NaN between two infinite neighbours)."""
+    ranks = torch.tensor(q, dtype=torch.float32, device=last.device) * last.to(torch.float32)
+    below = ranks.to(torch.int64)
+    return below, ranks.ceil().to(torch.int64), ranks - below
 
 
 def _select_quantile(values: torch.Tensor, q: Optional[float]) -> torch.Tensor:
@@ -472,12 +475,10 @@ def _select_quantile(values: torch.Tensor, q: Optional[float]) -> torch.Tensor:
     if q is None:
         return values.max()
     n = values.numel()
-    rank = torch.tensor(q, dtype=torch.float32) * float(n - 1)  # in float32, as torch.quantile
-    below, above = int(rank.floor()), int(rank.ceil())
+    below, above, weight = _quantile_ranks(q, torch.tensor(n - 1))
+    below, above = int(below), int(above)
     part = np.partition(values.numpy(), (below, above) if above != below else below)
-    lo = torch.tensor(part[below])
-    hi = torch.tensor(part[above])
-    return torch.lerp(lo, hi, rank - below)
+    return torch.lerp(torch.tensor(part[below]), torch.tensor(part[above]), weight)
 
 
 # ----------------------------------------------------------------------------------------------
