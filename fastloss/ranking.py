@@ -14,12 +14,18 @@ Step 2. ``Rank Score(a)`` is the mean of ``score_tj(a)`` over all (task, metric)
 N/A values (None, NaN, an empty cell, ``"N/A"``, ``"NA"``, ``"nan"``) count as the worst possible
 value: 0 for metrics where higher is better, as footnote 10 of the paper prescribes for DSC and NSD
 (a case with no prediction); ``+inf`` for metrics where lower is better (distances such as HD95,
-which the paper's Section 5.1 ranks by too). Lower-is-better metrics are recognised by name
-(:data:`LOWER_IS_BETTER`, case-insensitive) or named with ``lower_is_better=``; their values are
-negated before testing, so "better" always means "significantly larger after orientation".
+which the paper's Section 5.1 ranks by too). Two losses both N/A on a case tie there.
 
-Command line: ``python -m fastloss.ranking TABLE.csv [--alpha 0.05] [--lower-is-better METRIC ...]``
-prints the losses sorted by rank score with their per-task, per-metric significance scores.
+The direction of every metric is known or stated, never guessed: names are matched without case,
+spaces, punctuation, units and tolerances (``HD95 (mm)``, ``hd_95`` and ``Hausdorff 95`` are HD95;
+``NSD@1mm`` and ``NSD (2 mm)`` are NSD) against :data:`LOWER_IS_BETTER` and :data:`HIGHER_IS_BETTER`;
+any other metric must be named in ``lower_is_better=``/``higher_is_better=`` (which also override the
+known names), else a ``ValueError`` lists the metrics that need a direction. Lower-is-better values
+are negated before testing, so "better" always means "significantly larger after orientation".
+
+Command line: ``python -m fastloss.ranking TABLE.csv [--alpha 0.05] [--lower-is-better METRIC]
+[--higher-is-better METRIC]`` prints the losses sorted by rank score with their per-task, per-metric
+significance scores, and the direction used for each metric.
 """
 
 from __future__ import annotations
@@ -28,17 +34,36 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
-__all__ = ["LOWER_IS_BETTER", "read_table", "significance_scores", "rank_scores", "main"]
+__all__ = [
+    "LOWER_IS_BETTER", "HIGHER_IS_BETTER", "normalize_metric_name", "metric_directions", "read_table",
+    "significance_scores", "rank_scores", "format_ranking", "main",
+]
 
 COLUMNS = ("loss", "task", "metric", "case", "value")
 
-#: Metric names (lower-cased) ranked with lower values better unless ``lower_is_better`` says otherwise.
+#: Normalised metric names (see :func:`normalize_metric_name`) where lower values are better.
 LOWER_IS_BETTER = frozenset(
-    {"hd", "hd95", "hd_95", "hausdorff", "hausdorff95", "hausdorff_distance", "asd", "assd", "masd", "asssd"}
+    {
+        "hd", "hd95", "hd99", "hausdorff", "hausdorff95", "hausdorffdistance", "hausdorffdistance95",
+        "asd", "assd", "masd", "asssd", "msd", "avgsurfacedistance", "averagesurfacedistance",
+        "meansurfacedistance", "surfacedistance", "avd", "absolutevolumedifference",
+    }
 )
+#: Normalised metric names where higher values are better.
+HIGHER_IS_BETTER = frozenset(
+    {
+        "dsc", "dice", "dicescore", "dicecoefficient", "meandice", "nsd", "surfacedice", "normalizedsurfacedice",
+        "normalisedsurfacedice", "iou", "jaccard", "miou", "sensitivity", "recall", "tpr", "specificity", "tnr",
+        "precision", "ppv", "f1", "accuracy", "acc", "auc",
+    }
+)
+
+# units (and "at" for tolerances written out) dropped when normalising a metric name
+_UNITS = frozenset({"mm", "cm", "um", "px", "pixel", "pixels", "vox", "voxel", "voxels", "percent", "pct"})
 
 _NA_STRINGS = {"", "na", "n/a", "nan", "none", "null"}
 
@@ -151,10 +176,97 @@ def _method(d) -> str:
     return "exact" if d.size <= 50 and np.unique(a).size == a.size else "approx"
 
 
-def _is_lower_better(metric: str, lower_is_better) -> bool:
-    if lower_is_better is None:
-        return metric.lower() in LOWER_IS_BETTER
-    return metric in lower_is_better or metric.lower() in {m.lower() for m in lower_is_better}
+def normalize_metric_name(metric: str) -> str:
+    """The key a metric name is looked up by: lower case, without units, tolerances and punctuation.
+
+    Example::
+
+        >>> [normalize_metric_name(m) for m in ("HD95 (mm)", "hd_95", "NSD@1mm", "Dice [%]")]
+        ['hd95', 'hd95', 'nsd', 'dice']
+    """
+    s = str(metric).lower()
+    s = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", s)  # "(mm)", "[%]": units or tolerances in brackets
+    s = s.split("@", 1)[0]  # "NSD@1mm": a tolerance
+    units = "|".join(sorted(_UNITS, key=len, reverse=True))
+    # "NSD_1mm", "NSD 1.0 mm": a tolerance (a number attached to letters, as in "HD95 mm", is part of the name)
+    s = re.sub(rf"(?<![a-z0-9.])\d+(?:\.\d+)?[\s_-]*(?:{units})(?![a-z])", " ", s)
+    tokens = [t for t in re.split(r"[^0-9a-z]+", s) if t and t not in _UNITS]
+    tokens = [re.sub(rf"(?<=\d)(?:{units})$", "", t) for t in tokens]  # "hd95mm"
+    return "".join(tokens)
+
+
+def _as_list(names, what: str) -> List[str]:
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [names]
+    out = list(names)
+    for n in out:
+        if not isinstance(n, str):
+            raise TypeError(f"{what} must hold metric names (str), got {n!r} ({type(n).__name__})")
+    return out
+
+
+def metric_directions(
+    metrics: Iterable[str],
+    *,
+    lower_is_better: Optional[Iterable[str]] = None,
+    higher_is_better: Optional[Iterable[str]] = None,
+) -> Dict[str, Tuple[bool, str]]:
+    """The direction of each metric: ``{metric: (lower_is_better, why)}``.
+
+    A metric named in ``lower_is_better``/``higher_is_better`` (exactly or after
+    :func:`normalize_metric_name`) takes that direction; otherwise its normalised name must be in
+    :data:`LOWER_IS_BETTER` or :data:`HIGHER_IS_BETTER`. ``why`` says which rule decided
+    (``"known name"`` or ``"stated"``).
+
+    Args:
+        metrics: the metric names of a table.
+        lower_is_better: metric names where lower values are better (a str is one name).
+        higher_is_better: metric names where higher values are better (a str is one name).
+
+    Raises:
+        ValueError: a metric stated both ways, a stated name matching no metric of the table, or
+            metrics whose direction is neither known nor stated (all of them listed).
+        TypeError: a stated name that is not a str.
+
+    Example::
+
+        >>> metric_directions(["DSC", "HD95 (mm)", "time"], higher_is_better=["time"])
+        {'DSC': (False, 'known name'), 'HD95 (mm)': (True, 'known name'), 'time': (False, 'stated')}
+    """
+    metrics = list(dict.fromkeys(metrics))
+    lower = _as_list(lower_is_better, "lower_is_better")
+    higher = _as_list(higher_is_better, "higher_is_better")
+    lower_keys = {normalize_metric_name(n) for n in lower} | set(lower)
+    higher_keys = {normalize_metric_name(n) for n in higher} | set(higher)
+    for stated, flag in ((lower, "--lower-is-better"), (higher, "--higher-is-better")):
+        for n in stated:
+            if not any(m == n or normalize_metric_name(m) == normalize_metric_name(n) for m in metrics):
+                raise ValueError(f"{flag} {n!r} matches no metric of the table; its metrics are {metrics}")
+    out: Dict[str, Tuple[bool, str]] = {}
+    unknown = []
+    for m in metrics:
+        key = normalize_metric_name(m)
+        says_lower = m in lower_keys or key in lower_keys
+        says_higher = m in higher_keys or key in higher_keys
+        if says_lower and says_higher:
+            raise ValueError(f"metric {m!r} is stated both lower-is-better and higher-is-better")
+        if says_lower or says_higher:
+            out[m] = (says_lower, "stated")
+        elif key in LOWER_IS_BETTER:
+            out[m] = (True, "known name")
+        elif key in HIGHER_IS_BETTER:
+            out[m] = (False, "known name")
+        else:
+            unknown.append(m)
+    if unknown:
+        raise ValueError(
+            f"the direction of metric(s) {unknown} is unknown: name each with --lower-is-better or "
+            f"--higher-is-better (lower_is_better=/higher_is_better= in Python); known lower-is-better names: "
+            f"{', '.join(sorted(LOWER_IS_BETTER))}; known higher-is-better names: {', '.join(sorted(HIGHER_IS_BETTER))}"
+        )
+    return out
 
 
 def significance_scores(
@@ -162,6 +274,7 @@ def significance_scores(
     *,
     alpha: float = 0.05,
     lower_is_better: Optional[Iterable[str]] = None,
+    higher_is_better: Optional[Iterable[str]] = None,
 ) -> Dict[Key, Dict[str, int]]:
     """Step 1: ``{(task, metric): {loss: number of losses significantly worse}}``.
 
@@ -169,19 +282,27 @@ def significance_scores(
         rows: see :func:`read_table`.
         alpha: significance level (the paper: 0.05); a loss beats another when the one-sided
             Wilcoxon p-value is below it.
-        lower_is_better: metric names where lower values are better; default :data:`LOWER_IS_BETTER`.
+        lower_is_better: metric names where lower values are better, beyond (or overriding) the
+            known names of :data:`LOWER_IS_BETTER`.
+        higher_is_better: metric names where higher values are better, beyond (or overriding) the
+            known names of :data:`HIGHER_IS_BETTER`.
+
+    Raises:
+        ValueError: a bad table (see :func:`read_table`), ``alpha`` outside (0, 1), or a metric whose
+            direction is neither known nor stated (see :func:`metric_directions`).
     """
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    if lower_is_better is not None and isinstance(lower_is_better, str):
-        lower_is_better = [lower_is_better]
     table = read_table(rows)
+    directions = metric_directions(
+        [m for _, m in sorted(table)], lower_is_better=lower_is_better, higher_is_better=higher_is_better
+    )
     wilcoxon = _wilcoxon()
     import numpy as np
 
     scores: Dict[Key, Dict[str, int]] = {}
     for (task, metric), group in sorted(table.items()):
-        lower = _is_lower_better(metric, lower_is_better)
+        lower = directions[metric][0]
         cases = sorted(next(iter(group.values())))
         losses = sorted(group)
         # orient so that larger is better; N/A -> the worst value (footnote 10: 0 for DSC/NSD)
@@ -199,7 +320,9 @@ def significance_scores(
                 if a == b:
                     continue
                 x, y = oriented[a], oriented[b]
-                d = np.where(x == y, 0.0, x - y)  # equal infinities are a tie, not NaN
+                # both N/A on a lower-is-better metric: -inf - -inf would be NaN (and one NaN makes
+                # the whole test NaN); equal values, infinities included, are a tie
+                d = np.subtract(x, y, out=np.zeros_like(x), where=x != y)
                 d = d[d != 0]  # zero_method="wilcox": zero differences carry no sign
                 if d.size == 0:
                     continue  # identical results: nothing to test (p = 1)
@@ -215,38 +338,58 @@ def rank_scores(
     *,
     alpha: float = 0.05,
     lower_is_better: Optional[Iterable[str]] = None,
+    higher_is_better: Optional[Iterable[str]] = None,
 ) -> Dict[str, float]:
     """Step 2: ``{loss: Rank Score}``, the mean significance score over every (task, metric).
 
-    ``rows``: tidy records ``(loss, task, metric, case, value)`` as an iterable of dicts, a CSV path
-    or a pandas DataFrame (see :func:`read_table`). Needs scipy. Raises ``ValueError`` on bad tables.
+    Args:
+        rows: tidy records ``(loss, task, metric, case, value)`` as an iterable of dicts, a CSV path
+            or a pandas DataFrame (see :func:`read_table`).
+        alpha: significance level of the one-sided Wilcoxon tests (the paper: 0.05).
+        lower_is_better: metric names where lower values are better (see :func:`metric_directions`).
+        higher_is_better: metric names where higher values are better.
+
+    Raises:
+        ValueError: a bad table, or a metric whose direction is neither known nor stated.
+        ImportError: scipy is not installed.
 
     Example::
 
         >>> rank_scores([{"loss": "Dice", "task": "liver", "metric": "DSC", "case": k, "value": v} ...])
         {'Dice': 1.0, 'CE': 0.0}
     """
-    scores = significance_scores(rows, alpha=alpha, lower_is_better=lower_is_better)
+    scores = significance_scores(rows, alpha=alpha, lower_is_better=lower_is_better, higher_is_better=higher_is_better)
     losses = sorted({loss for s in scores.values() for loss in s})
     return {loss: sum(s[loss] for s in scores.values()) / len(scores) for loss in losses}
 
 
-def format_ranking(scores: Dict[Key, Dict[str, int]]) -> str:
-    """A text table: losses sorted by rank score (then name) with each (task, metric) score."""
+def format_ranking(scores: Dict[Key, Dict[str, int]], directions: Optional[Dict[str, Tuple[bool, str]]] = None) -> str:
+    """A text table: losses sorted by rank score (then name) with each (task, metric) score.
+
+    With ``directions`` (from :func:`metric_directions`), a second header line says for each
+    column whether lower or higher values were ranked better, and a last line says why.
+    """
     keys = sorted(scores)
     losses = sorted({loss for s in scores.values() for loss in s})
     rank = {loss: sum(scores[k][loss] for k in keys) / len(keys) for loss in losses}
     order = sorted(losses, key=lambda loss: (-rank[loss], loss))
-    header = ["#", "loss", "rank_score"] + [f"{t}/{m}" for t, m in keys]
+    header = [["#", "loss", "rank_score"] + [f"{t}/{m}" for t, m in keys]]
+    if directions is not None:
+        header.append(["", "", "better:"] + [("lower" if directions[m][0] else "higher") for _, m in keys])
     body = [
         [str(i + 1), loss, f"{rank[loss]:.3f}"] + [str(scores[k][loss]) for k in keys]
         for i, loss in enumerate(order)
     ]
-    widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
+    widths = [max(len(r[j]) for r in header + body) for j in range(len(header[0]))]
     lines = []
-    for r in [header] + body:
+    for r in header + body:
         cells = [r[j].ljust(widths[j]) if j == 1 else r[j].rjust(widths[j]) for j in range(len(r))]
-        lines.append("  ".join(cells))
+        lines.append("  ".join(cells).rstrip())
+    if directions is not None:
+        why = "; ".join(
+            f"{m}: {'lower' if low else 'higher'} is better ({how})" for m, (low, how) in directions.items()
+        )
+        lines.append(f"directions: {why}")
     return "\n".join(lines)
 
 
@@ -262,15 +405,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         action="append",
         metavar="METRIC",
         default=None,
-        help=f"a metric where lower is better; repeat for several (default: {', '.join(sorted(LOWER_IS_BETTER))})",
+        help="a metric where lower is better (repeat for several); needed for names that are not known "
+        f"(known: {', '.join(sorted(LOWER_IS_BETTER))})",
+    )
+    parser.add_argument(
+        "--higher-is-better",
+        action="append",
+        metavar="METRIC",
+        default=None,
+        help="a metric where higher is better (repeat for several); needed for names that are not known "
+        f"(known: {', '.join(sorted(HIGHER_IS_BETTER))})",
     )
     args = parser.parse_args(argv)
     try:
-        scores = significance_scores(args.table, alpha=args.alpha, lower_is_better=args.lower_is_better)
+        table = read_table(args.table)
+        directions = metric_directions(
+            [m for _, m in sorted(table)], lower_is_better=args.lower_is_better, higher_is_better=args.higher_is_better
+        )
+        scores = significance_scores(
+            args.table, alpha=args.alpha, lower_is_better=args.lower_is_better, higher_is_better=args.higher_is_better
+        )
     except (ValueError, TypeError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_ranking(scores))
+    print(format_ranking(scores, directions))
     return 0
 
 

@@ -9,7 +9,14 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from fastloss.ranking import main, rank_scores, read_table, significance_scores  # noqa: E402
+from fastloss.ranking import (  # noqa: E402
+    main,
+    metric_directions,
+    normalize_metric_name,
+    rank_scores,
+    read_table,
+    significance_scores,
+)
 
 
 def _table(offsets, tasks=("liver", "kidney"), metrics=("DSC", "NSD"), n_cases=12, noise=0.01, seed=0):
@@ -79,12 +86,70 @@ def test_lower_is_better_metrics():
     # HD95 is lower-is-better by default: A (smallest distances) ranks first
     assert rank_scores(rows) == {"A": 2.0, "B": 1.0, "C": 0.0}
     renamed = [dict(r, metric="dist") for r in rows]
-    assert rank_scores(renamed) == {"A": 0.0, "B": 1.0, "C": 2.0}  # unknown name: higher is better
+    with pytest.raises(ValueError, match=r"direction of metric\(s\) \['dist'\] is unknown"):
+        rank_scores(renamed)  # an unknown name is never guessed
     assert rank_scores(renamed, lower_is_better=["dist"]) == {"A": 2.0, "B": 1.0, "C": 0.0}
-    # N/A on a lower-is-better metric is the worst value (+inf): 6 N/A cases make A lose to B
+    assert rank_scores(renamed, higher_is_better="dist") == {"A": 0.0, "B": 1.0, "C": 2.0}
+    # a stated direction overrides a known name
+    assert rank_scores(rows, higher_is_better=["HD95"]) == {"A": 0.0, "B": 1.0, "C": 2.0}
+    # N/A on a lower-is-better metric is the worst value (+inf). With A N/A on 6 of 12 cases, B - A
+    # (oriented) is +inf on those 6 and -1 on the other 6: W+ = 7 + ... + 12 = 57 of 78, one-sided
+    # p = 0.073 by the tie-corrected normal approximation, not significant; likewise C - A. A's own
+    # wins have W+ = 21. So A, the clear winner without the N/A, now beats nobody; B still beats C.
     na = [dict(r, value=None) if r["loss"] == "A" and int(r["case"][1:]) < 6 else r for r in rows]
-    s = significance_scores(na)[("t", "HD95")]
-    assert s["B"] >= 1 and s["C"] == 0
+    assert significance_scores(na)[("t", "HD95")] == {"A": 0, "B": 1, "C": 0}
+
+
+@pytest.mark.parametrize(
+    "name, lower",
+    [
+        ("HD95 (mm)", True), ("hd_95", True), ("HD 95", True), ("Hausdorff 95 [mm]", True), ("ASSD (mm)", True),
+        ("hd", True), ("HD95 mm", True), ("NSD@1mm", False), ("NSD 1.0 mm", False), ("NSD (2 mm)", False), ("nsd_1mm", False), ("DSC", False),
+        ("Dice (%)", False), ("dice score", False), ("IoU", False),
+    ],
+)
+def test_known_names_without_case_spaces_and_units(name, lower):
+    """The column of the new-user report, ``HD95 (mm)``, was ranked higher-is-better (Focal first)."""
+    rows = _table({"A": 0.0, "B": 1.0, "C": 2.0}, tasks=("t",), metrics=(name,))
+    want = {"A": 2.0, "B": 1.0, "C": 0.0} if lower else {"A": 0.0, "B": 1.0, "C": 2.0}
+    assert rank_scores(rows) == want
+    assert metric_directions([name]) == {name: (lower, "known name")}
+
+
+def test_normalize_metric_name():
+    assert [normalize_metric_name(m) for m in ("HD95 (mm)", "hd_95", "NSD@1mm", "Dice [%]", " Surface Dice ")] == [
+        "hd95", "hd95", "nsd", "dice", "surfacedice"
+    ]
+
+
+def test_direction_errors_list_what_is_needed():
+    rows = _table({"A": 0.0, "B": 1.0}, tasks=("t",), metrics=("DSC", "time", "volume error"), n_cases=5)
+    with pytest.raises(ValueError, match=r"\['time', 'volume error'\] is unknown.*--lower-is-better"):
+        rank_scores(rows)
+    with pytest.raises(ValueError, match=r"\['volume error'\] is unknown"):
+        rank_scores(rows, lower_is_better=["time"])
+    assert set(rank_scores(rows, lower_is_better=["time", "Volume Error"])) == {"A", "B"}
+    with pytest.raises(ValueError, match="'time' is stated both"):
+        rank_scores(rows, lower_is_better=["time", "volume error"], higher_is_better=["time"])
+    with pytest.raises(ValueError, match=r"--lower-is-better 'tme' matches no metric"):
+        rank_scores(rows, lower_is_better=["tme", "time", "volume error"])
+    with pytest.raises(TypeError, match="metric names"):
+        rank_scores(rows, lower_is_better=[1])
+
+
+def test_both_na_on_a_lower_is_better_case_is_a_tie():
+    """Issue 14 item 3: A's HD95 is lower than B's on 6 cases and both are N/A on the other 2. The
+    two N/A cases must tie (not give -inf - -inf = NaN, which makes scipy's p-value NaN): the 6
+    remaining differences all favour A, exact one-sided p = 1/2^6 < 0.05, so A scores exactly 1."""
+    rows = []
+    for k in range(8):
+        a, b = (1.0 + k, 3.0 + 2 * k) if k < 6 else (None, "N/A")
+        rows += [
+            {"loss": "A", "task": "t", "metric": "HD95", "case": f"c{k}", "value": a},
+            {"loss": "B", "task": "t", "metric": "HD95", "case": f"c{k}", "value": b},
+        ]
+    assert significance_scores(rows) == {("t", "HD95"): {"A": 1, "B": 0}}
+    assert rank_scores(rows) == {"A": 1.0, "B": 0.0}
 
 
 def test_csv_input_and_cli(tmp_path, capsys):
@@ -100,8 +165,27 @@ def test_csv_input_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["#", "loss", "rank_score"]
     assert "kidney/DSC" in out[0] and "liver/NSD" in out[0]
-    assert [line.split()[1] for line in out[1:]] == ["DiceTopK", "Dice", "CE"]
-    assert out[1].split()[2:] == ["2.000", "2", "2", "2", "2"]
+    assert out[1].split() == ["better:", "higher", "higher", "higher", "higher"]
+    assert [line.split()[1] for line in out[2:5]] == ["DiceTopK", "Dice", "CE"]
+    assert out[2].split()[2:] == ["2.000", "2", "2", "2", "2"]
+    assert out[5] == "directions: DSC: higher is better (known name); NSD: higher is better (known name)"
+
+
+def test_cli_directions(tmp_path, capsys):
+    rows = _table({"A": 0.0, "B": 1.0}, tasks=("t",), metrics=("HD95 (mm)", "dist"), n_cases=6)
+    path = tmp_path / "table.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main([str(path)]) == 2
+    assert "['dist'] is unknown" in capsys.readouterr().err
+    assert main([str(path), "--lower-is-better", "dist"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[3:] == ["t/HD95", "(mm)", "t/dist"]
+    assert out[1].split() == ["better:", "lower", "lower"]
+    assert [line.split()[1] for line in out[2:4]] == ["A", "B"]
+    assert out[-1] == "directions: HD95 (mm): lower is better (known name); dist: lower is better (stated)"
 
 
 def test_cli_reports_bad_table(tmp_path, capsys):
