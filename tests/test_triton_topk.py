@@ -152,3 +152,88 @@ def test_opcheck_voxel_ce():
     lab = torch.randint(0, 3, (2, 20), generator=gen)
     torch.library.opcheck(torch.ops.fastloss.triton_voxel_ce.default, (x, lab, None))
     torch.library.opcheck(torch.ops.fastloss.triton_topk_select.default, (torch.rand(100, generator=gen), 7))
+
+
+# ----------------------------------------------------------------------------------------------------
+# NaN and ±inf: torch.topk's order (a NaN of either sign above +inf)
+# ----------------------------------------------------------------------------------------------------
+def _nan_from_bits(bits: int) -> torch.Tensor:
+    return torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32)[0]
+
+
+NEG_NAN = torch.tensor(float("nan")).neg()  # sign bit set
+X86_NAN = _nan_from_bits(0xFFC00000)  # what x86 produces for inf − inf
+NEG_NAN_MAX_PAYLOAD = _nan_from_bits(0xFFFFFFFF)
+POS_NAN_MIN_PAYLOAD = _nan_from_bits(0x7F800001)
+
+
+def test_nan_fixtures_have_the_intended_sign_bits():
+    for nan, negative in ((NEG_NAN, True), (X86_NAN, True), (NEG_NAN_MAX_PAYLOAD, True),
+                          (POS_NAN_MIN_PAYLOAD, False), (torch.tensor(float("nan")), False)):
+        assert torch.isnan(nan)
+        assert (nan.reshape(1).view(torch.int32).item() < 0) == negative
+    inf = torch.tensor(float("inf"))
+    assert (inf - inf).reshape(1).view(torch.int32).item() < 0  # the bug's trigger, on this CPU
+
+
+def _nan_rank_check(v, k, s, thr, cg):
+    """k-th largest and count_greater in torch.topk's order, NaN counted above everything else."""
+    top = torch.topk(v, k).values  # sorted, NaN first
+    torch.testing.assert_close(s, top.sum(), equal_nan=True)  # sum: NaN as soon as one NaN is kept
+    kth = top[-1]
+    if torch.isnan(kth):
+        assert torch.isnan(thr)
+    else:
+        assert thr.item() == kth.item()
+        assert cg.item() == int((torch.isnan(v) | (v > kth)).sum())
+
+
+@pytest.mark.parametrize("nan", [NEG_NAN, X86_NAN, NEG_NAN_MAX_PAYLOAD, POS_NAN_MIN_PAYLOAD,
+                                 torch.tensor(float("nan"))], ids=["neg", "x86", "negmax", "posmin", "pos"])
+def test_nan_of_either_sign_sorts_above_inf(nan):
+    # the issue's case: [1, 2, 3, 0.5, −nan] with k = 1 must give NaN, not 3.0
+    v = torch.stack([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), torch.tensor(0.5), nan])
+    s, thr, cg, _ = topk_select_triton(v, 1)
+    assert torch.isnan(s) and torch.isnan(thr) and cg.item() == 0
+    for k in range(1, 6):
+        _nan_rank_check(v, k, *topk_select_triton(v, k)[:3])
+    # with ±inf around: +inf is the largest non-NaN, −inf the smallest
+    inf = float("inf")
+    w = torch.stack([torch.tensor(inf), torch.tensor(1.0), nan, torch.tensor(-inf), torch.tensor(-2.0)])
+    for k in range(1, 6):
+        s, thr, cg, _ = topk_select_triton(w, k)
+        _nan_rank_check(w, k, s, thr, cg)
+        assert torch.isnan(s)  # the NaN is always among the k largest
+    s, thr, cg, ce = topk_select_triton(w, 2)
+    assert thr.item() == inf and cg.item() == 1 and ce.item() == 1
+
+
+def test_nan_far_from_the_top_in_many_programs(many_programs):
+    """Two NaNs of opposite signs in different tiles of a long vector: both above every finite value."""
+    gen = torch.Generator().manual_seed(11)
+    v = torch.rand(3001, generator=gen) * 5
+    v[17] = NEG_NAN
+    v[2900] = float("nan")
+    for k in (1, 2, 3, 300):
+        s, thr, cg, _ = topk_select_triton(v, k)
+        _nan_rank_check(v, k, s, thr, cg)
+    finite = v[~torch.isnan(v)]
+    s, thr, cg, _ = topk_select_triton(v, 3)
+    assert thr.item() == finite.max().item() and cg.item() == 2
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_topk_sum_dispatch_agrees_on_nan_and_inf(backend, monkeypatch):
+    """fastloss.ops.topk.topk_sum (what TopKLoss calls) on both paths: NaN of either sign is selected."""
+    from fastloss.ops.topk import topk_sum
+
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    v = torch.tensor([1.0, 2.0, 3.0, 0.5, 0.0])
+    v[4] = X86_NAN
+    assert torch.isnan(topk_sum(v, 1))
+    inf = float("inf")
+    w = torch.tensor([1.0, inf, 3.0, -inf])
+    assert topk_sum(w, 1).item() == inf and topk_sum(w, 3).item() == inf
+    assert torch.isnan(topk_sum(w, 4))  # inf + (−inf)
+    finite = torch.tensor([4.0, -1.0, 2.5])
+    assert topk_sum(finite, 2).item() == 6.5

@@ -17,8 +17,8 @@ gradient whenever there is no tie at the threshold, which is the generic case fo
 
 How the select works (all on the device, no host sync, 6 launches):
     key(v): the float32 bits made order-preserving as an unsigned integer (flip all bits of a
-    negative float, set the sign bit of a non-negative one; −0.0 is first turned into +0.0, NaN sorts
-    above +inf as in torch.topk). Three passes over the values (digits of 11, 11 and 10 bits, from the
+    negative float, set the sign bit of a non-negative one; −0.0 is first turned into +0.0, and a NaN of
+    either sign first loses its sign bit, so every NaN sorts above +inf as in torch.topk). Three passes over the values (digits of 11, 11 and 10 bits, from the
     top): each program builds a histogram of the digit of the values whose higher digits match the
     prefix chosen so far (``tl.histogram``, in registers/shared memory), then adds it into a global
     int64 histogram with integer atomics (exact, so the result is deterministic). The next pass
@@ -59,6 +59,10 @@ def _keys(v):
     """Order-preserving 32-bit keys, as (signed key ks, unsigned-order bit pattern ku) int32 pairs."""
     v = v + 0.0  # −0.0 + 0.0 = +0.0: equal floats get equal keys
     s = v.to(tl.int32, bitcast=True)
+    # A NaN of either sign sorts above +inf (torch.topk's order). Clearing the sign bit of a NaN makes
+    # its bits 0x7F800001..0x7FFFFFFF, above +inf's 0x7F800000; left negative (x86's inf − inf gives
+    # 0xFFC00000) it would map below −inf and never be selected.
+    s = tl.where(v != v, s & 0x7FFFFFFF, s)
     ks = tl.where(s < 0, s ^ 0x7FFFFFFF, s)  # negative floats: flip the magnitude bits -> signed order
     ku = ks ^ -2147483648  # flip the sign bit -> unsigned order (digits read from this pattern)
     return ks, ku
