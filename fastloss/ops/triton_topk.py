@@ -17,9 +17,9 @@ gradient whenever there is no tie at the threshold, which is the generic case fo
 
 How the select works (all on the device, no host sync, 6 launches):
     key(v): the float32 bits made order-preserving as an unsigned integer (flip all bits of a
-    negative float, set the sign bit of a non-negative one; −0.0 is first turned into +0.0, and a NaN of
-    either sign first loses its sign bit, so every NaN sorts above +inf as in torch.topk). Three passes over the values (digits of 11, 11 and 10 bits, from the
-    top): each program builds a histogram of the digit of the values whose higher digits match the
+    negative float, set the sign bit of a non-negative one; −0.0 is first turned into +0.0, and a NaN
+    of either sign first loses its sign bit, so every NaN sorts above +inf as in torch.topk). Three
+    passes over the values (digits of 11, 11 and 10 bits, from the top): each program builds a histogram of the digit of the values whose higher digits match the
     prefix chosen so far (``tl.histogram``, in registers/shared memory), then adds it into a global
     int64 histogram with integer atomics (exact, so the result is deterministic). The next pass
     starts by reading the tiny histograms of the previous passes (8 KiB each) and choosing, with a
