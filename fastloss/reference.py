@@ -605,33 +605,63 @@ def _gd_weights(gsum: torch.Tensor, w_type: str, absent: str) -> torch.Tensor:
     return w
 
 
+def _gd_smooth_scale(gsum: torch.Tensor, w: torch.Tensor, r: int, relative: bool) -> float:
+    """The factor of the smoothing terms in row ``r``: 1 (MONAI), or with ``relative`` the weighted target
+    volume ``W = Σ_c w_c Σ_i g_i^c`` (1 when it is 0, every class absent)."""
+    if not relative:
+        return 1.0
+    W = sum(float(w[r, c]) * float(gsum[r, c]) for c in range(w.shape[1]))
+    return W if W > 0 else 1.0
+
+
 def gdice(
     input, target, *, mask=None, activation="softmax", include_background=True, batch=False,
-    w_type="square", smooth_nr=1e-5, smooth_dr=1e-5, absent="max", reduction="mean",
+    w_type="square", smooth_nr=1e-5, smooth_dr=1e-5, absent="max", smooth_relative=False, reduction="mean",
 ) -> torch.Tensor:
     """Generalised Dice loss, Eq. (15) with ``w_c = 1/(Σ_i g_i^c)²`` (MONAI's form)::
 
-        1 − (2 Σ_c w_c Σ_i g s + smooth_nr) / (Σ_c w_c Σ_i (g + s) + smooth_dr)
+        1 − (2 Σ_c w_c Σ_i g s + smooth_nr · W) / (Σ_c w_c Σ_i (g + s) + smooth_dr · W)
 
+    ``W = 1`` (MONAI), or with ``smooth_relative`` ``W = Σ_c w_c Σ_i g_i^c`` (the paper's configuration:
+    the smoothing stays relative to the weighted sums whatever the patch size; Eq. 15 itself has none).
     One value per batch item (or one with ``batch``). The weights are constants (no gradient).
     """
     s = activate(input, activation)
     chans = _channels(s.shape[1], include_background)
     S = _region_sums(s, target, mask, batch, chans)
     w = _gd_weights(S["g"].detach(), w_type, absent)
-    num = torch.stack([2.0 * sum(w[r, c] * S["gs"][r, c] for c in range(w.shape[1])) for r in range(w.shape[0])])
-    den = torch.stack([sum(w[r, c] * (S["g"][r, c] + S["s"][r, c]) for c in range(w.shape[1])) for r in range(w.shape[0])])
-    f = 1.0 - (num + smooth_nr) / (den + smooth_dr)
-    return reduce(f, reduction)
+    out = []
+    for r in range(w.shape[0]):
+        num = 2.0 * sum(w[r, c] * S["gs"][r, c] for c in range(w.shape[1]))
+        den = sum(w[r, c] * (S["g"][r, c] + S["s"][r, c]) for c in range(w.shape[1]))
+        W = _gd_smooth_scale(S["g"].detach(), w, r, smooth_relative)
+        out.append(1.0 - (num + smooth_nr * W) / (den + smooth_dr * W))
+    return reduce(torch.stack(out), reduction)
 
 
 def focal_tversky(
-    input, target, *, alpha=0.3, beta=0.7, gamma=4.0 / 3.0, weight=None, reduction="mean", **kw
+    input, target, *, alpha=0.3, beta=0.7, gamma=4.0 / 3.0, weight=None, per_class_power=True, reduction="mean",
+    **kw
 ) -> torch.Tensor:
-    """Focal Tversky loss, Eq. (16): ``(L_Tversky,c)^(1/γ)`` per (group, class), times ``weight[c]``,
-    then reduced (Abraham and Khan sum/average the per-class terms)."""
+    """Focal Tversky loss.
+
+    ``per_class_power=True``: ``(L_Tversky,c)^(1/γ)`` per (group, class), times ``weight[c]``, then reduced
+    (Abraham and Khan's multi-class reading: they sum the per-class terms); ``reduction="none"`` gives
+    ``(G, C')``.
+
+    ``per_class_power=False``: Eq. (16) as printed, ``(L_Tversky)^(1/γ)`` with ``L_Tversky`` the mean over
+    classes of ``weight[c] · L_Tversky,c``, one value per group; ``reduction="none"`` gives ``(G, 1)``.
+    """
     t = tversky(input, target, alpha=alpha, beta=beta, reduction="none", **kw)
-    return _region_reduce(t ** (1.0 / gamma), reduction, weight)
+    if per_class_power:
+        return _region_reduce(t ** (1.0 / gamma), reduction, weight)
+    rows = []
+    for r in range(t.shape[0]):
+        wt = [1.0] * t.shape[1] if weight is None or t.shape[1] == 1 else (
+            [float(weight)] * t.shape[1] if np.ndim(weight) == 0 else [float(v) for v in weight])
+        mean_t = sum(wt[c] * t[r, c] for c in range(t.shape[1])) / t.shape[1]
+        rows.append(torch.stack([mean_t ** (1.0 / gamma)]))
+    return reduce(torch.stack(rows), reduction)
 
 
 def asym(input, target, *, beta=1.5, weight=None, reduction="mean", **kw) -> torch.Tensor:
@@ -654,7 +684,7 @@ def asym(input, target, *, beta=1.5, weight=None, reduction="mean", **kw) -> tor
 
 def pgdice(
     input, target, *, k=2.5, mask=None, activation="softmax", include_background=True, batch=False,
-    smooth_nr=1e-5, smooth_dr=1e-5, absent="max", reduction="mean",
+    smooth_nr=1e-5, smooth_dr=1e-5, absent="max", smooth_relative=False, reduction="mean",
 ) -> torch.Tensor:
     """Penalty generalised Dice loss, Eq. (18), from its *first line*::
 
@@ -663,7 +693,7 @@ def pgdice(
     with the generalised-Dice weights ``w_c = 1/(Σ g)²`` (absent classes as in :func:`gdice`). With
     ``nr == dr`` this equals ``1 − GD/(1 + k(1 − GD))`` (the last line of Eq. 18, see
     :func:`pgdice_simplified`); with different smooth terms the two differ by ``k (dr − nr)`` in the
-    denominator.
+    denominator. ``smooth_relative`` multiplies both smooth terms by ``W`` as in :func:`gdice`.
     """
     s = activate(input, activation)
     chans = _channels(s.shape[1], include_background)
@@ -675,7 +705,8 @@ def pgdice(
         vol = sum(w[r, c] * (S["g"][r, c] + S["s"][r, c]) for c in range(w.shape[1]))
         fp = sum(w[r, c] * S["fp"][r, c] for c in range(w.shape[1]))
         fn = sum(w[r, c] * S["fn"][r, c] for c in range(w.shape[1]))
-        out.append(1.0 - (2.0 * tp + smooth_nr) / (vol + k * fp + k * fn + smooth_dr))
+        W = _gd_smooth_scale(S["g"].detach(), w, r, smooth_relative)
+        out.append(1.0 - (2.0 * tp + smooth_nr * W) / (vol + k * fp + k * fn + smooth_dr * W))
     return reduce(torch.stack(out), reduction)
 
 

@@ -361,15 +361,29 @@ class TverskyLoss(_TverskyFamily):
 class FocalTverskyLoss(_TverskyFamily):
     r"""Focal Tversky loss, Eq. 16 (Abraham and Khan, 2019).
 
-    .. math::
-        L_{b,c} = \left(1 - \frac{tp + s_{nr}}{tp + \alpha\,fp + \beta\,fn + s_{dr}}\right)^{1/\gamma}
+    Two readings of the multi-class loss, chosen by ``per_class_power``:
 
-    per batch item and class (as Abraham and Khan, who sum ``(1 − TI_c)^{1/γ}`` over classes), times
-    ``weight[c]``, then ``reduction``. Defaults follow Abraham and Khan: ``γ = 4/3`` and the Tversky weights
-    ``0.7`` on false negatives, ``0.3`` on false positives (our ``alpha`` weighs FP and ``beta`` FN, as
-    :class:`TverskyLoss`). The base is clamped at 0 (with ``s_nr > s_dr`` it can dip just below) and its
-    derivative there is taken as 0: at a perfect prediction ``1/γ < 1`` would give ``d(x^{1/γ})/dx = ∞``.
-    ``reduction="none"`` returns ``(B, C)`` like :class:`TverskyLoss`.
+    .. math::
+        \text{per class (default):}\quad L_{b,c} = T_{b,c}^{1/\gamma};\qquad
+        \text{Eq. 16 (}\texttt{per\_class\_power=False}\text{):}\quad
+        L_b = \Big(\frac{1}{C'} \sum_c T_{b,c}\Big)^{1/\gamma},\qquad
+        T_{b,c} = 1 - \frac{tp + s_{nr}}{tp + \alpha\,fp + \beta\,fn + s_{dr}}
+
+    - ``per_class_power=True`` (default): each class's Tversky loss is raised to ``1/γ``, times ``weight[c]``,
+      then ``reduction`` over ``(B, C)`` (Abraham and Khan's multi-class code sums ``(1 − TI_c)^{1/γ}`` over
+      classes). ``reduction="none"`` returns ``(B, C)`` like :class:`TverskyLoss`.
+    - ``per_class_power=False``: Eq. (16) as printed, ``L_FTL = (L_Tversky)^{1/γ}`` with ``L_Tversky`` the
+      class-averaged Tversky loss (``weight[c]`` multiplies ``T_{b,c}`` inside the mean), one value per batch
+      item (per batch with ``batch=True``), then ``reduction``; ``"none"`` returns ``(B, 1)`` (``(1,)`` with
+      ``batch=True``). This is the paper's configuration (``fastloss.get_loss("FocalTversky")``, with
+      ``batch=True``: the paper's code raises the batch Tversky loss averaged over the foreground classes).
+      The two readings agree for one class and differ for several: the mean of powers is not the power of
+      the mean.
+
+    Defaults follow Abraham and Khan: ``γ = 4/3`` and the Tversky weights ``0.7`` on false negatives,
+    ``0.3`` on false positives (our ``alpha`` weighs FP and ``beta`` FN, as :class:`TverskyLoss`). The base is
+    clamped at 0 (with ``s_nr > s_dr`` it can dip just below) and its derivative there is taken as 0: at a
+    perfect prediction ``1/γ < 1`` would give ``d(x^{1/γ})/dx = ∞``.
 
     Args:
         include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr, batch,
@@ -378,14 +392,18 @@ class FocalTverskyLoss(_TverskyFamily):
         beta: weight of the false negatives (>= 0), default 0.7.
         gamma: focal parameter (> 0; the paper's range is [1, 3]), default 4/3.
         weight: per-class weights, as :class:`DiceLoss`.
+        per_class_power: True (default) raises each class's Tversky loss to ``1/γ``; False raises the
+            class-averaged Tversky loss, Eq. (16).
 
     Raises:
-        TypeError, ValueError: as :class:`TverskyLoss`; ``gamma <= 0``.
+        TypeError, ValueError: as :class:`TverskyLoss`; ``gamma <= 0``; ``per_class_power`` not a bool.
 
     Example:
         >>> import torch
         >>> from fastloss.losses.region import FocalTverskyLoss
-        >>> loss = FocalTverskyLoss(softmax=True)(torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 8, 8, 8)))
+        >>> x, y = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 8, 8, 8))
+        >>> per_class = FocalTverskyLoss(softmax=True)(x, y)
+        >>> eq16 = FocalTverskyLoss(softmax=True, batch=True, per_class_power=False)(x, y)
     """
 
     def __init__(
@@ -405,6 +423,7 @@ class FocalTverskyLoss(_TverskyFamily):
         weight: Optional[Sequence[float] | float | int | torch.Tensor] = None,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        per_class_power: bool = True,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -423,18 +442,25 @@ class FocalTverskyLoss(_TverskyFamily):
             weight=weight,
         )
         self.gamma = check_nonneg(gamma, "gamma", positive=True)
+        self.per_class_power = check_bool(per_class_power, "per_class_power")
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        f, nsp = self.per_class(input, target)
+    def _focal_power(self, f: torch.Tensor) -> torch.Tensor:
         # d(x^{1/γ})/dx = x^{1/γ−1}/γ; clamp_min passes no gradient where x <= 0 (the minimum).
         pos = f > 0
         f = torch.where(pos, f.clamp_min(torch.finfo(f.dtype).tiny), torch.ones_like(f)) ** (1.0 / self.gamma)
-        f = torch.where(pos, f, torch.zeros_like(f))
-        f = apply_class_weight(f, self.class_weight)
+        return torch.where(pos, f, torch.zeros_like(f))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        f, nsp = self.per_class(input, target)
+        if self.per_class_power:
+            f = apply_class_weight(self._focal_power(f), self.class_weight)
+        else:
+            # Eq. (16): the power of the (weighted) class mean, one value per group: (B, 1) or (1,).
+            f = self._focal_power(apply_class_weight(f, self.class_weight).mean(dim=-1, keepdim=True))
         return reduce_loss(f, self.reduction, nsp, broadcast=False)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", gamma={self.gamma}"
+        return super().extra_repr() + f", gamma={self.gamma}, per_class_power={self.per_class_power}"
 
 
 class AsymmetricSimilarityLoss(_TverskyFamily):
@@ -525,14 +551,25 @@ def _class_weights(gsum: torch.Tensor, w_type: str, batch: bool) -> torch.Tensor
     return torch.where(infs, wmax.expand_as(w), w)
 
 
-def _generalized_dice_score(tp, fp, fn, gsum, w_type, batch, smooth_nr, smooth_dr, weight_dtype=None):
-    """GD = (2 Σ_c w_c tp_c + s_nr) / (Σ_c w_c (2tp_c + fp_c + fn_c) + s_dr), ``(B, 1)`` or ``(1,)``."""
+def _generalized_dice_score(tp, fp, fn, gsum, w_type, batch, smooth_nr, smooth_dr, weight_dtype=None,
+                            smooth_relative=False):
+    """GD = (2 Σ_c w_c tp_c + s_nr·W) / (Σ_c w_c (2tp_c + fp_c + fn_c) + s_dr·W), ``(B, 1)`` or ``(1,)``.
+
+    ``W = 1`` (MONAI), or with ``smooth_relative`` the weighted target volume ``W = Σ_c w_c Σg_c`` (1 where it
+    is 0, i.e. every class absent). Scaling every voxel sum by ``t`` (the same pattern tiled ``t`` times)
+    scales ``w_c = 1/(Σg_c)²`` by ``1/t²``, so each weighted sum and ``W`` by ``1/t``: the ratio, smoothing
+    included, does not change (for ``simple``/``uniform`` weights the sums and ``W`` scale alike too).
+    """
     g = gsum if weight_dtype is None else gsum.to(weight_dtype)
     w = _class_weights(g, w_type, batch).to(tp.dtype)
     dim = 0 if batch else 1
-    numer = 2.0 * (tp * w).sum(dim, keepdim=True) + smooth_nr
-    denom = ((2.0 * tp + fp + fn) * w).sum(dim, keepdim=True) + smooth_dr
-    return numer / denom
+    numer = 2.0 * (tp * w).sum(dim, keepdim=True)
+    denom = ((2.0 * tp + fp + fn) * w).sum(dim, keepdim=True)
+    if smooth_relative:
+        scale = (gsum.to(tp.dtype) * w).sum(dim, keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return (numer + smooth_nr * scale) / (denom + smooth_dr * scale)
+    return (numer + smooth_nr) / (denom + smooth_dr)
 
 
 class GeneralizedDiceLoss(_OverlapLoss):
@@ -547,14 +584,25 @@ class GeneralizedDiceLoss(_OverlapLoss):
     ``_class_weights``); like MONAI the weights are computed in float32. ``reduction="none"`` gives
     ``(B, 1, 1, ...)`` (``(1, 1, ...)`` with ``batch=True``).
 
+    Smoothing: with MONAI's signature (``smooth_relative=False``) ``s_nr``/``s_dr`` are added to the weighted
+    sums as they are. Those sums are ~``1/Σg``, themselves ~1e-5 at realistic patch sizes, so the default
+    1e-5 dominates them and the loss drifts with the patch size (kept for MONAI parity). With
+    ``smooth_relative=True`` both are multiplied by the weighted target volume ``W = Σ_c w_c Σ_i g_i^c``
+    (which scales like the weighted sums), so they stay a relative 1e-5 and the loss does not depend on the
+    patch size: ``(2Σ_c w_c tp_c + s_nr W) / (Σ_c w_c (2tp_c + fp_c + fn_c) + s_dr W)``; the weights are
+    then computed in the compute dtype. That is the paper's configuration (``fastloss.get_loss("GDice")``:
+    all classes, batch, relative smoothing), whose Eq. (15) has no smoothing at all.
+
     Args:
         include_background, to_onehot_y, sigmoid, softmax, other_act, reduction, smooth_nr, smooth_dr, batch,
         soft_label: as :class:`DiceLoss`.
         w_type: ``"square"``, ``"simple"`` or ``"uniform"``.
         ignore_index: as :class:`DiceLoss` (an addition to MONAI's signature, after its arguments).
+        smooth_relative: scale the smoothing by the weighted target volume (see above); default False
+            (MONAI's behaviour).
 
     Raises:
-        TypeError, ValueError: as :class:`DiceLoss`; an unknown ``w_type``.
+        TypeError, ValueError: as :class:`DiceLoss`; an unknown ``w_type``; ``smooth_relative`` not a bool.
 
     Example:
         >>> import torch
@@ -576,6 +624,7 @@ class GeneralizedDiceLoss(_OverlapLoss):
         batch: bool = False,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        smooth_relative: bool = False,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -591,6 +640,7 @@ class GeneralizedDiceLoss(_OverlapLoss):
             soft_label=soft_label,
         )
         self.w_type = _check_w_type(w_type)
+        self.smooth_relative = check_bool(smooth_relative, "smooth_relative")
 
     # MONAI computes the weights from `ground_o.float()`; float64 inputs thus get float32-rounded weights.
     _weight_dtype = torch.float32
@@ -598,8 +648,10 @@ class GeneralizedDiceLoss(_OverlapLoss):
     def score(self, input: torch.Tensor, target: torch.Tensor):
         """The generalized Dice score (``(B, 1)`` or ``(1,)``) and the number of spatial dims."""
         tp, fp, fn, gsum, nsp = self.overlap_terms(input, target)
+        # float32 weights only where MONAI's results are matched (not with the relative smoothing)
+        wdt = None if self.smooth_relative else self._weight_dtype
         gd = _generalized_dice_score(
-            tp, fp, fn, gsum, self.w_type, self.batch, self.smooth_nr, self.smooth_dr, self._weight_dtype
+            tp, fp, fn, gsum, self.w_type, self.batch, self.smooth_nr, self.smooth_dr, wdt, self.smooth_relative
         )
         return gd, nsp
 
@@ -608,7 +660,7 @@ class GeneralizedDiceLoss(_OverlapLoss):
         return reduce_loss(1.0 - gd, self.reduction, nsp, broadcast=True)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", w_type={self.w_type!r}"
+        return super().extra_repr() + f", w_type={self.w_type!r}, smooth_relative={self.smooth_relative}"
 
 
 class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
@@ -622,9 +674,12 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
     ``k·Σ_c w_c (fp_c + fn_c)`` to the denominator of GD. ``k = 0`` is the generalized Dice loss; ``k = 2.5``
     (Su et al.'s best) is the default. ``reduction="none"`` gives ``(B, 1, 1, ...)``.
 
+    The paper's configuration (``fastloss.get_loss("pGDice")``) is that of ``get_loss("GDice")`` (all classes,
+    batch, ``smooth_relative=True``) with ``k = 2.5``.
+
     Args:
         include_background, to_onehot_y, sigmoid, softmax, other_act, w_type, reduction, smooth_nr, smooth_dr,
-        batch, soft_label, ignore_index: as :class:`GeneralizedDiceLoss`.
+        batch, soft_label, ignore_index, smooth_relative: as :class:`GeneralizedDiceLoss`.
         k: the non-negative penalty coefficient.
 
     Raises:
@@ -653,6 +708,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
         batch: bool = False,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        smooth_relative: bool = False,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -667,6 +723,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
             batch=batch,
             soft_label=soft_label,
             ignore_index=ignore_index,
+            smooth_relative=smooth_relative,
         )
         self.k = check_nonneg(k, "k")
 
