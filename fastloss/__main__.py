@@ -8,11 +8,74 @@ import platform
 import sys
 
 
+def compiled_cpu_kernels(ext) -> bool:
+    """Whether the compiled extension has the CPU loss kernels (its ``class_stats_*`` entry points)."""
+    return ext is not None and any(name.startswith("class_stats") for name in dir(ext))
+
+
+def serving(ext=None) -> dict:
+    """What serves the losses and the EDT for CPU and CUDA tensors here, under ``FASTLOSS_BACKEND``.
+
+    Args:
+        ext: the compiled extension module ``fastloss._C``, or None when it does not import.
+
+    Returns:
+        ``{row name: text}`` for the rows "losses on CPU tensors", "losses on CUDA tensors",
+        "EDT on CPU tensors", "EDT on CUDA tensors" and "Triton kernels".
+    """
+    import torch
+
+    from fastloss import backend
+
+    try:
+        name = backend.backend_name()
+    except ValueError as exc:
+        return {"losses on CPU tensors": f"error: {exc}"}
+    triton_ok = backend.triton_available()
+    interp = backend.triton_interpreting()
+    gpu = torch.cuda.is_available()
+    compiled = compiled_cpu_kernels(ext)
+    out = {}
+    # CPU tensors (backend.use_triton and the ops' dispatch)
+    if name == "torch":
+        out["losses on CPU tensors"] = "torch (FASTLOSS_BACKEND=torch)"
+    elif name == "triton":
+        if triton_ok and interp:
+            out["losses on CPU tensors"] = "Triton kernels under the interpreter (FASTLOSS_BACKEND=triton; slow, for tests)"
+        else:
+            out["losses on CPU tensors"] = (
+                "error: FASTLOSS_BACKEND=triton on CPU tensors needs triton and TRITON_INTERPRET=1 set before import"
+            )
+    else:
+        out["losses on CPU tensors"] = "compiled C++ (fastloss._C)" if compiled else "torch"
+    # CUDA tensors
+    if name == "torch":
+        cuda = "torch (FASTLOSS_BACKEND=torch)"
+    elif triton_ok:
+        cuda = "Triton kernels"
+    else:
+        cuda = "torch (triton does not import)"
+    out["losses on CUDA tensors"] = cuda if gpu else f"no CUDA device here (on a GPU: {cuda})"
+    out["EDT on CPU tensors"] = "compiled C++ (fastloss._C)" if ext is not None else "unavailable (fastloss._C does not import)"
+    has_cuda_edt = ext is not None and ext.has_cuda()
+    cuda_edt = "compiled CUDA (fastloss._C)" if has_cuda_edt else "CPU EDT with a copy (built without nvcc)"
+    out["EDT on CUDA tensors"] = cuda_edt if gpu else f"no CUDA device here (on a GPU: {cuda_edt})"
+    # Triton can run here only on a GPU, or on the CPU under the interpreter
+    if not triton_ok:
+        out["Triton kernels"] = "no (triton does not import)"
+    elif gpu:
+        out["Triton kernels"] = "yes (CUDA GPU)"
+    elif interp:
+        out["Triton kernels"] = "yes, under the interpreter (TRITON_INTERPRET=1; slow, for tests)"
+    else:
+        out["Triton kernels"] = "no (no CUDA GPU; TRITON_INTERPRET=1 runs them on the CPU for tests)"
+    return out
+
+
 def info() -> dict:
     import torch
 
     import fastloss
-    from fastloss import backend
 
     rows = {
         "fastloss": fastloss.__version__,
@@ -35,14 +98,12 @@ def info() -> dict:
         rows["triton"] = f"unavailable ({type(exc).__name__})"
     try:
         from fastloss import _C
-
-        rows["compiled CPU EDT (fastloss._C)"] = "yes"
-        rows["compiled CUDA EDT"] = "yes" if _C.has_cuda() else "no (built without nvcc)"
     except ImportError as exc:
-        rows["compiled CPU EDT (fastloss._C)"] = f"no ({exc})"
-        rows["compiled CUDA EDT"] = "no"
-    rows["Triton kernels"] = "yes" if backend.triton_available() else "no"
-    rows["Triton interpreter (TRITON_INTERPRET=1)"] = "on" if backend.triton_interpreting() else "off"
+        _C = None
+        rows["compiled extension (fastloss._C)"] = f"no ({exc})"
+    else:
+        rows["compiled extension (fastloss._C)"] = "yes"
+    rows.update(serving(_C))
     rows["FASTLOSS_BACKEND"] = os.environ.get("FASTLOSS_BACKEND", "auto")
     devices = ["cpu"]
     if torch.cuda.is_available():
