@@ -9,6 +9,7 @@ from .compound import (
     DiceTopKLoss,
     ExpLogLoss,
 )
+from .deep_supervision import DeepSupervisionLoss
 from .distribution import (
     CrossEntropyLoss,
     DistancePenalizedCELoss,
@@ -30,8 +31,8 @@ from .region import (
 )
 
 __all__ = [
-    "AsymmetricSimilarityLoss", "BoundaryLoss", "CrossEntropyLoss", "DiceBoundaryLoss", "DiceCELoss",
-    "DiceFocalLoss", "DiceHausdorffDTLoss", "DiceLoss", "DiceTopKLoss", "DistancePenalizedCELoss",
+    "AsymmetricSimilarityLoss", "BoundaryLoss", "CrossEntropyLoss", "DeepSupervisionLoss", "DiceBoundaryLoss",
+    "DiceCELoss", "DiceFocalLoss", "DiceHausdorffDTLoss", "DiceLoss", "DiceTopKLoss", "DistancePenalizedCELoss",
     "ExpLogLoss", "FocalLoss", "FocalTverskyLoss", "GeneralizedDiceLoss", "HausdorffDTLoss", "IoULoss",
     "LovaszSoftmaxLoss", "PenaltyGeneralizedDiceLoss", "SensitivitySpecificityLoss", "TopKLoss",
     "TverskyLoss", "WeightedCrossEntropyLoss", "class_weights_from_labels",

@@ -298,9 +298,20 @@ class LossBase(nn.Module):
             ignore_index=self.ignore_index,
         )
 
+    # Set by fastloss.distributed.sync_batch_statistics: with batch=True the summed statistics are
+    # all-reduced (with autograd) over this process group (None: the default group).
+    _ddp_sync = False
+    _ddp_group = None
+
     def reduce_stats(self, stats: torch.Tensor) -> torch.Tensor:
-        """``(B, C, K)`` -> class selection (``include_background``) -> batch sum (``batch``)."""
-        return sum_batch(select_classes(stats, self.include_background), self.batch)
+        """``(B, C, K)`` -> class selection (``include_background``) -> batch sum (``batch``) -> with
+        ``batch=True`` under :func:`fastloss.distributed.sync_batch_statistics`, the sum over all ranks."""
+        s = sum_batch(select_classes(stats, self.include_background), self.batch)
+        if self.batch and self._ddp_sync:
+            from ..distributed import all_reduce_sum
+
+            s = all_reduce_sum(s, self._ddp_group)
+        return s
 
     def class_stats(
         self,
@@ -333,6 +344,8 @@ def fused_formula(name: str, loss, input, target):
     evaluates the formula and its derivative) when the Triton backend serves ``input`` and that function
     covers the loss's configuration; None otherwise, and the caller runs its torch formula."""
     if not isinstance(input, torch.Tensor) or not use_triton(input):
+        return None
+    if getattr(loss, "_ddp_sync", False):  # the statistics path all-reduces the sums; the fused one would not
         return None
     from ..ops import triton_formula
 
