@@ -22,7 +22,7 @@ def test_cpu_losses_name_the_compiled_kernels_only_when_they_exist(monkeypatch):
     monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
     rows = cli.serving(_ext("class_stats_forward"))
     assert rows["losses on CPU tensors"] == "torch (FASTLOSS_BACKEND=torch)"
-    assert rows["losses on CUDA tensors"].endswith("torch (FASTLOSS_BACKEND=torch)")
+    assert "torch (FASTLOSS_BACKEND=torch)" in rows["losses on CUDA tensors"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without a GPU")
