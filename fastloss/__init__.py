@@ -8,11 +8,12 @@ from .distance import distance_field, edt, hausdorff_distance_maps, signed_dista
 from .losses import *  # noqa: E402,F401,F403
 from .losses import __all__ as _loss_names  # noqa: E402
 from .registry import PAPER_LOSSES, get_loss, paper_loss_names  # noqa: E402
+from .class_weights import class_counts, class_weights  # noqa: E402  (the name is the function, not the module)
 
 __all__ = [
     *_loss_names,
-    "PAPER_LOSSES", "get_loss", "paper_loss_names", "edt", "signed_distance", "distance_field",
-    "hausdorff_distance_maps", "functional", "losses", "metrics", "ranking", "__version__",
+    "PAPER_LOSSES", "get_loss", "paper_loss_names", "class_counts", "class_weights", "edt", "signed_distance",
+    "distance_field", "hausdorff_distance_maps", "functional", "losses", "metrics", "ranking", "__version__",
 ]
 
 
