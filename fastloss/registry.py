@@ -4,10 +4,14 @@
 The configuration is the paper's experimental setting (Sec. 3.2 and 4; nnU-Net V1 and the authors' SegLoss
 code): softmax; region losses as *batch* losses without the background class, smoothing 1e-5; TopK 10 %;
 focal γ = 2; Tversky α = 0.3 (false positives) / β = 0.7 (false negatives); Asym β = 1.5; pGDice k = 2.5;
-focal Tversky exponent 1/γ = 0.75 (γ = 4/3); SS w = 0.1 (SegLoss); ELL w_dice = 0.8, w_ce = 0.2,
-γ = 0.3; DiceBD with α from 1 down by 0.01 per epoch to 0.01 (call ``loss.step_epoch()`` after each
-epoch); DiceHD with Karimi's adaptive α. Every entry builds and runs with no other argument: WCE takes
-its class weights from each batch's label frequencies, BD/HD/pCE compute their distance maps themselves.
+focal Tversky exponent 1/γ = 0.75 (γ = 4/3) on the class-averaged Tversky loss (Eq. 16); GDice and pGDice
+over all classes, background included (Eqs. 15, 18), with their smoothing relative to the weighted sums so
+that it cannot dominate them; SS w = 0.1 (SegLoss); ELL w_dice = 0.8, w_ce = 0.2, γ = 0.3; DiceBD with α
+from 1 down by 0.01 per epoch to 0.01; DiceHD with Karimi's adaptive α. Every entry builds and runs with no
+other argument: WCE and ELL take their class weights from each batch's label frequencies unless given
+``weight=`` (the paper's are the training set's: :func:`fastloss.class_weights`), BD/HD/pCE compute their
+distance maps themselves. The README's "Fidelity to the paper" table lists every entry's equation,
+parameters and each departure from the paper.
 
 Notes on normalisation: ``Focal`` and the focal part of ``DiceFocal`` are Eq. (5) exactly: the softmax
 focal loss over all classes (background included, also in DiceFocal, whose Dice part excludes it),
@@ -20,6 +24,7 @@ business. ``BD`` and ``HD`` (Eqs. 20, 21) are listed too: the paper uses them on
 from __future__ import annotations
 
 import re
+import textwrap
 import unicodedata
 from typing import Dict, Tuple
 
@@ -45,12 +50,14 @@ PAPER_LOSSES: Dict[str, Tuple[type, dict]] = {
     "DiceTopK": (L.DiceTopKLoss, dict(_REGION, k=10.0)),
     "ELL": (L.ExpLogLoss, dict(_REGION, w_dice=0.8, w_ce=0.2, gamma_dice=0.3, gamma_ce=0.3)),
     "Focal": (L.FocalLoss, dict(use_softmax=True, gamma=2.0, mean_over="voxels")),
-    "FocalTversky": (L.FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0)),
-    "GDice": (L.GeneralizedDiceLoss, dict(_REGION)),
+    # Eq. (16): (L_Tversky)^(1/γ) of the class-averaged batch Tversky loss, 1/γ = 0.75 (SegLoss's exponent)
+    "FocalTversky": (L.FocalTverskyLoss, dict(_REGION, alpha=0.3, beta=0.7, gamma=4.0 / 3.0, per_class_power=False)),
+    # Eq. (15) sums over all C classes: background included; smoothing relative to the weighted sums
+    "GDice": (L.GeneralizedDiceLoss, dict(_REGION, include_background=True, smooth_relative=True)),
     "IoU": (L.IoULoss, dict(_REGION)),
     "Lovász": (L.LovaszSoftmaxLoss, {}),
     "pCE": (L.DistancePenalizedCELoss, {}),
-    "pGDice": (L.PenaltyGeneralizedDiceLoss, dict(_REGION, k=2.5)),
+    "pGDice": (L.PenaltyGeneralizedDiceLoss, dict(_REGION, include_background=True, smooth_relative=True, k=2.5)),
     "SS": (L.SensitivitySpecificityLoss, dict(softmax=True, include_background=False, batch=True, w=0.1,
                                             smooth_nr=0.0, smooth_dr=1e-5)),
     "TopK": (L.TopKLoss, dict(k=10.0)),
@@ -89,6 +96,13 @@ def _key(name: str) -> str:
     return re.sub(r"[^0-9a-z.%]", "", s)
 
 
+# Class names accepted too: each stands for the first entry built from that class (its Table 2 loss),
+# e.g. "DiceCELoss" -> "DiceCE", "TopKLoss" -> "TopK", "DiceLoss" -> "Dice".
+_CLASS_NAMES: Dict[str, str] = {}
+for _name, (_cls, _) in PAPER_LOSSES.items():
+    _CLASS_NAMES.setdefault(_cls.__name__, _name)
+_ALIASES.update(_CLASS_NAMES)
+
 _LOOKUP: Dict[str, str] = {}
 for _name in list(PAPER_LOSSES) + list(_ALIASES):
     _canon = _ALIASES.get(_name, _name)
@@ -107,7 +121,20 @@ def get_loss(name: str, **overrides) -> nn.Module:
     """Build the paper's configuration of loss ``name`` (a name of Tables 2-4), with ``overrides``.
 
     The lookup ignores case, accents, spaces and punctuation (``"Lovasz"``, ``"lovász"``,
-    ``"topk-10%"``, ``"TopK-Threshold (0.5)"``, ``"BatchDice"``, ``"SampleDice"`` all work).
+    ``"topk-10%"``, ``"TopK-Threshold (0.5)"``, ``"BatchDice"``, ``"SampleDice"`` all work). A loss class
+    name works too and gives the paper's configuration of the Table 2 loss that class implements
+    (``"DiceCELoss"`` is ``"DiceCE"``, ``"GeneralizedDiceLoss"`` is ``"GDice"``); for the class's own
+    (MONAI) defaults, construct the class itself (``fastloss.DiceCELoss()``). All names are listed below.
+
+    ``DiceBD`` and ``DiceHD`` are not plain sums of fixed terms: they follow the paper's schedules over
+    training (Sec. 3.2). DiceBD weighs ``α·Dice + (1 − α)·BD`` with α going from 1 down by 0.01 per epoch
+    to 0.01; DiceHD weighs Dice by Karimi and Salcudean's adaptive α. How the loss learns the epoch, and
+    what it does when it is not told, is in the docstrings of :class:`~fastloss.DiceBoundaryLoss` and
+    :class:`~fastloss.DiceHausdorffDTLoss` (``help(fastloss.DiceBoundaryLoss)``). The paper also trained
+    BD, HD and Lovász only after a warm-up with another loss: that is the training loop's business.
+
+    ``WCE`` and ``ELL`` weigh classes by the frequencies of each batch unless given ``weight=``; the
+    paper's weights are the training set's: ``get_loss("WCE", weight=fastloss.class_weights(labels, C))``.
 
     Args:
         name: the loss name.
@@ -130,6 +157,23 @@ def get_loss(name: str, **overrides) -> nn.Module:
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     canon = _LOOKUP.get(_key(name))
     if canon is None:
-        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}")
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
+                         "(or a loss class name such as 'DiceCELoss')")
     cls, kwargs = PAPER_LOSSES[canon]
     return cls(**{**kwargs, **overrides})
+
+
+def _names_section() -> str:
+    """The "Names" part of ``get_loss``'s docstring, built from the tables so that it cannot go stale."""
+    lines = ["", "    Names (``fastloss.PAPER_LOSSES``; class names map to the first entry of their class):", ""]
+    for name, (cls, _) in PAPER_LOSSES.items():
+        lines.append(f"        - ``{name}``: :class:`{cls.__name__}`")
+    other = [a for a in _ALIASES if a not in _CLASS_NAMES]
+    for title, pairs in (("Other spellings", [(a, _ALIASES[a]) for a in other]),
+                         ("Class names", list(_CLASS_NAMES.items()))):
+        text = f"{title}: " + ", ".join(f"``{a}`` -> ``{n}``" for a, n in pairs) + "."
+        lines += [""] + textwrap.wrap(text, width=100, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines + [""])
+
+
+get_loss.__doc__ = get_loss.__doc__.rstrip() + "\n" + _names_section()
