@@ -237,3 +237,26 @@ def test_topk_sum_dispatch_agrees_on_nan_and_inf(backend, monkeypatch):
     assert torch.isnan(topk_sum(w, 4))  # inf + (−inf)
     finite = torch.tensor([4.0, -1.0, 2.5])
     assert topk_sum(finite, 2).item() == 6.5
+
+
+def test_voxel_ce_non_finite_logits_match_torch():
+    """Per voxel, as F.cross_entropy: NaN (either sign) or +inf anywhere -> NaN; −inf on the label ->
+    +inf; −inf on another class -> the finite limit p_c = 0."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 3, 8, generator=gen)
+    lab = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1]])
+    inf = float("inf")
+    x[0, 1, 0] = NEG_NAN  # voxel 0: −NaN on another class
+    x[0, 1, 1] = float("nan")  # voxel 1: NaN on the label
+    x[0, 0, 2] = inf  # voxel 2: +inf on another class (torch: NaN, not the limit +inf)
+    x[0, 0, 3] = inf  # voxel 3: +inf on the label
+    x[0, 1, 4] = -inf  # voxel 4: −inf on the label -> +inf
+    x[0, 0, 5] = -inf  # voxel 5: −inf on another class -> finite
+    ce = voxel_ce_triton(x, lab)[0]
+    ref = F.cross_entropy(x.double(), lab, reduction="none")[0]
+    assert torch.isnan(ce[:4]).all() and torch.isnan(ref[:4]).all()
+    assert ce[4].item() == inf and ref[4].item() == inf
+    torch.testing.assert_close(ce[5:].double(), ref[5:], rtol=1e-5, atol=1e-6)
+    # ignored voxels stay 0 whatever their logits
+    ce_ign = voxel_ce_triton(x, torch.full_like(lab, 255), ignore_index=255)
+    assert torch.equal(ce_ign, torch.zeros_like(ce_ign))

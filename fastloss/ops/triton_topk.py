@@ -31,7 +31,7 @@ How the select works (all on the device, no host sync, 6 launches):
 
 ``voxel_ce_triton(input, labels, ignore_index=None) -> (B, N) float32``
     −log softmax(input)[label] per voxel, 0 for ignored voxels (label == ignore_index, or outside
-    [0, C)), differentiable w.r.t. ``input`` (dL/dx_c = dL/dce·(p_c − [c = y]) for counted voxels).
+    [0, C)); NaN for a counted voxel with a NaN or +inf logit (as ``torch.log_softmax``), differentiable w.r.t. ``input`` (dL/dx_c = dL/dce·(p_c − [c = y]) for counted voxels).
     Online softmax over classes (no padding of C), one read of the logits forward, one read and one
     write backward.
 """
@@ -281,8 +281,11 @@ def _voxel_ce_fwd_kernel(x_ptr, lab_ptr, ce_ptr, N, ignore_index,
         r = tl.where(xc > mx, (1.0 + r) * d, r + d)
         mx = tl.maximum(mx, xc)
         xy = tl.where(lab == c, xc, xy)
-    # ce = −log p_y = logsumexp(x) − x_y = (max − x_y) + log1p(r)
-    ce = tl.where(valid, (mx - xy) + _log1p(r), 0.0)
+    # ce = −log p_y = logsumexp(x) − x_y = (max − x_y) + log1p(r). A +inf logit leaves the softmax
+    # undefined (inf/inf): NaN, as torch.log_softmax gives, not the +inf that max − x_y alone would give.
+    ce = (mx - xy) + _log1p(r)
+    ce = tl.where(mx == float("inf"), float("nan"), ce)
+    ce = tl.where(valid, ce, 0.0)
     tl.store(ce_ptr + b * N + start + offs, ce, mask=lane)
 
 
