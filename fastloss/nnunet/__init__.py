@@ -1,0 +1,33 @@
+"""nnU-Net v2 integration: the paper's losses as nnU-Net trainers, with deep supervision and DDP-exact batch Dice.
+
+- :func:`build_nnunet_loss` (no nnunetv2 needed): a paper loss with nnU-Net's conventions;
+- :mod:`fastloss.nnunet.trainers` (needs the ``[nnunet]`` extra): ``nnUNetTrainer`` subclasses per loss;
+- ``python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss DiceTopK [nnU-Net options]`` and
+  ``python -m fastloss.nnunet list`` (:mod:`fastloss.nnunet.cli`).
+"""
+
+from __future__ import annotations
+
+from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES, NNUNetLoss, RegionDiceBCELoss, build_nnunet_loss
+
+__all__ = [
+    "NNUNET_VALUE_LOSSES", "REGION_LOSSES", "NNUNetLoss", "RegionDiceBCELoss", "build_nnunet_loss",
+    "require_nnunetv2",
+]
+
+NNUNET_VERSION = "2.8.1"
+
+
+def require_nnunetv2() -> None:
+    """Raise a clear ImportError when nnunetv2 is not installed.
+
+    Raises:
+        ImportError: nnunetv2 is missing; the message names the extra to install.
+    """
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"fastloss.nnunet needs nnunetv2 ({NNUNET_VERSION}), which is not installed: "
+            f"pip install 'fastloss[nnunet]' (or pip install nnunetv2=={NNUNET_VERSION})"
+        ) from e

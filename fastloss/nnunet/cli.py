@@ -1,0 +1,120 @@
+"""Command line: ``python -m fastloss.nnunet train|list``.
+
+``train DATASET CONFIGURATION FOLD --loss NAME [--nnunet-values] [--epochs N] [--iterations N]
+[--val-iterations N] [nnU-Net's nnUNetv2_train options: -p, -pretrained_weights, -num_gpus, --npz, --c, --val,
+--val_best, --disable_checkpointing, -device]`` runs nnU-Net's own ``nnUNetv2_train`` with the trainer
+``nnUNetTrainer_fastloss_<NAME>``. nnU-Net looks trainers up by name in its package folder; this command makes
+nnU-Net's lookup (``run_training.recursive_find_trainer_class_by_name``) resolve the fastloss names first and
+wraps its DDP worker so that spawned workers do the same. nnU-Net's folder is never written to.
+
+``list`` prints the loss names and their trainer names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from ..registry import PAPER_LOSSES
+
+_ORIGINAL = {}
+
+
+def install() -> None:
+    """Let nnU-Net's ``run_training`` module find the fastloss trainers by name (idempotent)."""
+    from . import require_nnunetv2
+
+    require_nnunetv2()
+    import nnunetv2.run.run_training as rt
+
+    from .trainers import parse_trainer_name, trainer_class
+
+    if "find" in _ORIGINAL:
+        return
+    _ORIGINAL["find"] = rt.recursive_find_trainer_class_by_name
+    _ORIGINAL["run_ddp"] = rt.run_ddp
+
+    def find(name: str, *args, **kwargs):
+        parsed = parse_trainer_name(name)
+        if parsed is not None:
+            return trainer_class(parsed[0], parsed[1])
+        return _ORIGINAL["find"](name, *args, **kwargs)
+
+    rt.recursive_find_trainer_class_by_name = find
+    rt.run_ddp = _run_ddp
+
+
+def _run_ddp(rank, *args):
+    """nnU-Net's DDP worker, after installing the lookup in the spawned process (it starts unpatched)."""
+    install()
+    return _ORIGINAL["run_ddp"](rank, *args)
+
+
+def _positive(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastloss.nnunet", description="nnU-Net v2 with the paper's losses")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="nnUNetv2_train with a fastloss trainer (other options go to nnU-Net)")
+    t.add_argument("dataset_name_or_id")
+    t.add_argument("configuration")
+    t.add_argument("fold")
+    t.add_argument("--loss", required=True, help="a paper loss name (see `list`)")
+    t.add_argument("--nnunet-values", action="store_true", help="nnU-Net's value convention (-Dice)")
+    t.add_argument("--epochs", type=_positive, help="instead of nnU-Net's 1000")
+    t.add_argument("--iterations", type=_positive, help="training iterations per epoch instead of 250")
+    t.add_argument("--val-iterations", type=_positive, help="validation iterations per epoch instead of 50")
+    sub.add_parser("list", help="the loss names and their trainer names")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit status.
+
+    Raises:
+        SystemExit: bad arguments (argparse), or an unknown loss name (the message lists the known ones).
+        ImportError: nnunetv2 is not installed (the message names the extra).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = _parser().parse_known_args(argv)
+    from .losses import canonical_name, trainer_suffix
+
+    if args.command == "list":
+        from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES
+
+        for name in PAPER_LOSSES:
+            notes = [n for n, ok in (("regions", name in REGION_LOSSES), ("nnunet-values", name in NNUNET_VALUE_LOSSES))
+                     if ok]
+            print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}" + (f"  [{', '.join(notes)}]" if notes else ""))
+        return 0
+    if rest and args.command != "train":
+        _parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        canon = canonical_name(args.loss)
+    except ValueError as e:
+        _parser().error(str(e))
+    install()
+    from .trainers import trainer_class
+
+    try:
+        cls = trainer_class(canon, args.nnunet_values)
+    except ValueError as e:
+        _parser().error(str(e))
+    for env, value in (("FASTLOSS_NNUNET_EPOCHS", args.epochs), ("FASTLOSS_NNUNET_ITERATIONS", args.iterations),
+                       ("FASTLOSS_NNUNET_VAL_ITERATIONS", args.val_iterations)):
+        if value is not None:
+            os.environ[env] = str(value)
+    if "-tr" in rest:
+        _parser().error("-tr is chosen by --loss")
+    import nnunetv2.run.run_training as rt
+
+    sys.argv = ["nnUNetv2_train", args.dataset_name_or_id, args.configuration, args.fold, "-tr", cls.__name__, *rest]
+    rt.run_training_entry()
+    return 0

@@ -1,0 +1,257 @@
+"""The paper's losses with nnU-Net v2's conventions (this module does not import nnunetv2).
+
+:func:`build_nnunet_loss` is what the trainers' ``_build_loss`` returns: the paper's configuration of a loss
+(:func:`fastloss.get_loss`) with what nnU-Net decides per dataset and plan:
+
+- batch Dice from the plans (``configuration_manager.batch_dice``) for every loss with a ``batch`` argument,
+  except the Table 4 variants whose name fixes it (``SampleDice``, ``BatchSquareDice``, ...);
+- background excluded (the paper's and nnU-Net's ``do_bg=False``), softmax outputs;
+- the ignore label of the label manager as ``ignore_index``;
+- region-based training (``label_manager.has_regions``): sigmoid outputs, every region kept (nnU-Net's
+  ``do_bg=True``: regions have no background channel), one-hot region targets whose last channel marks the
+  ignored voxels when there is an ignore label (nnU-Net's layout). ``DiceCE`` becomes nnU-Net's
+  ``DC_and_BCE_loss`` (Dice on the sigmoid + BCE averaged over the counted voxels); the other region losses
+  that take ``sigmoid`` work as they are;
+- deep supervision (:class:`~fastloss.DeepSupervisionLoss` with the trainer's weights);
+- DDP: batch statistics all-reduced over the ranks (:func:`fastloss.distributed.sync_batch_statistics`).
+
+Value convention: fastloss's Dice part is ``1 − Dice``, nnU-Net's ``−Dice``; the gradients are the same.
+``nnunet_values=True`` subtracts the constant (the Dice part's weight) so that logged values equal those of
+nnU-Net's own ``DC_and_CE_loss``/``DC_and_topk_loss``/``DC_and_BCE_loss``/``MemoryEfficientSoftDiceLoss``;
+it is offered for the losses nnU-Net has (:data:`NNUNET_VALUE_LOSSES`).
+
+One known difference remains with an ignore label: fastloss's TopK keeps k % of the *labelled* voxels (the
+paper's definition); nnU-Net's ``TopKLoss`` keeps k % of all voxels of the patch, ignored ones included
+(their CE is 0), so its TopK term is smaller when many voxels are ignored. Without an ignore label they agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import unicodedata
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import losses as L
+from ..distributed import sync_batch_statistics
+from ..losses._common import LossBase, check_bool, check_ignore_index
+from ..losses.deep_supervision import DeepSupervisionLoss
+from ..registry import PAPER_LOSSES, _key, _LOOKUP
+
+__all__ = [
+    "NNUNET_VALUE_LOSSES",
+    "REGION_LOSSES",
+    "NNUNetLoss",
+    "RegionDiceBCELoss",
+    "build_nnunet_loss",
+    "canonical_name",
+]
+
+# Losses that nnU-Net itself has, with the weight of their Dice part (the constant between the conventions).
+NNUNET_VALUE_LOSSES = {"Dice": 1.0, "Dice (Batch, no square)": 1.0, "DiceCE": 1.0, "DiceTopK": 1.0}
+# Losses usable with region-based (sigmoid) training. Those marked True stay exact with an ignore label:
+# their statistics are Σpg, Σp, Σg (and squares) only, which a masked voxel (p = 0, g = 0) leaves unchanged.
+REGION_LOSSES = {
+    "Dice": True, "Dice (Batch, no square)": True, "BatchSquareDice": True, "SampleDice (no square)": True,
+    "SampleSquareDice": True, "DiceCE": True, "IoU": True, "Tversky": True, "FocalTversky": True,
+    "Asym": True, "GDice": True, "pGDice": True, "SS": False,
+}
+# Table 4 names whose batch/sample choice is part of the name (nnU-Net's plan does not override it).
+_FIXED_BATCH = {"Dice (Batch, no square)", "BatchSquareDice", "SampleDice (no square)", "SampleSquareDice"}
+# A logit whose sigmoid is exactly 0 in float16/bfloat16/float32/float64 (exp(1e4) overflows all of them).
+_MASKED_LOGIT = -1.0e4
+
+
+def canonical_name(name: str) -> str:
+    """The registry's canonical spelling of a paper loss name (case, accents, punctuation ignored).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: an unknown name; the message lists the known ones.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"loss name must be a string, got {type(name).__name__}")
+    canon = _LOOKUP.get(_key(name))
+    if canon is None:
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}")
+    return canon
+
+
+class RegionDiceBCELoss(nn.Module):
+    """nnU-Net's ``DC_and_BCE_loss`` on fastloss statistics: ``DiceLoss(sigmoid=True)`` over every region plus
+    ``BCEWithLogits`` averaged over the counted voxels and all regions (``Σ mask·bce / max(Σ mask, 1e-8)``,
+    the mask broadcast over regions as in nnU-Net).
+
+    ``forward(input, target, mask=None)``: ``target`` the ``(B, R, *spatial)`` region one-hot (no ignore
+    channel), ``mask`` ``(B, 1, *spatial)`` bool/float with 1 at counted voxels, or None.
+    """
+
+    def __init__(self, batch: bool, smooth: float = 1e-5, weight_dice: float = 1.0, weight_ce: float = 1.0) -> None:
+        super().__init__()
+        self.dice = L.DiceLoss(sigmoid=True, include_background=True, batch=batch, smooth_nr=smooth,
+                               smooth_dr=smooth)
+        self.weight_dice = float(weight_dice)
+        self.weight_ce = float(weight_ce)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        t = target.to(input.dtype)
+        if mask is None:
+            dice = self.dice(input, t)
+            bce = F.binary_cross_entropy_with_logits(input, t)
+        else:
+            m = mask.to(input.dtype)
+            dice = self.dice(_masked_logits(input, mask), t * m)
+            # nnU-Net: (bce * mask).sum() / clip(mask.sum(), 1e-8) with the (B, 1, ...) mask broadcast over the
+            # R regions in the numerator but counted once per voxel in the denominator; kept as is for parity.
+            bce = (F.binary_cross_entropy_with_logits(input, t, reduction="none") * m).sum() / m.sum().clamp_min(1e-8)
+        return self.weight_dice * dice + self.weight_ce * bce
+
+
+def _masked_logits(input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits with the ignored voxels set to a value whose sigmoid is exactly 0: a masked voxel then adds 0 to
+    Σp and Σpg, and ``torch.where`` sends no gradient to it (nnU-Net multiplies by the mask: the same)."""
+    return torch.where(mask.bool(), input, torch.full((), _MASKED_LOGIT, dtype=input.dtype, device=input.device))
+
+
+class NNUNetLoss(nn.Module):
+    """Adapts a fastloss loss to the targets nnU-Net's trainer hands over, at one scale.
+
+    Label training: ``target`` ``(B, 1, *spatial)`` (nnU-Net keeps it as a float or int16 tensor) is passed
+    as integer labels. Region training: ``target`` ``(B, R[+1], *spatial)`` one-hot; with an ignore label the
+    last channel marks ignored voxels (nnU-Net's layout) and is turned into a mask. ``offset`` is subtracted
+    from the value (nnU-Net's value convention, see the module docstring).
+    """
+
+    def __init__(self, loss: nn.Module, *, regions: bool = False, region_ignore: bool = False, offset: float = 0.0):
+        super().__init__()
+        self.loss = loss
+        self.regions = check_bool(regions, "regions")
+        self.region_ignore = check_bool(region_ignore, "region_ignore")
+        self.offset = float(offset)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+        if not self.regions:
+            if target.is_floating_point():
+                target = target.round().long()  # nnU-Net's segmentations arrive as float labels
+            value = self.loss(input, target)
+        else:
+            mask = None
+            if self.region_ignore:
+                mask = ~target[:, -1:].bool()
+                target = target[:, :-1]
+            if isinstance(self.loss, RegionDiceBCELoss):
+                value = self.loss(input, target, mask)
+            elif mask is None:
+                value = self.loss(input, target.to(input.dtype))
+            else:
+                value = self.loss(_masked_logits(input, mask), target.to(input.dtype) * mask.to(input.dtype))
+        return value - self.offset if self.offset else value
+
+    def extra_repr(self) -> str:
+        return f"regions={self.regions}, region_ignore={self.region_ignore}, offset={self.offset}"
+
+
+def build_nnunet_loss(
+    name: str,
+    *,
+    batch_dice: bool = True,
+    ignore_label: Optional[int] = None,
+    has_regions: bool = False,
+    deep_supervision_weights: Optional[Sequence[float]] = None,
+    ddp: bool = False,
+    process_group=None,
+    nnunet_values: bool = False,
+    **overrides,
+) -> nn.Module:
+    """The paper's loss ``name`` with nnU-Net v2's conventions (see the module docstring).
+
+    Args:
+        name: a paper loss name (:func:`fastloss.paper_loss_names`; spelling as :func:`fastloss.get_loss`).
+        batch_dice: nnU-Net's plan's ``batch_dice`` (sets ``batch`` of every loss that has it, except the
+            Table 4 variants whose name fixes it).
+        ignore_label: the label manager's ignore label, or None.
+        has_regions: region-based training (sigmoid outputs, one-hot region targets).
+        deep_supervision_weights: one weight per network output (full resolution first), or None without
+            deep supervision.
+        ddp: all-reduce the batch statistics over ``process_group`` (None: the default group) when the loss
+            has any (losses without batch statistics need nothing).
+        nnunet_values: subtract the Dice part's constant so values equal nnU-Net's (``−Dice`` convention).
+        **overrides: constructor arguments for the loss, as :func:`fastloss.get_loss`.
+
+    Returns:
+        An ``nn.Module`` taking ``(output, target)`` as nnU-Net's trainer calls its loss (lists of outputs and
+        targets with deep supervision).
+
+    Raises:
+        TypeError: a non-string name, a non-bool flag, a non-int ignore label.
+        ValueError: an unknown name (lists the known ones); a loss that cannot do region-based training (lists
+            those that can) or cannot mask an ignore label there; ``nnunet_values`` for a loss nnU-Net does not
+            have.
+
+    Example:
+        >>> from fastloss.nnunet.losses import build_nnunet_loss
+        >>> loss = build_nnunet_loss("DiceTopK", batch_dice=True, deep_supervision_weights=[4/7, 2/7, 1/7, 0])
+    """
+    canon = canonical_name(name)
+    batch_dice = check_bool(batch_dice, "batch_dice")
+    has_regions = check_bool(has_regions, "has_regions")
+    ddp = check_bool(ddp, "ddp")
+    nnunet_values = check_bool(nnunet_values, "nnunet_values")
+    ignore_label = check_ignore_index(ignore_label)
+    offset = 0.0
+    if nnunet_values:
+        if canon not in NNUNET_VALUE_LOSSES:
+            raise ValueError(
+                f"nnunet_values: nnU-Net has no loss {canon!r} whose values to match; it has "
+                f"{', '.join(NNUNET_VALUE_LOSSES)}"
+            )
+        offset = NNUNET_VALUE_LOSSES[canon] * float(overrides.get("lambda_dice", 1.0))
+
+    cls, config = PAPER_LOSSES[canon]
+    params = inspect.signature(cls).parameters
+    kwargs = dict(config)
+    if "batch" in params and canon not in _FIXED_BATCH:
+        kwargs["batch"] = batch_dice
+    region_ignore = False
+    if has_regions:
+        if canon not in REGION_LOSSES:
+            raise ValueError(
+                f"loss {canon!r} takes a softmax over classes and cannot train on nnU-Net's regions (sigmoid "
+                f"outputs); region-based training supports {', '.join(REGION_LOSSES)}"
+            )
+        region_ignore = ignore_label is not None
+        if region_ignore and not REGION_LOSSES[canon]:
+            raise ValueError(f"loss {canon!r} cannot mask nnU-Net's ignore label in region-based training")
+        if canon == "DiceCE":
+            loss = RegionDiceBCELoss(batch=kwargs["batch"], smooth=kwargs.get("smooth_nr", 1e-5),
+                                     weight_dice=overrides.pop("lambda_dice", 1.0),
+                                     weight_ce=overrides.pop("lambda_ce", 1.0))
+            if overrides:
+                raise TypeError(f"region DiceCE takes no arguments {sorted(overrides)}")
+        else:
+            kwargs.update(softmax=False, sigmoid=True, include_background=True)
+            loss = cls(**{**kwargs, **overrides})
+    else:
+        if ignore_label is not None:
+            kwargs["ignore_index"] = ignore_label
+        loss = cls(**{**kwargs, **overrides})
+    loss = NNUNetLoss(loss, regions=has_regions, region_ignore=region_ignore, offset=offset)
+    if deep_supervision_weights is not None:
+        loss = DeepSupervisionLoss(loss, deep_supervision_weights)
+    if ddp and any(isinstance(m, LossBase) and m.batch for m in loss.modules()):
+        sync_batch_statistics(loss, process_group)
+    return loss
+
+
+def trainer_suffix(name: str) -> str:
+    """A Python identifier for loss ``name``: accents folded, other characters to ``_`` (``TopK-10%`` ->
+    ``TopK_10pct``, ``Lovász`` -> ``Lovasz``, ``TopK-Threshold (0.1)`` -> ``TopK_Threshold_0_1``)."""
+    s = unicodedata.normalize("NFKD", canonical_name(name))
+    s = "".join(ch for ch in s if not unicodedata.combining(ch)).replace("%", "pct")
+    return re.sub(r"_+", "_", re.sub(r"[^0-9A-Za-z]", "_", s)).strip("_")

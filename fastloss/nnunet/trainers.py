@@ -1,0 +1,135 @@
+"""nnU-Net v2 trainers for the paper's losses (needs the ``[nnunet]`` extra: nnunetv2 2.8.1).
+
+:func:`trainer_class` makes an ``nnUNetTrainer`` subclass per loss name, ``nnUNetTrainer_fastloss_<Name>``
+(``..._nnUNetValues`` with nnU-Net's value convention). Its ``_build_loss`` is
+:func:`fastloss.nnunet.losses.build_nnunet_loss` with what the plans and the label manager say, deep supervision
+weights computed exactly as nnU-Net's ``_build_loss`` does, and the batch statistics all-reduced under DDP. Losses
+with an epoch schedule (DiceBD's α) step it at the end of every epoch. Everything else (network, data, optimiser,
+validation, checkpoints) is nnU-Net's.
+
+nnU-Net finds trainers by name inside its own package folder only; ``python -m fastloss.nnunet train`` (see
+:mod:`fastloss.nnunet.cli`) resolves these names without touching that folder.
+
+Environment knobs (read when a trainer is built, inherited by DDP workers): ``FASTLOSS_NNUNET_EPOCHS``,
+``FASTLOSS_NNUNET_ITERATIONS`` and ``FASTLOSS_NNUNET_VAL_ITERATIONS`` replace nnU-Net's 1000 epochs, 250 training
+and 50 validation iterations per epoch (for short runs and tests).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+from . import require_nnunetv2
+from .losses import build_nnunet_loss, canonical_name, trainer_suffix
+
+require_nnunetv2()
+
+import numpy as np  # noqa: E402
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
+
+__all__ = ["PREFIX", "FastlossTrainer", "trainer_class", "trainer_name", "parse_trainer_name"]
+
+PREFIX = "nnUNetTrainer_fastloss_"
+VALUES_SUFFIX = "_nnUNetValues"
+_ENV_INT = {
+    "FASTLOSS_NNUNET_EPOCHS": "num_epochs",
+    "FASTLOSS_NNUNET_ITERATIONS": "num_iterations_per_epoch",
+    "FASTLOSS_NNUNET_VAL_ITERATIONS": "num_val_iterations_per_epoch",
+}
+
+
+class FastlossTrainer(nnUNetTrainer):
+    """``nnUNetTrainer`` whose loss is the paper's ``fastloss_loss`` with nnU-Net's conventions."""
+
+    fastloss_loss: str = "DiceCE"
+    nnunet_values: bool = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for env, attr in _ENV_INT.items():
+            if os.environ.get(env):
+                value = int(os.environ[env])
+                if value < 1:
+                    raise ValueError(f"{env} must be >= 1, got {value}")
+                setattr(self, attr, value)
+
+    def deep_supervision_weights(self):
+        """nnU-Net's weights (``nnUNetTrainer._build_loss``): ``1/2^i``, the lowest resolution 0 (1e-6 under DDP
+        without torch.compile, nnU-Net's fix for DDP's unused-parameter check), normalised; None without deep
+        supervision."""
+        if not self.enable_deep_supervision:
+            return None
+        n = len(self._get_deep_supervision_scales())
+        w = np.array([1 / (2**i) for i in range(n)])
+        w[-1] = 1e-6 if (self.is_ddp and not self._do_i_compile()) else 0
+        return (w / w.sum()).tolist()
+
+    def _build_loss(self):
+        lm = self.label_manager
+        return build_nnunet_loss(
+            self.fastloss_loss,
+            batch_dice=bool(self.configuration_manager.batch_dice),
+            ignore_label=lm.ignore_label,
+            has_regions=lm.has_regions,
+            deep_supervision_weights=self.deep_supervision_weights(),
+            ddp=self.is_ddp,
+            nnunet_values=self.nnunet_values,
+        )
+
+    def on_epoch_end(self):
+        for m in self.loss.modules():  # epoch schedules (DiceBD's alpha)
+            step = getattr(m, "step_epoch", None)
+            if callable(step) and m is not self.loss:
+                step()
+        super().on_epoch_end()
+
+
+_CLASSES: Dict[str, type] = {}
+
+
+def trainer_name(loss: str, nnunet_values: bool = False) -> str:
+    """``nnUNetTrainer_fastloss_<Name>`` (with ``_nnUNetValues`` for nnU-Net's value convention).
+
+    Raises:
+        ValueError: an unknown loss name (lists the known ones).
+    """
+    return PREFIX + trainer_suffix(loss) + (VALUES_SUFFIX if nnunet_values else "")
+
+
+def parse_trainer_name(name: str):
+    """``(canonical loss name, nnunet_values)`` for a name made by :func:`trainer_name`, or None."""
+    if not isinstance(name, str) or not name.startswith(PREFIX):
+        return None
+    rest = name[len(PREFIX):]
+    values = rest.endswith(VALUES_SUFFIX)
+    if values:
+        rest = rest[: -len(VALUES_SUFFIX)]
+    from ..registry import PAPER_LOSSES
+
+    for canon in PAPER_LOSSES:
+        if trainer_suffix(canon) == rest:
+            return canon, values
+    return None
+
+
+def trainer_class(loss: str, nnunet_values: bool = False) -> type:
+    """The trainer class for paper loss ``loss`` (made once, then cached).
+
+    Raises:
+        ValueError: an unknown loss name (lists the known ones), or ``nnunet_values`` for a loss nnU-Net does
+            not have.
+    """
+    canon = canonical_name(loss)
+    if nnunet_values:
+        from .losses import NNUNET_VALUE_LOSSES
+
+        if canon not in NNUNET_VALUE_LOSSES:
+            raise ValueError(f"--nnunet-values: nnU-Net has no loss {canon!r}; it has {', '.join(NNUNET_VALUE_LOSSES)}")
+    name = trainer_name(canon, nnunet_values)
+    if name not in _CLASSES:
+        _CLASSES[name] = type(name, (FastlossTrainer,), {
+            "fastloss_loss": canon, "nnunet_values": bool(nnunet_values), "__module__": __name__,
+            "__doc__": f"nnU-Net v2 trainer with fastloss's {canon!r} (the paper's configuration).",
+        })
+    return _CLASSES[name]
