@@ -1,0 +1,361 @@
+"""The odyssey run: for every task, train one network per loss, evaluate it, time it (beside MONAI's
+loss where MONAI has one), then rank the losses with the paper's scheme and write CSV files and plots.
+
+Output folder ``<out>/<run_id>/``:
+
+- ``cases.csv``: ``loss, task, metric, case, value``: the per-case table :mod:`fastloss.ranking`
+  reads; ``value`` is the mean over the case's foreground classes (those present in the reference) of
+  DSC or NSD; ``N/A`` where a loss failed (the ranking counts it as 0, footnote 10 of the paper).
+- ``per_class.csv``: the same per class.
+- ``ranking.csv`` and ``ranking.txt``: Rank Score overall (Sec. 3.4: mean significance score over
+  every task and metric), per task, and every (task, metric) significance score.
+- ``throughput.csv``: ms per training step (median, p20, p80) and the loss's share of it, per task and
+  loss; ``phase=train`` over the training steps; ``phase=side_by_side``: a few steps per loss,
+  fastloss and MONAI interleaved on the same batches.
+- ``training.csv``: the mean training loss and learning rate per epoch.
+- ``config.json``: the configuration, versions, device, wall time.
+- ``dsc_boxplot.png``, ``nsd_boxplot.png`` (the paper's Figs. 2-8 as box plots), ``step_time.png``
+  (with matplotlib).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .data import Dataset, load_folder, synthetic_dataset
+from .synthetic import TASKS
+from .train import (MONAI_EQUIVALENTS, TrainConfig, _canonical, build_loss, build_network, evaluate, monai_loss,
+                    summarize_ms, time_steps, train_one)
+
+__all__ = ["OdysseyConfig", "MODES", "TABLE2_LOSSES", "QUICK_LOSSES", "run"]
+
+#: The 20 losses of the paper's Table 2.
+TABLE2_LOSSES = ("Asym", "CE", "Dice", "DiceBD", "DiceCE", "DiceFocal", "DiceHD", "DiceTopK", "ELL", "Focal",
+                 "FocalTversky", "GDice", "IoU", "Lovász", "pCE", "pGDice", "SS", "TopK", "Tversky", "WCE")
+#: The quick mode's handful: the paper's overall winner, its parts, a plain region loss and a compound one.
+QUICK_LOSSES = ("CE", "Dice", "DiceCE", "DiceTopK", "TopK")
+
+
+@dataclass
+class OdysseyConfig:
+    """Everything a run depends on (written to ``config.json``).
+
+    Attributes:
+        mode: ``"quick"`` or ``"full"`` (the defaults of :data:`MODES`), or ``"custom"``.
+        tasks: synthetic task names (:data:`fastloss.odyssey.synthetic.TASKS`); ignored with ``data``.
+        losses: paper loss names (``fastloss.get_loss``).
+        data: a user dataset folder (nnU-Net raw or images/labels), or None for the synthetic tasks.
+        size: synthetic volume shape; ``n_train``/``n_test``: synthetic cases per task.
+        test_fraction: the held-out share of a user dataset.
+        filters: feature maps per U-Net level.
+        train: the training configuration (shared by every loss).
+        timing_steps: side-by-side steps per loss for the throughput table (0: none).
+        monai: time MONAI's loss beside ours where MONAI has one.
+        tolerance: NSD tolerance (spacing units; the paper: 1 mm).
+        alpha: significance level of the ranking.
+        out: the output root; the run writes into ``out/<run_id>``.
+        plots: draw the PNG plots (needs matplotlib).
+        progress: show progress (tqdm if installed).
+    """
+
+    mode: str = "quick"
+    tasks: Tuple[str, ...] = tuple(TASKS)
+    losses: Tuple[str, ...] = QUICK_LOSSES
+    data: Optional[str] = None
+    size: Tuple[int, int, int] = (32, 32, 32)
+    n_train: int = 8
+    n_test: int = 8
+    test_fraction: float = 0.2
+    filters: Tuple[int, ...] = (8, 16, 32, 64)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    timing_steps: int = 5
+    monai: bool = True
+    tolerance: float = 1.0
+    alpha: float = 0.05
+    out: str = "odyssey-runs"
+    plots: bool = True
+    progress: bool = True
+
+
+#: Mode defaults. quick: about 10 minutes on a 2-core CPU; full: all 20 losses of Table 2 on a GPU.
+MODES: Dict[str, OdysseyConfig] = {
+    "quick": OdysseyConfig(),
+    "full": OdysseyConfig(
+        mode="full",
+        losses=TABLE2_LOSSES,
+        size=(96, 96, 96),
+        n_train=40,
+        n_test=20,
+        filters=(32, 64, 128, 256, 320),
+        train=TrainConfig(epochs=40, steps_per_epoch=50, patch=(64, 64, 64), patience=4, device="cuda"),
+        timing_steps=20,
+    ),
+}
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _check(cfg: OdysseyConfig) -> OdysseyConfig:
+    cfg.train.validate()
+    if not cfg.losses:
+        raise ValueError("no losses to train; give at least one name of fastloss.PAPER_LOSSES")
+    canon = [_canonical(name) for name in cfg.losses]  # ValueError listing the known names
+    if len(set(canon)) != len(canon):
+        raise ValueError(f"losses repeat a name: {list(cfg.losses)}")
+    if cfg.data is None:
+        unknown = [t for t in cfg.tasks if t not in TASKS]
+        if unknown or not cfg.tasks:
+            raise ValueError(f"unknown synthetic task(s) {unknown or '(none given)'}; expected names from {sorted(TASKS)}")
+    factor = 2 ** (len(cfg.filters) - 1)
+    if any(p % factor for p in cfg.train.patch):
+        raise ValueError(f"patch {tuple(cfg.train.patch)} must be divisible by {factor} ({len(cfg.filters)} U-Net levels)")
+    return replace(cfg, losses=tuple(canon))
+
+
+def _write_csv(path: Path, rows: List[dict]) -> None:
+    fields: List[str] = []
+    for r in rows:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k, "")) for k in fields})
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "N/A" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    ok = [v for v in values if not math.isnan(v)]
+    return sum(ok) / len(ok) if ok else math.nan
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _datasets(cfg: OdysseyConfig) -> List[Dataset]:
+    if cfg.data is not None:
+        return [load_folder(cfg.data, cfg.test_fraction, seed=cfg.train.seed)]
+    return [synthetic_dataset(t, cfg.size, cfg.n_train, cfg.n_test, seed=cfg.train.seed) for t in cfg.tasks]
+
+
+def run(cfg: Optional[OdysseyConfig] = None, *, run_id: Optional[str] = None, log=print) -> Path:
+    """Run the experiment of ``cfg`` and write its tables and plots; returns the run's folder.
+
+    Args:
+        cfg: the configuration (default: the quick mode).
+        run_id: the run's name (default: date, time and a random suffix).
+        log: where progress lines go (``print`` by default; ``lambda *a: None`` for silence).
+
+    Raises:
+        ValueError: unknown losses or tasks, a bad dataset folder, bad training settings.
+        ImportError: MONAI missing (the network), nibabel missing for NIfTI data.
+
+    Example:
+        >>> from fastloss.odyssey import MODES, run
+        >>> from dataclasses import replace
+        >>> folder = run(replace(MODES["quick"], losses=("Dice", "DiceCE")))  # doctest: +SKIP
+    """
+    cfg = _check(cfg or MODES["quick"])
+    run_id = run_id or new_run_id()
+    root = Path(cfg.out)
+    if not root.exists():
+        root.mkdir(parents=True)
+        (root / ".gitignore").write_text("# written by python -m fastloss.odyssey: keep runs out of git\n*\n")
+    out = root / run_id
+    out.mkdir(parents=True, exist_ok=False)
+    t_run = time.perf_counter()
+    datasets = _datasets(cfg)
+    device = torch.device(cfg.train.device)
+
+    case_rows: List[dict] = []
+    class_rows: List[dict] = []
+    speed_rows: List[dict] = []
+    train_rows: List[dict] = []
+    failures: List[str] = []
+    tc = cfg.train
+    total_steps = len(datasets) * len(cfg.losses) * tc.epochs * tc.steps_per_epoch
+    bar = _Progress(total_steps, cfg.progress, "odyssey")
+    for ds in datasets:
+        def make_model(ds=ds):
+            return build_network(ds.in_channels, ds.num_classes, tc.patch, cfg.filters)
+
+        torch.manual_seed(tc.seed)  # the same initialisation for every loss
+        init_state = copy.deepcopy(make_model().state_dict())
+        for name in cfg.losses:
+            bar.describe(f"{ds.name}: {name}")
+            t0 = time.perf_counter()
+            try:
+                res = train_one(name, init_state, make_model, ds, tc, progress=bar)
+            except FloatingPointError as e:
+                failures.append(f"{ds.name}/{name}: {e}")
+                log(f"[odyssey] {ds.name:12s} {name:12s} FAILED: {e}")
+                for case in ds.test:
+                    for metric in ("DSC", "NSD"):
+                        case_rows.append({"loss": name, "task": ds.name, "metric": metric, "case": case.name, "value": math.nan})
+                continue
+            for e, (v, lr) in enumerate(zip(res.epoch_loss, res.lr)):
+                train_rows.append({"task": ds.name, "loss": name, "epoch": e, "train_loss": v, "lr": lr})
+            rows = evaluate(res.model, ds.test, ds.num_classes, tc.patch, tc.device, cfg.tolerance)
+            per_case: Dict[Tuple[str, str], List[float]] = {}
+            for r in rows:
+                class_rows.append({"loss": name, "task": ds.name, "metric": r["metric"], "case": r["case"],
+                                   "class": r["class"], "class_name": ds.class_names[r["class"]], "value": r["value"]})
+                per_case.setdefault((r["case"], r["metric"]), []).append(r["value"])
+            for (case, metric), vals in per_case.items():
+                case_rows.append({"loss": name, "task": ds.name, "metric": metric, "case": case, "value": _nanmean(vals)})
+            s, l = summarize_ms(res.step_ms), summarize_ms(res.loss_ms)
+            speed_rows.append(_speed_row(ds.name, name, "fastloss", "train", res.step_ms, res.loss_ms))
+            dsc = _nanmean([r["value"] for r in case_rows if r["task"] == ds.name and r["loss"] == name and r["metric"] == "DSC"])
+            nsd = _nanmean([r["value"] for r in case_rows if r["task"] == ds.name and r["loss"] == name and r["metric"] == "NSD"])
+            log(f"[odyssey] {ds.name:12s} {name:12s} DSC {dsc:.4f}  NSD {nsd:.4f}  step {s['median']:7.1f} ms "
+                f"(loss {l['median']:6.2f} ms)  {time.perf_counter() - t0:6.1f} s")
+        # Side-by-side timing: fastloss and MONAI (where MONAI has the loss), interleaved, same batches.
+        if cfg.timing_steps > 0:
+            fns = {}
+            for name in cfg.losses:
+                fns[("fastloss", name)] = build_loss(name, tc.epochs)
+                if cfg.monai and name in MONAI_EQUIVALENTS:
+                    fns[("monai", name)] = monai_loss(name)
+            times = time_steps(fns, init_state, make_model, ds, tc, cfg.timing_steps)
+            for (impl, name), (st, lt) in times.items():
+                speed_rows.append(_speed_row(ds.name, name, impl, "side_by_side", st, lt))
+    bar.close()
+
+    _write_csv(out / "cases.csv", case_rows)
+    _write_csv(out / "per_class.csv", class_rows)
+    _write_csv(out / "throughput.csv", [dict(r, device=_device_name(device), torch=torch.__version__,
+                                             threads=torch.get_num_threads(), run_id=run_id) for r in speed_rows])
+    _write_csv(out / "training.csv", train_rows)
+    ranking_text = _rank(case_rows, out, cfg.alpha)
+    log(ranking_text)
+    wall = time.perf_counter() - t_run
+    info = {
+        "run_id": run_id,
+        "config": _jsonable(asdict(cfg)),
+        "tasks": {ds.name: {"classes": list(ds.class_names), "train": [c.name for c in ds.train],
+                            "test": [c.name for c in ds.test], **{k: v for k, v in ds.meta.items()}} for ds in datasets},
+        "failures": failures,
+        "wall_seconds": round(wall, 1),
+        "device": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "host": platform.node(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    (out / "config.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    if cfg.plots:
+        try:
+            from . import plots
+
+            plots.draw(out, case_rows, speed_rows)
+        except ImportError as e:
+            log(f"[odyssey] no plots: {e}")
+    log(f"[odyssey] run {run_id}: {wall:.0f} s; tables and plots in {out}")
+    return out
+
+
+def _speed_row(task, loss, impl, phase, step_ms, loss_ms) -> dict:
+    s, l = summarize_ms(step_ms), summarize_ms(loss_ms)
+    return {"task": task, "loss": loss, "impl": impl, "phase": phase, "steps": len(step_ms),
+            "step_ms_median": s["median"], "step_ms_p20": s["p20"], "step_ms_p80": s["p80"],
+            "loss_ms_median": l["median"], "loss_ms_p20": l["p20"], "loss_ms_p80": l["p80"],
+            "loss_share": (l["median"] / s["median"]) if s["median"] > 0 else math.nan}
+
+
+def _rank(case_rows: List[dict], out: Path, alpha: float) -> str:
+    """Write ranking.csv / ranking.txt; returns the text table."""
+    from ..ranking import format_ranking, significance_scores
+
+    scores = significance_scores(case_rows, alpha=alpha, lower_is_better=())
+    keys = sorted(scores)
+    losses = sorted({loss for s in scores.values() for loss in s})
+    tasks = sorted({t for t, _ in keys})
+    overall = {loss: sum(scores[k][loss] for k in keys) / len(keys) for loss in losses}
+    per_task = {t: {loss: _nanmean([scores[k][loss] for k in keys if k[0] == t]) for loss in losses} for t in tasks}
+    order = sorted(losses, key=lambda loss: (-overall[loss], loss))
+    rows = []
+    for i, loss in enumerate(order):
+        row = {"rank": i + 1, "loss": loss, "rank_score": overall[loss]}
+        for t in tasks:
+            row[f"rank_score[{t}]"] = per_task[t][loss]
+        for t, m in keys:
+            row[f"score[{t}/{m}]"] = scores[(t, m)][loss]
+        rows.append(row)
+    _write_csv(out / "ranking.csv", rows)
+    text = format_ranking(scores)
+    (out / "ranking.txt").write_text(
+        "Rank Score (Ma et al. 2021, Sec. 3.4): mean over (task, metric) of the number of losses each loss "
+        f"beats (one-sided Wilcoxon, p < {alpha})\n\n" + text + "\n"
+    )
+    return text
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _versions() -> dict:
+    import fastloss
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "fastloss": fastloss.__version__}
+    try:
+        import monai
+
+        out["monai"] = monai.__version__
+    except ImportError:
+        out["monai"] = ""
+    return out
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
