@@ -505,17 +505,69 @@ def dice(y_pred, y, include_background: bool = True, ignore_empty: bool = True) 
     Raises:
         TypeError: inputs that are not tensors/arrays.
         ValueError: shapes that differ or are not ``(B, C, *spatial)``, non-binary values.
+
+    Example:
+        >>> p = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])
+        >>> dice(p, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]))  # 2 * 1 / (2 + 1)
+        tensor([[0.6667]])
     """
-    p, g = _prepare(y_pred, y, include_background)
-    inter = (p & g).flatten(2).sum(-1)
-    sp = p.flatten(2).sum(-1)
-    sg = g.flatten(2).sum(-1)
-    d = (2.0 * inter.double() / (sp + sg).double()).float()
+    y_pred, y = _check_pair(y_pred, y, include_background)
+    if not include_background and y_pred.shape[1] > 1:
+        y_pred, y = y_pred[:, 1:], y[:, 1:]
+    inter, sp, sg = _binary_counts(y_pred, y)
+    return _dice_from_counts(inter, sp, sg, ignore_empty)
+
+
+def _dice_from_counts(inter: torch.Tensor, sp: torch.Tensor, sg: torch.Tensor, ignore_empty: bool) -> torch.Tensor:
+    """Dice from float64 counts with MONAI's empty-reference conventions, as float32."""
+    d = (2.0 * inter / (sp + sg)).float()
     if ignore_empty:
         empty_value = torch.full_like(d, float("nan"))
     else:
-        empty_value = (sp == 0).float()
+        empty_value = (sp == 0).float()  # both empty -> 1, only the reference empty -> 0
     return torch.where(sg > 0, d, empty_value)
+
+
+# Elements of each input per chunk of :func:`_binary_counts` (4 MiB of float32): the chunk stays in the
+# cache while the few reductions over it run, so each input is read from memory about once, and no
+# temporary of the input's size is ever allocated (a page-faulting allocation costs more than a pass).
+_DICE_CHUNK = 1 << 20
+
+
+def _binary_counts(p: torch.Tensor, g: torch.Tensor):
+    """``(Σ p·g, Σ p, Σ g)`` per ``(b, c)`` as float64 ``(B, C)`` tensors, after checking that every
+    value of both masks is 0 or 1 (any dtype and layout; NaN is caught).
+
+    Chunks along the first spatial axis, in float32 (float64 when an input is float64): every per-chunk
+    sum of 0/1 values is an integer below 2**24, hence exact; the chunks add up in float64. The check is
+    exact too: ``min >= 0``, ``max <= 1`` (``aminmax`` propagates NaN) and ``Σ (x - x·x) == 0``, since
+    for ``x`` in (0, 1) the rounded ``x·x`` stays below ``x``, so each term is >= 0 and is 0 only at 0
+    and 1, and a sum of non-negative floats is 0 only when every term is.
+    """
+    B, C = p.shape[:2]
+    spatial = tuple(p.shape[2:])
+    p = p.reshape(B, C, spatial[0], -1)
+    g = g.reshape(B, C, spatial[0], -1)
+    rest = p.shape[3]
+    step = max(1, _DICE_CHUNK // max(1, B * C * rest))
+    exact32 = step * rest < (1 << 24)  # the per-row count of one chunk must stay exact in float32
+    cdt = torch.float64 if torch.float64 in (p.dtype, g.dtype) or not exact32 else torch.float32
+    sums, checks = [], []
+    for i in range(0, spatial[0], step):
+        pc = p[:, :, i : i + step].to(cdt)
+        gc = g[:, :, i : i + step].to(cdt)
+        sums.append(torch.stack([(pc * gc).sum((2, 3)), pc.sum((2, 3)), gc.sum((2, 3))]))
+        for x, src in ((pc, p), (gc, g)):
+            if src.dtype != torch.bool:
+                lo, hi = torch.aminmax(x)
+                checks.append(torch.stack([lo, hi, torch.addcmul(x, x, x, value=-1).sum()]))
+    if checks:
+        c = torch.stack(checks)
+        if not bool(((c[:, 0] >= 0) & (c[:, 1] <= 1) & (c[:, 2] == 0)).all()):
+            _check_binary(p, "y_pred")  # raise, naming the bad values
+            _check_binary(g, "y")
+    inter, sp, sg = torch.stack(sums).to(torch.float64).sum(0)
+    return inter, sp, sg
 
 
 def surface_dice(
