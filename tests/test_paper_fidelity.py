@@ -32,7 +32,7 @@ PAPER_PARAMS = {
     "Asym": dict(REGION, f_beta=1.5, alpha=1 / (1 + 2.25), beta=2.25 / (1 + 2.25)),
     "CE": dict(sigmoid=False, reduction="mean"),  # Eq. (1)
     "Dice": DICE,  # Eq. (9)
-    "DiceBD": {"alpha": 1.0, "dice." + "batch": True, **{f"dice.{k}": v for k, v in DICE.items()},
+    "DiceBD": {"alpha": 1.0, **{f"dice.{k}": v for k, v in DICE.items()},
                "boundary.include_background": False, "boundary.activation": "softmax"},
     "DiceCE": dict(lambda_dice=1.0, lambda_ce=1.0, **{f"dice.{k}": v for k, v in DICE.items()}),  # Eq. (22)
     # Eq. (24): Dice (Eq. 9) + Focal (Eq. 5, γ = 2, softmax, all classes, mean over voxels)

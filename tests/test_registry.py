@@ -97,3 +97,33 @@ def test_dicebd_schedule_exposed():
     assert loss.alpha == 1.0
     loss.step_epoch()
     assert loss.alpha == pytest.approx(0.99)
+
+
+@pytest.mark.parametrize("class_name,canonical", [
+    ("DiceCELoss", "DiceCE"), ("diceceloss", "DiceCE"), ("GeneralizedDiceLoss", "GDice"),
+    ("FocalTverskyLoss", "FocalTversky"), ("TopKLoss", "TopK"), ("DiceLoss", "Dice"),
+    ("LovaszSoftmaxLoss", "Lovász"), ("HausdorffDTLoss", "HD"), ("WeightedCrossEntropyLoss", "WCE"),
+])
+def test_class_names_give_the_paper_configuration(class_name, canonical):
+    a, b = get_loss(class_name), get_loss(canonical)
+    assert type(a) is type(b) and type(a).__name__.casefold() == class_name.casefold()
+    assert repr(a) == repr(b)  # the same configuration, not the class's own defaults
+    x, y = _batch(4)
+    torch.testing.assert_close(a(x, y), b(x, y))
+
+
+def test_every_loss_class_of_the_registry_is_accepted_by_name():
+    for cls, _ in PAPER_LOSSES.values():
+        assert type(get_loss(cls.__name__)) is cls
+
+
+def test_help_lists_every_name_and_the_schedules():
+    doc = get_loss.__doc__
+    for name in PAPER_LOSSES:
+        assert f"``{name}``" in doc, name
+    for cls, _ in PAPER_LOSSES.values():
+        assert cls.__name__ in doc
+    assert "DiceBoundaryLoss" in doc and "DiceHausdorffDTLoss" in doc and "epoch" in doc
+    assert "class_weights" in doc
+    with pytest.raises(ValueError, match="class name"):
+        get_loss("NoSuchLoss")
