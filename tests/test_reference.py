@@ -797,3 +797,29 @@ def test_registry_focal_is_eq5(torch_backend):
     cs = Case(3, "labels", False, False)
     loss = get_loss("Focal")
     _check(lambda x: loss(x, cs.target), lambda x: R.focal(x, cs.g, gamma=2.0), cs.x)
+
+
+def test_reference_paper_forms_hand_example():
+    """The oracles' paper forms by hand: GDice with relative smoothing, FocalTversky as Eq. (16)."""
+    s = _probs2([0.2, 0.6, 0.9, 0.1])
+    g = R.one_hot(torch.tensor([[0, 1, 1, 0]]), 2)
+    # both classes Σg = 2, w = 1/4, W = Σ w Σg = 1; Σgs: 1.7 (class 0), 1.5; Σ(g + s): 4.2, 3.8
+    num, den = 2 * 3.2 / 4, 8.0 / 4
+    got = R.gdice(s, g, activation="none", smooth_nr=0.5, smooth_dr=0.25, smooth_relative=True)
+    assert float(got) == pytest.approx(1 - (num + 0.5) / (den + 0.25))
+    # doubled volume: w = 1/16, W = 1/2, so every term halves and the value stays
+    got2 = R.gdice(s.repeat(1, 1, 2), g.repeat(1, 1, 2), activation="none", smooth_nr=0.5, smooth_dr=0.25,
+                   smooth_relative=True)
+    assert float(got2) == pytest.approx(float(got))
+    got = R.pgdice(s, g, k=2.5, activation="none", smooth_nr=0.5, smooth_dr=0.5, smooth_relative=True)
+    # s0 = 1 − s1: fp0 = Σ(1−g0)s0 = 0.4 + 0.1, fn0 = Σ g0(1−s0) = 0.2 + 0.1; fp1 = 0.2 + 0.1, fn1 = 0.4 + 0.1
+    fp_fn = (0.5 + 0.3) / 4 + (0.3 + 0.5) / 4
+    assert float(got) == pytest.approx(1 - (num + 0.5) / (den + 2.5 * fp_fn + 0.5))
+    # Eq. (16) on classes 0 and 1: Tversky losses t0, t1 (α = 0.3 on FP, β = 0.7 on FN), then the mean's power
+    t0 = 1 - 1.7 / (1.7 + 0.3 * 0.5 + 0.7 * 0.3)
+    t1 = 1 - 1.5 / (1.5 + 0.3 * 0.3 + 0.7 * 0.5)
+    kw = dict(alpha=0.3, beta=0.7, gamma=2.0, activation="none", smooth_nr=0, smooth_dr=0)
+    assert float(R.focal_tversky(s, g, per_class_power=False, **kw)) == pytest.approx(((t0 + t1) / 2) ** 0.5)
+    assert float(R.focal_tversky(s, g, **kw)) == pytest.approx((t0 ** 0.5 + t1 ** 0.5) / 2)
+    got = R.focal_tversky(s, g, per_class_power=False, weight=[3.0, 1.0], **kw)
+    assert float(got) == pytest.approx(((3 * t0 + t1) / 2) ** 0.5)
