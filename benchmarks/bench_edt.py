@@ -3,9 +3,11 @@
 The volume is the complement of a few random spheres (the distances outside the spheres, as in the
 baselines' anchor benchmark), so most voxels are foreground. CPU: 128^3 (64^3 and 256^3 with --sizes);
 GPU (when present): 64^3, 128^3, 256^3, 512x512x128 and the signed maps of a (2, 9, 128^3) one-hot batch.
-Median/p20/p80 wall ms; appends rows to benchmarks/results/edt.csv and prints a table.
+Median/p20/p80 wall ms and "x scipy" (times faster than scipy on the same shape); rows with a wide
+p20-p80 spread are marked ``~``. Appends rows to benchmarks/results/local/edt.csv (with --record: the
+committed benchmarks/results/edt.csv) and prints a table.
 
-    python benchmarks/bench_edt.py [--full] [--sizes 64,128,256]
+    python benchmarks/bench_edt.py [--full] [--sizes 64,128,256] [--record]
 
 `run(quick)` is the entry point for the main benchmark.
 """
@@ -70,7 +72,7 @@ def _row(case, shape, device, provider, threads, stats, peak=None):
     return common.stamp(row, "cpu" if device == "cpu" else "cuda")
 
 
-def _cpu_rows(sizes, reps):
+def _cpu_rows(sizes, reps, bar=None):
     from scipy import ndimage
 
     try:
@@ -86,12 +88,16 @@ def _cpu_rows(sizes, reps):
         ref = ndimage.distance_transform_edt(m)
         err = float(np.abs(edt(m, threads=1) - ref).max())
         assert err < 1e-3 * max(1.0, float(ref.max())), f"fastloss differs from scipy by {err}"
-        rows.append(_row("spheres", shape, "cpu", "scipy", 1, _timeit(lambda: ndimage.distance_transform_edt(m), r)))
+        jobs = [("scipy", 1, lambda: ndimage.distance_transform_edt(m))]
         if edt_pkg is not None:
-            rows.append(_row("spheres", shape, "cpu", "edt-pkg", 1, _timeit(lambda: edt_pkg.edt(m, parallel=1), r)))
-        rows.append(_row("spheres", shape, "cpu", "fastloss", 1, _timeit(lambda: edt(m, threads=1), r)))
+            jobs.append(("edt-pkg", 1, lambda: edt_pkg.edt(m, parallel=1)))
+        jobs.append(("fastloss", 1, lambda: edt(m, threads=1)))
         if ncpu > 1:
-            rows.append(_row("spheres", shape, "cpu", "fastloss", ncpu, _timeit(lambda: edt(m, threads=0), r)))
+            jobs.append(("fastloss", ncpu, lambda: edt(m, threads=0)))
+        for provider, threads, fn in jobs:
+            rows.append(_row("spheres", shape, "cpu", provider, threads, _timeit(fn, r)))
+            if bar is not None:
+                bar.step(f"{provider} x{threads} {S}^3")
     return rows
 
 
@@ -151,33 +157,42 @@ def _gpu_rows(quick, reps):
 
 
 def print_table(rows):
-    print(f"{'case':14} {'shape':14} {'device':24} {'provider':10} {'thr':>4} {'median':>10} {'p20':>10} {'p80':>10}")
+    """Median/p20/p80 ms, "x scipy" (scipy's median on the same shape and device / the row's) and
+    ``~`` on rows whose p20-p80 spread is wide."""
+    scipy_ms = {r["shape"]: r["median_ms"] for r in rows if r["provider"] == "scipy"}
+    print(f"{'case':14} {'shape':14} {'device':24} {'provider':10} {'thr':>4} {'median ms':>10} {'p20':>10} {'p80':>10} "
+          f"{'x scipy':>8}")
+    flagged = 0
     for r in rows:
+        mark = "~" if common.noisy(r) else " "
+        flagged += mark == "~"
+        base = scipy_ms.get(r["shape"]) if str(r["device"]).startswith("cpu") else None
         print(f"{r['case']:14} {r['shape']:14} {str(r['device'])[:24]:24} {r['provider']:10} {str(r['threads']):>4} "
-              f"{r['median_ms']:10.3f} {r['p20_ms']:10.3f} {r['p80_ms']:10.3f}")
-    # headline ratios on the CPU, per shape
+              f"{r['median_ms']:10.3f} {r['p20_ms']:10.3f} {r['p80_ms']:10.3f} {common.ratio(base, r['median_ms']):>8} {mark}")
+    if flagged:
+        print(f"~ {flagged} row(s) with p80 - p20 over {common.NOISY_SPREAD:.0%} of the median: noisy, rerun before quoting.")
+    # thread scaling on the CPU, per shape
     by = {}
     for r in rows:
         if r["device"].startswith("cpu"):
             by.setdefault(r["shape"], {})[(r["provider"], r["threads"])] = r["median_ms"]
     for shape, d in by.items():
         one = d.get(("fastloss", 1))
-        if not one:
-            continue
-        parts = [f"{shape}: scipy/fastloss(1) = {d.get(('scipy', 1), float('nan')) / one:.2f}x"]
-        if ("edt-pkg", 1) in d:
-            parts.append(f"edt-pkg(1)/fastloss(1) = {d[('edt-pkg', 1)] / one:.2f}x")
         for (p, t), v in d.items():
-            if p == "fastloss" and t != 1:
-                parts.append(f"fastloss {t} threads speed-up = {one / v:.2f}x")
-        print("  ".join(parts))
+            if one and p == "fastloss" and t != 1:
+                print(f"{shape}: fastloss {t} threads vs 1 thread: {one / v:.2f}x")
 
 
 def run(quick: bool = True, sizes=None) -> list[dict]:
     """Time the EDT providers, print the table and return the rows (the caller appends them to edt.csv)."""
     sizes = sizes or ([128] if quick else [64, 128, 256])
-    reps = 5 if quick else 11
-    rows = _cpu_rows(sizes, reps)
+    reps = 10 if quick else 15  # p20/p80 need about 10 samples
+    import importlib.util
+
+    ncpu_jobs = 2 + (importlib.util.find_spec("edt") is not None) + ((os.cpu_count() or 1) > 1)
+    bar = common.PROGRESS.begin("edt", len(sizes) * ncpu_jobs)
+    rows = _cpu_rows(sizes, reps, bar)
+    bar.end()
     if torch.cuda.is_available():
         rows += _gpu_rows(quick, 10 if quick else 30)
     print_table(rows)
@@ -188,7 +203,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="more repetitions and 64^3/256^3 on the CPU")
     ap.add_argument("--sizes", default=None, help="comma-separated cube sides for the CPU, e.g. 64,128,256")
+    common.add_record_argument(ap)
     args = ap.parse_args(argv)
+    common.set_record(args.record)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     rows = run(quick=not args.full, sizes=sizes)
     print("->", common.append_csv("edt.csv", rows))

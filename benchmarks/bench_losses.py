@@ -7,14 +7,20 @@ Providers (each where it applies):
   CPU it is the same code as ``fastloss``);
 - ``torch.compile``: ``torch.compile`` of the torch backend (GPU, ``--compile``);
 - ``monai``: MONAI's class in the paper's configuration, where MONAI has the loss;
-- ``reference``: ``fastloss.reference``, the naive textbook oracle.
+- ``torch``: what a user writes by hand (``F.cross_entropy``, nnU-Net-style TopK), where it exists;
+- ``reference`` (only with ``--reference``): ``fastloss.reference``, the naive float64 oracle the tests
+  compare against. It is slow by design (seconds per step) and no baseline anyone trains with.
+
+The table's "x baseline" column is how many times faster a row is than the baseline of its loss
+(MONAI where MONAI has the loss, else the hand-written torch); rows whose p20-p80 spread exceeds 25 % of
+the median are marked ``~`` (noisy: rerun, or trust the ratio less).
 
 On the GPU every row has the GPU time (the step captured in a CUDA graph and replayed, when it can be
 captured), the eager wall time (one step then a synchronize), kernel launches and host syncs per step
 (torch.profiler) and the peak extra memory; the HBM floor (read the logits twice, write the gradient
 once, read the labels twice, at the measured copy bandwidth) is printed beside each row.
 
-``python benchmarks/bench_losses.py [--device cuda] [--full] [--compile] [--losses Dice,DiceCE]``
+``python benchmarks/bench_losses.py [--device cuda] [--full] [--compile] [--reference] [--record] [--losses Dice,DiceCE]``
 """
 
 from __future__ import annotations
@@ -140,7 +146,7 @@ def hbm_floor_ms(shape, dtype, bw_gbs: float) -> float:
     return bytes_moved / (bw_gbs * 1e9) * 1e3
 
 
-def providers(name: str, device: str, compile_: bool):
+def providers(name: str, device: str, compile_: bool, reference: bool = False):
     import fastloss
 
     out = []
@@ -182,14 +188,18 @@ def providers(name: str, device: str, compile_: bool):
     p = plain_torch_loss(name)
     if p is not None:
         out.append(("torch", p))
-    r = reference_loss(name)
+    r = reference_loss(name) if reference else None
     if r is not None:
         out.append(("reference", r))
     return out
 
 
 def run(quick: bool = True, device: str | None = None, losses=None, full: bool = False, compile_: bool = False,
-        dtypes=None) -> list:
+        dtypes=None, reference: bool = False) -> list:
+    """Time every loss's forward+backward for each provider; returns stamped rows (not yet written).
+
+    ``quick``: on the CPU a (2, 4, 24^3) case and a short time budget per row, else (2, 9, 48^3);
+    ``reference``: also time the naive oracle (slow)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     if cuda:
@@ -202,18 +212,16 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
         bw = None
     names = losses or TABLE2
     jobs = [(c, d, n) for c in cases for d in dtypes for n in names]
-    bar = common.Progress(len(jobs), "losses")
+    bar = common.PROGRESS.begin("losses", len(jobs))
     rows = []
     for (case, shape), dtype, name in jobs:
         x0, y = make_inputs(shape, dtype, device)
         floor = hbm_floor_ms(shape, dtype, bw) if cuda else None
-        for prov, fn in providers(name, device, compile_):
+        for prov, fn in providers(name, device, compile_, reference):
             # MONAI's distance-map losses run scipy on the CPU (~30 s a step at (2, 9, 128^3)): one
             # timed call, float32 multi-class only, no graph capture or profiling.
             slow = cuda and prov == "monai" and name in SLOW_BASELINES
             if slow and not full and (case != "multi9" or dtype != torch.float32):
-                continue
-            if prov == "reference" and cuda and not full:
                 continue
             x = x0.detach().clone().requires_grad_(True)
 
@@ -226,8 +234,9 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
                    "dtype": str(dtype).replace("torch.", ""), "provider": prov}
             try:
                 naive = prov == "reference" or slow  # python loops / scipy: a call or two is enough
-                wall = common.time_wall(step, device, reps=(1 if slow else 2) if naive else (20 if cuda else (5 if quick else 10)),
-                                        warmup=0 if naive else 2, budget_s=10 if quick else 30)
+                # >= 10 samples where a call is cheap, so p20/p80 are samples, not interpolations
+                wall = common.time_wall(step, device, reps=(1 if slow else 3) if naive else (30 if cuda else (15 if quick else 25)),
+                                        warmup=0 if naive else 2, budget_s=5 if quick else 30)
                 row.update({f"wall_{k}": v for k, v in wall.items()})
                 if cuda and not slow:
                     g = common.time_cuda_graph(step)
@@ -240,25 +249,55 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
             rows.append(common.stamp(row, device))
         bar.step(f"{name} {case} {row['dtype']}")
-    bar.close()
+    bar.end()
     return rows
 
 
+BASELINES = ("monai", "torch")  # the "x baseline" column divides by the first of these a loss has
+
+
 def print_table(rows) -> None:
-    gpu = any("gpu_median_ms" in r for r in rows)
-    head = f"{'loss':<13}{'case':<8}{'dtype':<9}{'provider':<15}{'wall ms':>10}"
-    head += f"{'gpu ms':>9}{'floor':>8}{'launch':>7}{'sync':>5}{'MiB':>8}" if gpu else ""
-    print(head)
+    """One line per row: shape, median wall (and GPU) ms with p20-p80, "x baseline" (times faster than
+    MONAI, else the hand-written torch), ``~`` on rows with a wide spread."""
+    gpu = any(r.get("gpu_median_ms") not in (None, "") for r in rows)
+    key = "gpu_median_ms" if gpu else "wall_median_ms"
+
+    def ms(r):
+        v = r.get(key)
+        return v if v not in (None, "") else r.get("wall_median_ms")
+
+    base = {}
     for r in rows:
-        if "error" in r:
-            print(f"{r['loss']:<13}{r['case']:<8}{r['dtype']:<9}{r['provider']:<15} error: {r['error']}")
+        if "error" in r or r["provider"] not in BASELINES:
             continue
-        line = f"{r['loss']:<13}{r['case']:<8}{r['dtype']:<9}{r['provider']:<15}{r['wall_median_ms']:>10.3f}"
+        k = (r["loss"], r["case"], r["dtype"])
+        if k not in base or BASELINES.index(r["provider"]) < BASELINES.index(base[k][0]):
+            base[k] = (r["provider"], ms(r))
+    head = f"{'loss':<13}{'case':<8}{'shape':<18}{'dtype':<9}{'provider':<17}{'wall ms':>10}{'p20-p80':>17}"
+    head += f"{'gpu ms':>9}{'floor':>8}{'launch':>7}{'sync':>5}{'MiB':>8}" if gpu else ""
+    head += f"{'x baseline':>17}"
+    print(head)
+    flagged = 0
+    for r in rows:
+        lead = f"{r['loss']:<13}{r['case']:<8}{r['shape']:<18}{r['dtype']:<9}{r['provider']:<17}"
+        if "error" in r:
+            print(f"{lead} error: {r['error']}")
+            continue
+        mark = "~" if common.noisy(r, "wall_") or (gpu and common.noisy(r, "gpu_")) else " "
+        flagged += mark == "~"
+        spread = f"{r['wall_p20_ms']:.3f}-{r['wall_p80_ms']:.3f}"
+        line = f"{lead}{r['wall_median_ms']:>10.3f}{spread:>17}"
         if gpu:
             gm = r.get("gpu_median_ms")
-            line += f"{gm:>9.3f}" if gm is not None else f"{'-':>9}"
-            line += f"{r.get('hbm_floor_ms', 0):>8.3f}{r.get('launches', 0):>7}{r.get('host_syncs', 0):>5}{r.get('peak_extra_mib', 0):>8.0f}"
-        print(line)
+            line += f"{gm:>9.3f}" if gm not in (None, "") else f"{'-':>9}"
+            line += f"{r.get('hbm_floor_ms') or 0:>8.3f}{r.get('launches', 0):>7}{r.get('host_syncs', 0):>5}{r.get('peak_extra_mib', 0):>8.0f}"
+        b = base.get((r["loss"], r["case"], r["dtype"]))
+        line += f"{(common.ratio(b[1], ms(r)) + ' ' + b[0]) if b else '-':>17}"
+        print(line + " " + mark)
+    what = "GPU" if gpu else "wall"
+    print(f"x baseline: the baseline's median {what} ms / the row's (above 1: faster than MONAI, else hand-written torch).")
+    if flagged:
+        print(f"~ {flagged} row(s) with p80 - p20 over {common.NOISY_SPREAD:.0%} of the median: noisy, rerun before quoting.")
 
 
 def main(argv=None):
@@ -266,10 +305,13 @@ def main(argv=None):
     ap.add_argument("--device", default=None)
     ap.add_argument("--full", action="store_true", help="larger CPU case; slow GPU baselines (MONAI HD) too")
     ap.add_argument("--compile", action="store_true", help="add torch.compile of the torch backend (GPU)")
+    ap.add_argument("--reference", action="store_true", help="also time fastloss.reference, the naive test oracle")
     ap.add_argument("--losses", default=None, help="comma-separated paper names")
+    common.add_record_argument(ap)
     args = ap.parse_args(argv)
+    common.set_record(args.record)
     rows = run(quick=not args.full, device=args.device, losses=args.losses.split(",") if args.losses else None,
-               full=args.full, compile_=args.compile)
+               full=args.full, compile_=args.compile, reference=args.reference)
     print_table(rows)
     path = common.append_csv("losses.csv", rows)
     print(f"\n{len(rows)} rows appended to {path}")

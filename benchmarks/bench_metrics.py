@@ -20,9 +20,11 @@ package on the CPU when it is installed. Cases: ``nsd@1`` (compute_surface_dice 
 surface_dice), ``hd95`` (compute_hausdorff_distance(percentile=95) / hausdorff_distance) and
 ``nsd+hd95`` (both, per repetition) and, for fastloss, ``nsd+hd95 one call`` (``surface_metrics``). Before timing, fastloss's values are checked against MONAI's.
 
-Median/p20/p80 wall ms (GPU: synchronized); rows go to benchmarks/results/metrics.csv.
+Median/p20/p80 wall ms (GPU: synchronized) and "x MONAI" (MONAI's median / the row's); rows with a wide
+p20-p80 spread are marked ``~``. Rows go to benchmarks/results/local/metrics.csv (with --record: the
+committed benchmarks/results/metrics.csv).
 
-    python benchmarks/bench_metrics.py [--quick]
+    python benchmarks/bench_metrics.py [--quick] [--record]
 
 ``run(quick)`` is the entry point for the main benchmark (benchmarks/run.py).
 """
@@ -127,7 +129,7 @@ def _providers(y, p, deepmind: bool = True):
     return out
 
 
-def _check(providers) -> None:
+def _check(providers, case: str = "") -> None:
     """fastloss must agree with MONAI on the benchmark input before anything is timed."""
     if ("monai", "cpu") not in providers:
         return
@@ -141,36 +143,47 @@ def _check(providers) -> None:
             got_both = [t.cpu() for t in f_both()]
             for name, g, w in zip(("nsd", "hd95", "nsd (one call)", "hd95 (one call)"), got + got_both, want + want):
                 if not torch.allclose(g, w, rtol=1e-5, atol=0, equal_nan=True):
-                    raise AssertionError(f"{key} {name} differs from MONAI: max |diff| {(g - w).abs().max().item()}")
-    print("fastloss NSD/HD95 agree with MONAI on the benchmark input", file=sys.stderr)
+                    raise AssertionError(
+                        f"{key} {name} differs from MONAI on {case}: max |diff| {(g - w).abs().max().item()}"
+                    )
+    common.PROGRESS.write(f"checked: fastloss NSD/HD95 equal MONAI's on {case} (rtol 1e-5)")
 
 
 def run(
     quick: bool = False, reps: int | None = None, kinds=("organs", "scattered"), layouts=("contiguous", "channels_last")
 ) -> list[dict]:
+    """Time every provider on each (layout, kind); prints the table and returns the rows (not yet written).
+
+    ``quick``: 64^3 volumes instead of 128^3."""
+    import importlib.util
+
+    per_kind = 1 + torch.cuda.is_available() + (importlib.util.find_spec("monai") is not None)
+    deepmind = importlib.util.find_spec("surface_distance") is not None and "contiguous" in layouts
+    bar = common.PROGRESS.begin("metrics", len(layouts) * len(kinds) * per_kind + deepmind * len(kinds))
     rows = []
     for layout in layouts:
         for kind in kinds:
-            rows += _run_kind(kind, quick, reps, layout)
+            rows += _run_kind(kind, quick, reps, layout, bar)
+    bar.end()
     print_table(rows)
     return rows
 
 
-def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[dict]:
+def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous", bar=None) -> list[dict]:
     n = 64 if quick else 128
-    reps = reps or (3 if quick else 5)
+    reps = reps or 10  # fastloss; the slow baselines (a second or more a call) get half
     y, p = label_pair(n, kind=kind)  # channels-last, as F.one_hot(...).movedim(-1, 1) makes them
     if layout == "contiguous":  # the layout of MONAI's one_hot / AsDiscrete(to_onehot=...)
         y, p = y.contiguous(), p.contiguous()
     # DeepMind's package converts to numpy bool first (outside the timing): the layout is irrelevant
     # to it, so it runs with the contiguous maps only (it takes about a second per (b, c) row)
     providers = _providers(y, p, deepmind=layout == "contiguous")
-    _check(providers)
     shape = f"{B}x{C}x{n}x{n}x{n}"
+    _check(providers, f"{layout} {kind} {shape}")
     rows = []
     for (provider, dev), (f_nsd, f_hd, *f_both) in providers.items():
         slow = provider != "fastloss"
-        r = max(2, reps - 2) if slow else reps
+        r = max(3, reps // 2) if slow else reps
         t_nsd, t_hd, t_both = [], [], []
         peak = ""
         with warnings.catch_warnings():
@@ -206,23 +219,32 @@ def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous") -> list[
             row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
             row["peak_mem_mib"] = peak
             rows.append(common.stamp(row, dev))
+        if bar is not None:
+            bar.step(f"{provider} {layout} {kind}")
     return rows
 
 
 def print_table(rows) -> None:
+    """Median/p20/p80 ms, "x MONAI" (MONAI's median on the same case / the row's) and ``~`` on rows
+    whose p20-p80 spread is wide."""
     # the one-call case (fastloss.metrics.surface_metrics) compares with MONAI's two calls
-    key = lambda r: (r.get("layout"), r["maps"], r["case"].replace(" one call", ""))  # noqa: E731
+    key = lambda r: (r.get("layout"), r["maps"], r["shape"], r["case"].replace(" one call", ""))  # noqa: E731
     base = {key(r): r["median_ms"] for r in rows if r["provider"] == "monai"}
     print(
-        f"{'layout':14} {'maps':10} {'case':18} {'provider':18} {'device':30} {'median ms':>11} {'p20':>10} "
-        f"{'p80':>10} {'x MONAI':>8}"
+        f"{'layout':14} {'maps':10} {'shape':16} {'case':18} {'provider':17} {'device':26} {'median ms':>10} "
+        f"{'p20':>9} {'p80':>9} {'x MONAI':>8}"
     )
+    flagged = 0
     for r in rows:
-        ratio = base.get(key(r), float("nan")) / r["median_ms"] if r["median_ms"] else float("nan")
+        mark = "~" if common.noisy(r) else " "
+        flagged += mark == "~"
         print(
-            f"{r.get('layout', ''):14} {r['maps']:10} {r['case']:18} {r['provider']:18} {r['device'][:30]:30} "
-            f"{r['median_ms']:11.1f} {r['p20_ms']:10.1f} {r['p80_ms']:10.1f} {ratio:8.2f}"
+            f"{r.get('layout', ''):14} {r['maps']:10} {r['shape']:16} {r['case']:18} {r['provider']:17} "
+            f"{r['device'][:26]:26} {r['median_ms']:10.1f} {r['p20_ms']:9.1f} {r['p80_ms']:9.1f} "
+            f"{common.ratio(base.get(key(r)), r['median_ms']):>8} {mark}"
         )
+    if flagged:
+        print(f"~ {flagged} row(s) with p80 - p20 over {common.NOISY_SPREAD:.0%} of the median: noisy, rerun before quoting.")
 
 
 def main(argv=None) -> int:
@@ -231,7 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--layouts", default="contiguous,channels_last", help="one-hot memory layouts to time")
     ap.add_argument("--kinds", default="organs,scattered", help="label-map kinds to time")
+    common.add_record_argument(ap)
     args = ap.parse_args(argv)
+    common.set_record(args.record)
     rows = run(quick=args.quick, reps=args.reps, kinds=args.kinds.split(","), layouts=args.layouts.split(","))
     print("->", common.append_csv("metrics.csv", rows))
     return 0

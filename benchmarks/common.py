@@ -2,6 +2,10 @@
 
 Every row carries the device, the versions and the date, so rows measured on different machines never
 get compared by accident (compare ratios only within one run: same ``run_id``).
+
+Where rows go: a user's run appends to ``benchmarks/results/local/`` (ignored by git); only a run asked
+to record (``--record``, :func:`set_record`, or ``FASTLOSS_BENCH_RECORD=1`` in the environment, which
+child processes inherit) appends to the committed ``benchmarks/results/*.csv`` that the README cites.
 """
 
 from __future__ import annotations
@@ -18,8 +22,41 @@ from typing import Callable, Iterable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # committed rows and plots (written with --record)
+LOCAL = RESULTS / "local"  # a user's runs (in .gitignore)
 RUN_ID = os.environ.get("FASTLOSS_BENCH_RUN_ID") or _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+# child processes (benchmarks that run a provider per process) join the same run
+os.environ.setdefault("FASTLOSS_BENCH_RUN_ID", RUN_ID)
+
+#: (p80 - p20) / median above which a timing is flagged as noisy
+NOISY_SPREAD = 0.25
+
+
+def recording() -> bool:
+    """Whether this run appends to the committed files (``FASTLOSS_BENCH_RECORD=1``)."""
+    return os.environ.get("FASTLOSS_BENCH_RECORD", "0").strip().lower() in ("1", "true", "yes")
+
+
+def set_record(on: bool) -> None:
+    """Record into the committed ``benchmarks/results/`` (True) or the untracked ``results/local/``.
+
+    Set through the environment, so child processes started afterwards follow it too."""
+    os.environ["FASTLOSS_BENCH_RECORD"] = "1" if on else "0"
+
+
+def results_dir() -> Path:
+    """Where this run's CSV rows and plots go: ``results/`` when recording, else ``results/local/``."""
+    return RESULTS if recording() else LOCAL
+
+
+def add_record_argument(parser) -> None:
+    """The ``--record`` flag every benchmark script shares."""
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="append the rows to the committed benchmarks/results/*.csv (default: benchmarks/results/local/, "
+        "ignored by git)",
+    )
 
 
 def device_name(device: str) -> str:
@@ -53,10 +90,14 @@ def stamp(row: dict, device: str) -> dict:
 
 
 def append_csv(name: str, rows: Iterable[dict]) -> Path:
-    """Append rows to ``benchmarks/results/<name>``; the header grows if new columns appear."""
+    """Append rows to ``<results_dir()>/<name>``; the header grows if new columns appear.
+
+    ``results_dir()`` is the committed ``benchmarks/results/`` only when recording (``--record``),
+    else the untracked ``benchmarks/results/local/``."""
     rows = list(rows)
-    path = RESULTS / name
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir()
+    path = out_dir / name
+    out_dir.mkdir(parents=True, exist_ok=True)
     old_rows, fields = [], []
     if path.exists():
         with path.open(newline="") as fh:
@@ -76,9 +117,30 @@ def append_csv(name: str, rows: Iterable[dict]) -> Path:
 
 
 def summarize(samples_ms: list) -> dict:
+    """Median, p20, p80 and the relative spread ``(p80 - p20) / median`` of the samples (ms)."""
     s = sorted(samples_ms)
     q = statistics.quantiles(s, n=10, method="inclusive") if len(s) > 1 else [s[0]] * 9
-    return {"median_ms": statistics.median(s), "p20_ms": q[1], "p80_ms": q[7], "reps": len(s)}
+    med = statistics.median(s)
+    spread = (q[7] - q[1]) / med if med > 0 else 0.0
+    return {"median_ms": med, "p20_ms": q[1], "p80_ms": q[7], "reps": len(s), "spread": round(spread, 3)}
+
+
+def noisy(row: dict, prefix: str = "") -> bool:
+    """Whether a row's p20-p80 spread is wide (over :data:`NOISY_SPREAD` of its median)."""
+    try:
+        med = float(row[f"{prefix}median_ms"])
+        return med > 0 and (float(row[f"{prefix}p80_ms"]) - float(row[f"{prefix}p20_ms"])) / med > NOISY_SPREAD
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def ratio(baseline_ms, ms) -> str:
+    """``"12.3x"``: how many times faster than the baseline (``"-"`` when either is missing)."""
+    try:
+        b, v = float(baseline_ms), float(ms)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{b / v:.3g}x" if v > 0 else "-"
 
 
 def sync(device: str) -> None:
@@ -87,7 +149,10 @@ def sync(device: str) -> None:
 
 
 def time_wall(fn: Callable[[], object], device: str, *, reps: int, warmup: int = 2, budget_s: float = 20.0) -> dict:
-    """Eager wall time of ``fn`` per call, one synchronize after each call."""
+    """Eager wall time of ``fn`` per call, one synchronize after each call.
+
+    Up to ``reps`` timed calls; stops early once ``budget_s`` is spent and 3 calls are in. Keep
+    ``reps`` >= 10 where the calls are cheap: p20/p80 of fewer samples are interpolations."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -182,16 +247,35 @@ def copy_bandwidth_gbs(device: str) -> float:
 
 
 class Progress:
-    """tqdm when installed, else a plain counter on stderr."""
+    """One progress display for a whole run: a single tqdm bar (or a counter on stderr) that every
+    stage reuses. ``begin(stage, total)`` starts a stage, ``step(label)`` counts one job, ``end()``
+    closes the stage. Use the module's :data:`PROGRESS`; ``Progress(total, desc)`` alone (the old
+    form) begins a stage at once."""
 
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n = total, desc, 0
+    def __init__(self, total: int | None = None, desc: str = ""):
+        self.bar = None
+        self.stages: list = []  # the stages of the whole run, when a driver (run.py) names them
+        self.stage, self.total, self.n = "", 0, 0
+        if total is not None:
+            self.begin(desc, total)
+
+    def begin(self, stage: str, total: int) -> "Progress":
+        self.stage, self.total, self.n = stage, int(total), 0
+        desc = stage
+        if stage in self.stages:
+            desc = f"[{self.stages.index(stage) + 1}/{len(self.stages)}] {stage}"
+        self._desc = desc
         try:
             from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False)
         except ImportError:
             self.bar = None
+        else:
+            if self.bar is None:
+                self.bar = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+            else:
+                self.bar.reset(total=self.total)
+                self.bar.set_description(desc)
+        return self
 
     def step(self, label: str = "") -> None:
         self.n += 1
@@ -201,8 +285,29 @@ class Progress:
         else:
             import sys
 
-            print(f"[{self.desc} {self.n}/{self.total}] {label}", file=sys.stderr, flush=True)
+            print(f"{self._desc} {self.n}/{self.total} {label}", file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def end(self) -> None:
+        """The stage is done; the bar stays for the next stage (``close()`` removes it)."""
+        if self.bar is not None:
+            if any(self is p for p in _SHARED):
+                self.bar.clear()  # the stage's table prints on a clean line; the bar comes back on the next step
+            else:
+                self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+#: The run's one progress display (run.py names the stages; each benchmark begins its own).
+PROGRESS = Progress()
+_SHARED = [PROGRESS]
