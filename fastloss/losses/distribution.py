@@ -333,7 +333,8 @@ class WeightedCrossEntropyLoss(CrossEntropyLoss):
     gradient on every call). With every class present ``Σ_i w_{y_i} = N`` and this is Eq. 2 with its
     ``1/N`` exactly. Otherwise ``weight`` is used as given (then identical to
     :class:`CrossEntropyLoss` with that weight). Reductions, targets and ``ignore_index`` as
-    :class:`CrossEntropyLoss` (softmax only).
+    :class:`CrossEntropyLoss` (softmax only). The paper's weights are the training set's reciprocal
+    frequencies: ``WeightedCrossEntropyLoss(weight=fastloss.class_weights(train_labels, C))``.
 
     Args:
         weight: per-class weights, or None for batch reciprocal frequencies.
