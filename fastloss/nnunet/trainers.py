@@ -26,6 +26,7 @@ from .losses import build_nnunet_loss, canonical_name, trainer_suffix
 require_nnunetv2()
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
 __all__ = ["PREFIX", "FastlossTrainer", "trainer_class", "trainer_name", "parse_trainer_name"]
@@ -45,8 +46,10 @@ class FastlossTrainer(nnUNetTrainer):
     fastloss_loss: str = "DiceCE"
     nnunet_values: bool = False
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        # nnU-Net records its __init__ arguments by name (my_init_kwargs): keep its exact signature
+        super().__init__(plans, configuration, fold, dataset_json, device)
         for env, attr in _ENV_INT.items():
             if os.environ.get(env):
                 value = int(os.environ[env])

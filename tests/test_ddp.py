@@ -1,0 +1,114 @@
+"""DDP-exact batch statistics: two gloo processes on the CPU, float64.
+
+After one DDP step of a small conv net, each loss with ``batch=True`` (Dice, DiceCE, DiceTopK, GDice) synchronised
+by :func:`fastloss.distributed.sync_batch_statistics` must give the parameter gradients of one process on the
+concatenated batch, and the loss value of that process (Dice, GDice: on every rank; DiceCE: the mean over the
+ranks, since CE is a per-rank voxel mean). DiceTopK's TopK term is per rank by design (documented in
+fastloss.distributed), so its reference is the single-process Dice on the whole batch plus the mean of the
+per-shard TopK. The reference is computed in the same worker from the same initial weights, without DDP.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastloss
+from fastloss.distributed import sync_batch_statistics, synced_modules
+
+WORLD = 2
+LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice"]
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 3, 3, padding=1)
+    ).double()
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 10, 9, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (4, 1, 10, 9), generator=g)
+    y[1] = 0  # classes absent from one rank's shard: the global sums differ from each rank's
+    return x, y
+
+
+def _worker(rank, init_file, results):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        x, y = _data()
+        shard = slice(rank * 2, rank * 2 + 2)
+        for name in LOSSES:
+            # reference: one process, whole batch (and for TopK the per-shard terms, the documented semantics)
+            net = _net()
+            ref_loss = fastloss.get_loss(name)
+            logits = net(x)
+            ref = ref_loss(logits, y)
+            if name == "DiceTopK":
+                topk = ref_loss.topk
+                ref = ref_loss.dice(logits, y) + sum(topk(logits[s:s + 2], y[s:s + 2]) for s in (0, 2)) / WORLD
+            ref.backward()
+            ref_grads = [p.grad.clone() for p in net.parameters()]
+
+            model = torch.nn.parallel.DistributedDataParallel(_net())
+            loss = sync_batch_statistics(fastloss.get_loss(name))
+            assert synced_modules(loss), name
+            out = loss(model(x[shard]), y[shard])
+            out.backward()
+            mean_out = out.detach().clone()
+            dist.all_reduce(mean_out)
+            mean_out /= WORLD
+            if name in ("Dice", "GDice"):
+                torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mean_out, ref.detach(), rtol=1e-12, atol=1e-12)
+            for p, r in zip(model.parameters(), ref_grads):
+                torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
+
+            # without the synchronisation the per-rank batch Dice is not the global one: the test can fail
+            if name == "Dice":
+                plain = fastloss.get_loss(name)(_net()(x[shard]), y[shard]).detach()
+                gathered = [torch.zeros_like(plain) for _ in range(WORLD)]
+                dist.all_gather(gathered, plain)
+                assert any(abs(float(v - ref)) > 1e-6 for v in gathered)
+        results[rank] = "ok"
+    except BaseException as e:  # report to the parent; an assertion in a worker alone would only exit it
+        results[rank] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_ddp_step_equals_single_process(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_worker, args=(str(tmp_path / "init"), results), nprocs=WORLD, join=True,
+                           start_method="spawn")
+        assert dict(results) == {0: "ok", 1: "ok"}, dict(results)
+
+
+def test_sync_refuses_what_it_cannot_reduce():
+    with pytest.raises(ValueError, match="nothing to all-reduce"):
+        sync_batch_statistics(fastloss.get_loss("CE"))
+    with pytest.raises(ValueError, match="SensitivitySpecificityLoss are not all-reduced"):
+        sync_batch_statistics(fastloss.get_loss("SS"))
+    with pytest.raises(TypeError, match="expects an nn.Module"):
+        sync_batch_statistics(lambda a, b: a)
+    loss = sync_batch_statistics(fastloss.get_loss("DiceCE"))
+    assert [type(m).__name__ for m in synced_modules(loss)] == ["DiceLoss"]
+    sync_batch_statistics(loss, enabled=False)
+    assert synced_modules(loss) == []
+
+
+def test_sync_without_init_process_group_says_so():
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    loss = sync_batch_statistics(fastloss.get_loss("Dice"))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        loss(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 1, 4, 4)))
