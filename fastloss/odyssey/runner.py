@@ -122,6 +122,8 @@ def _check(cfg: OdysseyConfig) -> OdysseyConfig:
         unknown = [t for t in cfg.tasks if t not in TASKS]
         if unknown or not cfg.tasks:
             raise ValueError(f"unknown synthetic task(s) {unknown or '(none given)'}; expected names from {sorted(TASKS)}")
+    if len(cfg.filters) < 3:
+        raise ValueError(f"filters must give at least 3 U-Net levels, got {tuple(cfg.filters)}")
     factor = 2 ** (len(cfg.filters) - 1)
     if any(p % factor for p in cfg.train.patch):
         raise ValueError(f"patch {tuple(cfg.train.patch)} must be divisible by {factor} ({len(cfg.filters)} U-Net levels)")

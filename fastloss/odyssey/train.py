@@ -46,13 +46,15 @@ def build_network(in_channels: int, num_classes: int, patch: Sequence[int], filt
 
     Raises:
         ImportError: MONAI is not installed.
-        ValueError: a patch axis not divisible by the total downsampling.
+        ValueError: fewer than 3 levels, or a patch axis not divisible by the total downsampling.
     """
     try:
         from monai.networks.nets import DynUNet
     except ImportError:
         raise ImportError("the odyssey runner needs MONAI for its network: pip install monai (or 'fastloss[odyssey]')") from None
     levels = len(filters)
+    if levels < 3:
+        raise ValueError(f"filters must give at least 3 U-Net levels (DynUNet's minimum), got {tuple(filters)}")
     factor = 2 ** (levels - 1)
     if any(p % factor for p in patch):
         raise ValueError(f"patch {tuple(patch)} must be divisible by {factor} on every axis ({levels} levels)")
