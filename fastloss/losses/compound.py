@@ -12,13 +12,14 @@ Each is built from the region / distribution / boundary classes (whose statistic
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_reduction
+from .._validation import _is_compiling, check_reduction
 from ..ops.stats import StatsSpec, class_stats, compute_dtype, shared_statistics
 from ._common import (
     LossBase,
@@ -547,17 +548,41 @@ def _dice_part(include_background, to_onehot_y, sigmoid, softmax, other_act, squ
     )
 
 
+def _check_steps(value, name: str, zero_ok: bool = False) -> Optional[int]:
+    """None, or an int >= 1 (>= 0 with ``zero_ok``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+    if value < (0 if zero_ok else 1):
+        raise ValueError(f"{name} must be {'>= 0' if zero_ok else '>= 1'} (or None), got {value}")
+    return value
+
+
 class DiceBoundaryLoss(nn.Module):
     r"""Dice + boundary loss with Kervadec et al.'s schedule (Ma et al. 2021, Sec. 3.2).
 
     .. math:: L = \alpha\, L_{Dice} + (1 - \alpha)\, L_{BD}
 
-    ``α`` starts at ``alpha`` (1) and, each time the training loop calls :meth:`step_epoch` (once per
-    epoch, after the epoch), decreases by ``alpha_step`` (0.01) until it reaches ``alpha_min`` (0.01):
-    after epoch ``e``, ``α = max(alpha − e·alpha_step, alpha_min)``; :meth:`set_epoch` sets it for a given
-    epoch directly (e.g. when resuming). The schedule state (``epoch``, ``alpha``) is saved in the module's
-    ``state_dict``. While ``α = 1`` the boundary term (and its distance transform) is skipped, and the Dice
-    term while ``α = 0``.
+    ``α`` starts at ``alpha`` (1) and decreases by ``alpha_step`` (0.01) per epoch down to ``alpha_min``
+    (0.01): after epoch ``e``, ``α = max(alpha − e·alpha_step, min(alpha_min, alpha))`` (α never rises:
+    started at or below ``alpha_min`` it stays at ``alpha``). **At α = 1 the loss is plain Dice**, so the
+    schedule must learn where training is. Two ways, pick one:
+
+    - ``steps_per_epoch=n``: the loss counts its own training calls (forward in training mode with
+      gradients enabled; ``loss.eval()`` or ``torch.no_grad()`` calls are not counted) and moves to the
+      next epoch after every ``n`` of them. Nothing else to call; :meth:`step_epoch` is then refused
+      (it would advance the schedule twice).
+    - the default: call :meth:`step_epoch` once after each epoch. So that a forgotten call does not go
+      unnoticed, a ``UserWarning`` is issued (once) when ``warn_after_steps`` (1000) training calls pass
+      without the schedule moving while α is above its floor; pass ``warn_after_steps=None`` if your
+      epochs are longer and you do call it.
+
+    :meth:`set_epoch` sets the epoch directly (e.g. when resuming) in both modes. The schedule state
+    (``epoch``, ``alpha``, training calls in the current epoch) travels in the ``state_dict``. Calls made
+    while ``torch.compile`` traces the loss cannot be counted: compiled, drive the schedule with
+    :meth:`set_epoch`/:meth:`step_epoch` (``steps_per_epoch`` then raises). While ``α = 1`` the boundary
+    term (and its distance transform) is skipped, and the Dice term while ``α = 0``.
 
     ``L_Dice``: :class:`~fastloss.losses.region.DiceLoss` (paper: batch Dice without background, softmax,
     ε = 1e-5); ``L_BD``: :class:`~fastloss.losses.boundary.BoundaryLoss` with the same activation and
@@ -571,23 +596,36 @@ class DiceBoundaryLoss(nn.Module):
             (``softmax`` None means softmax unless ``sigmoid``/``other_act`` is given).
         squared_pred, smooth_nr, smooth_dr, batch: the Dice part (batch Dice by default).
         spacing: voxel spacing for the boundary map.
+        steps_per_epoch: training calls per epoch (an int >= 1): the schedule advances by itself. None
+            (default): call :meth:`step_epoch` after each epoch.
+        warn_after_steps: without ``steps_per_epoch``, warn once after this many training calls without
+            the schedule moving (default 1000); None or 0 never warns.
 
     Forward args:
         input, target: as the parts; ``distance_map``: optional precomputed φ_G for the boundary part.
 
     Raises:
-        TypeError, ValueError: as the parts; α values outside [0, 1]; a negative ``alpha_step``.
+        TypeError, ValueError: as the parts; α values outside [0, 1]; a negative ``alpha_step``;
+            ``steps_per_epoch``/``warn_after_steps`` not a positive int (or None).
+        RuntimeError: :meth:`step_epoch` with ``steps_per_epoch`` set; ``steps_per_epoch`` under
+            ``torch.compile``.
 
     Example:
         >>> import torch
         >>> from fastloss.losses.compound import DiceBoundaryLoss
-        >>> loss = DiceBoundaryLoss()
+        >>> loss = DiceBoundaryLoss()  # the training loop drives the schedule
         >>> for epoch in range(3):
         ...     x = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
         ...     loss(x, torch.randint(0, 3, (2, 1, 8, 8, 8))).backward()
-        ...     loss.step_epoch()
-        >>> round(loss.alpha, 2)
+        ...     alpha = loss.step_epoch()  # after each epoch
+        >>> round(alpha, 2)
         0.97
+        >>> auto = DiceBoundaryLoss(steps_per_epoch=2)  # or the loss counts its own steps
+        >>> for step in range(6):
+        ...     x = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
+        ...     auto(x, torch.randint(0, 3, (2, 1, 8, 8, 8))).backward()
+        >>> auto.epoch, round(auto.alpha, 2)
+        (3, 0.97)
     """
 
     def __init__(
@@ -606,8 +644,14 @@ class DiceBoundaryLoss(nn.Module):
         batch: bool = True,
         spacing=None,
         ignore_index: Optional[int] = None,
+        steps_per_epoch: Optional[int] = None,
+        warn_after_steps: Optional[int] = 1000,
     ) -> None:
         super().__init__()
+        self.steps_per_epoch = _check_steps(steps_per_epoch, "steps_per_epoch")
+        self.warn_after_steps = _check_steps(warn_after_steps, "warn_after_steps", zero_ok=True) or None
+        self.steps = 0  # counted training calls since the epoch last changed
+        self._warned = False
         self.alpha_start = check_nonneg(alpha, "alpha", upper=1.0)
         self.alpha_step = check_nonneg(alpha_step, "alpha_step")
         self.alpha_min = check_nonneg(alpha_min, "alpha_min", upper=1.0)
@@ -626,31 +670,82 @@ class DiceBoundaryLoss(nn.Module):
         self.epoch = 0
         self.alpha = self.alpha_start
 
+    def _floor(self) -> float:
+        # α never rises: a start below alpha_min is its own floor
+        return min(self.alpha_min, self.alpha_start)
+
     def _schedule(self, epoch: int) -> float:
         # Computed from the epoch (not by repeated subtraction) so that no rounding drift accumulates.
-        return max(round(self.alpha_start - epoch * self.alpha_step, 12), min(self.alpha_min, self.alpha_start))
+        return max(round(self.alpha_start - epoch * self.alpha_step, 12), self._floor())
 
     def set_epoch(self, epoch: int) -> float:
-        """Set α for (the end of) epoch ``epoch`` >= 0: ``max(alpha − epoch·alpha_step, alpha_min)``."""
+        """Set α for (the end of) epoch ``epoch`` >= 0: ``max(alpha − epoch·alpha_step, min(alpha_min,
+        alpha))``; returns it. Starts a new epoch for the step count (works with ``steps_per_epoch`` too)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self.epoch = epoch
         self.alpha = self._schedule(epoch)
+        self.steps = 0
         return self.alpha
 
     def step_epoch(self) -> float:
-        """Advance the schedule by one epoch (call once after each epoch); returns the new α."""
+        """Advance the schedule by one epoch (call once after each epoch); returns the new α.
+
+        Raises:
+            RuntimeError: with ``steps_per_epoch`` set, where the loss advances the schedule itself.
+        """
+        if self.steps_per_epoch is not None:
+            raise RuntimeError(
+                f"step_epoch() with steps_per_epoch={self.steps_per_epoch}: the loss already advances its "
+                "schedule every steps_per_epoch training calls, and calling step_epoch() too would advance "
+                "it twice; remove the call, or build the loss without steps_per_epoch (set_epoch still works)"
+            )
         return self.set_epoch(self.epoch + 1)
 
+    def _count_training_call(self) -> None:
+        """Count one training call: advance the epoch (``steps_per_epoch``) or warn once if it never moves."""
+        if not (self.training and torch.is_grad_enabled()):
+            return
+        self.steps += 1
+        if self.steps_per_epoch is not None:
+            if self.steps >= self.steps_per_epoch:
+                self.set_epoch(self.epoch + 1)
+            return
+        if (self.warn_after_steps is not None and not self._warned and self.steps >= self.warn_after_steps
+                and self.alpha_step > 0 and self.alpha > self._floor()):
+            self._warned = True
+            warnings.warn(
+                f"DiceBoundaryLoss: {self.steps} training calls since its schedule last moved (epoch "
+                f"{self.epoch}, alpha={self.alpha:g}{': plain Dice' if self.alpha >= 1 else ''}). Call "
+                "loss.step_epoch() after each epoch, or build it with steps_per_epoch=<batches per epoch> so "
+                "that it counts them itself; pass warn_after_steps=None if your epochs are longer than "
+                f"{self.warn_after_steps} steps.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def get_extra_state(self):
-        return {"epoch": self.epoch, "alpha": self.alpha}
+        return {"epoch": self.epoch, "alpha": self.alpha, "steps": self.steps}
 
     def set_extra_state(self, state) -> None:
         self.epoch = int(state["epoch"])
         self.alpha = float(state["alpha"])
+        self.steps = int(state.get("steps", 0))  # absent from state_dicts saved before the step count
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, distance_map: Optional[torch.Tensor] = None):
-        a = float(self.alpha)
+        if _is_compiling():
+            if self.steps_per_epoch is not None:
+                raise RuntimeError(
+                    "DiceBoundaryLoss(steps_per_epoch=...) counts eager calls, which torch.compile cannot "
+                    "replay; compiled, build it without steps_per_epoch and call set_epoch()/step_epoch()"
+                )
+            return self._loss(float(self.alpha), input, target, distance_map)
+        # α for this call; once it has succeeded the call is counted (which may move the next call's α)
+        loss = self._loss(float(self.alpha), input, target, distance_map)
+        self._count_training_call()
+        return loss
+
+    def _loss(self, a: float, input, target, distance_map):
         if a >= 1.0:
             return self.dice(input, target)
         if a <= 0.0:
@@ -661,7 +756,8 @@ class DiceBoundaryLoss(nn.Module):
             return a * self.dice(input, target) + (1.0 - a) * bd
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, epoch={self.epoch}, alpha_step={self.alpha_step}, alpha_min={self.alpha_min}"
+        return (f"alpha={self.alpha}, epoch={self.epoch}, alpha_step={self.alpha_step}, alpha_min={self.alpha_min}, "
+                f"steps_per_epoch={self.steps_per_epoch}")
 
 
 # ------------------------------------------------------------------------------------------------- DiceHD
@@ -675,8 +771,10 @@ class DiceHausdorffDTLoss(nn.Module):
     classes (and images) in the current batch, evaluated without gradient (``sg``: detached), so both terms
     carry the same magnitude (the value is ``2·L_HD``) while the gradient is
     ``(L_HD/L_Dice)·∇L_Dice + ∇L_HD``. Karimi and Salcudean recompute the ratio after every epoch from
-    epoch means; here it is recomputed per batch (no state). When the Dice term is 0 (or not finite)
-    α = 1. A number ``alpha`` fixes α instead. The last α is kept in ``last_alpha`` (a detached tensor).
+    epoch means; here it is recomputed per batch (no state), so unlike :class:`DiceBoundaryLoss` there is
+    no schedule for the training loop to drive and nothing to call between epochs: the HD term counts
+    from the first step. When the Dice term is 0 (a perfect prediction, or not finite) α = 1. A number
+    ``alpha`` fixes α instead. The last α is kept in ``last_alpha`` (a detached tensor).
 
     ``L_Dice``: :class:`~fastloss.losses.region.DiceLoss` (paper: batch Dice without background, softmax,
     ε = 1e-5); ``L_HD``: :class:`~fastloss.losses.boundary.HausdorffDTLoss` (MONAI's, exponent
