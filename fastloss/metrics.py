@@ -58,7 +58,13 @@ import torch
 
 from ._validation import check_spacing
 
-__all__ = ["dice", "surface_dice", "hausdorff_distance", "surface_metrics", "mask_edges"]
+__all__ = [
+    # fastloss's own functions
+    "dice", "surface_dice", "hausdorff_distance", "surface_metrics", "mask_edges",
+    # MONAI's names, arguments and results (drop-ins for monai.metrics)
+    "compute_dice", "compute_hausdorff_distance", "compute_surface_dice", "compute_average_surface_distance",
+    "do_metric_reduction", "DiceMetric", "HausdorffDistanceMetric", "SurfaceDiceMetric", "SurfaceDistanceMetric",
+]
 
 Spacing = Union[None, float, Sequence[float]]
 
@@ -674,9 +680,12 @@ def _surface_metrics(
     want_hd: bool = False,
     directed: bool = False,
     pooled: bool = False,
+    want_asd: bool = False,
 ):
     """The NSD (when ``tolerance`` is given) and the Hausdorff distance (when ``want_hd``) of
-    :func:`surface_dice`, :func:`hausdorff_distance` and :func:`surface_metrics`; None for the other."""
+    :func:`surface_dice`, :func:`hausdorff_distance` and :func:`surface_metrics`; None for the other.
+    With ``want_asd`` the second value is instead the mean border distance (one direction when
+    ``directed``, both pooled otherwise: MONAI's average surface distance)."""
     nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
     sp = check_spacing(spacing, nd)
     want_nsd = tolerance is not None
@@ -691,6 +700,7 @@ def _surface_metrics(
     n_border = torch.zeros((2, R), dtype=torch.int64, device=dev)  # prediction, reference
     n_close = torch.zeros(R, dtype=torch.int64, device=dev)
     hd = torch.full((R,), float("nan"), dtype=torch.float32, device=dev)
+    dist_sum = torch.zeros(R, dtype=torch.float64, device=dev)  # Σ of border distances (ASD)
     # GPU, NSD alone: a small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to
     # test by shifting the border masks than by a full EDT; both give the same counts.
     ball = None
@@ -705,6 +715,8 @@ def _surface_metrics(
                 continue
             if want_nsd:
                 n_close[r] = (V <= tol_rows[r]).sum()
+            if want_asd:
+                dist_sum[r] = V.sum(dtype=torch.float64)
             if want_hd and pooled:  # one percentile of both directions' distances together (MedPy)
                 hd[r] = _select_quantile(V, qq)
             elif want_hd:  # V holds direction 0's values, then direction 1's; NaN-propagating max, as MONAI
@@ -727,6 +739,11 @@ def _surface_metrics(
                 n_close[rows] = ((D <= t) & E).flatten(2).sum(-1).sum(0)
             if want_hd:
                 hd[rows] = _chunk_hausdorff(E, D, n_border[:, rows], q, pooled)
+            if want_asd:  # Σ over the query border voxels of each computed direction
+                Ek = E[: D.shape[0]]
+                dist_sum[rows] = torch.where(Ek, D, torch.zeros((), dtype=D.dtype, device=D.device)).flatten(2).sum(
+                    -1, dtype=torch.float64
+                ).sum(0)
     nsd = hdv = None
     if want_nsd:
         # 0 / 0 -> NaN when neither mask has a border (both empty); distances to an empty mask are inf,
@@ -738,6 +755,14 @@ def _surface_metrics(
         one_empty_value = float("inf") if q is None else float("nan")
         hd = torch.where(empty_p ^ empty_g, torch.full_like(hd, one_empty_value), hd)
         hdv = torch.where(empty_p & empty_g, torch.full_like(hd, float("nan")), hd).view(B, C)
+    if want_asd:
+        # MONAI's conventions: distances to an empty border are inf (so one empty mask gives inf), and
+        # no distance at all (both empty) gives the mean of nothing, NaN.
+        n_query = n_border[0] if directed else n_border.sum(0)
+        asd = (dist_sum / n_query.double()).float()
+        empty_p, empty_g = n_border[0] == 0, n_border[1] == 0
+        asd = torch.where(empty_p ^ empty_g, torch.full_like(asd, float("inf")), asd)
+        hdv = torch.where(empty_p & empty_g, torch.full_like(asd, float("nan")), asd).view(B, C)
     return nsd, hdv
 
 
@@ -762,3 +787,484 @@ def _chunk_hausdorff(E: torch.Tensor, D: torch.Tensor, counts: torch.Tensor, q: 
         per_dir = _row_quantile(values, row_ids, group_counts, None if q is None else q / 100.0).view(-1, r)
     # NaN-propagating maximum over the directions, as MONAI's torch.max over the stack
     return per_dir.amax(0) if per_dir.shape[0] > 1 else per_dir[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# MONAI-named functions and metric classes (drop-ins for monai.metrics, without importing MONAI)
+# ----------------------------------------------------------------------------------------------
+
+_DISTANCE_METRICS = ("euclidean", "chessboard", "taxicab")
+_METRIC_REDUCTIONS = ("none", "mean", "sum", "mean_batch", "sum_batch", "mean_channel", "sum_channel")
+
+
+def _check_distance_metric(distance_metric) -> str:
+    distance_metric = getattr(distance_metric, "value", distance_metric)
+    if distance_metric not in _DISTANCE_METRICS:
+        raise ValueError(f"distance_metric must be one of {list(_DISTANCE_METRICS)}, got {distance_metric!r}")
+    if distance_metric != "euclidean":
+        raise NotImplementedError(
+            f"distance_metric={distance_metric!r} is not implemented in fastloss.metrics yet; use 'euclidean'"
+        )
+    return distance_metric
+
+
+def _per_image_spacing(spacing, batch_size: int, nd: int) -> list:
+    """MONAI's ``prepare_spacing``: None, one number, ``nd`` numbers (every image), or one entry per image
+    (each a number or ``nd`` numbers); returns ``batch_size`` checked spacings (tuples or None)."""
+    if spacing is None or (isinstance(spacing, (int, float, np.number)) and not isinstance(spacing, bool)):
+        return [check_spacing(None if spacing is None else float(spacing), nd)] * batch_size
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.tolist()
+    items = list(spacing)
+    if items and all(isinstance(s, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(s, str) for s in items):
+        if len(items) != batch_size:
+            raise ValueError(
+                f"a per-image spacing list must have one entry per image ({batch_size}), got {len(items)}: {spacing}"
+            )
+        out = []
+        for s in items:
+            s = list(np.asarray(s, dtype=np.float64).reshape(-1))
+            out.append(check_spacing(s[0] if len(s) == 1 else s, nd))
+        return out
+    if any(isinstance(s, (Sequence, np.ndarray, torch.Tensor)) for s in items):
+        raise ValueError(f"spacing must not mix numbers and sequences, got {spacing}")
+    return [check_spacing(items, nd)] * batch_size
+
+
+def _by_spacing(fn, y_pred, y, spacing, **kw) -> torch.Tensor:
+    """Run ``fn(y_pred, y, spacing=..., **kw)`` once when every image has the same spacing, else once
+    per image (MONAI's per-image spacing lists)."""
+    y_pred = _to_tensor(y_pred, "y_pred")
+    y = _to_tensor(y, "y")
+    if y_pred.ndim < 3:
+        raise ValueError(f"y_pred must have shape (B, C, *spatial), got shape {tuple(y_pred.shape)}")
+    spacings = _per_image_spacing(spacing, y_pred.shape[0], y_pred.ndim - 2)
+    if all(s == spacings[0] for s in spacings):
+        return fn(y_pred, y, spacing=spacings[0], **kw)
+    return torch.cat([fn(y_pred[b : b + 1], y[b : b + 1], spacing=s, **kw) for b, s in enumerate(spacings)])
+
+
+def _apply_ignore_mask(y_pred, y, ignore_index):
+    """MONAI's ``create_ignore_mask`` applied to both masks (voxels to ignore set to 0)."""
+    if ignore_index is None:
+        return y_pred, y
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+    y_pred, y = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
+    if y.ndim < 3:
+        raise ValueError(f"y must have shape (B, C, *spatial), got shape {tuple(y.shape)}")
+    C = y.shape[1]
+    if C == 1:
+        keep = y != ignore_index
+    elif 0 <= ignore_index < C:
+        keep = y[:, ignore_index : ignore_index + 1] == 0
+    else:
+        keep = y.sum(dim=1, keepdim=True) > 0
+    return y_pred * keep, y * keep
+
+
+def _label_onehot(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, 1, *spatial)`` class indices -> ``(B, num_classes, *spatial)`` bool (labels outside the range
+    give all-false voxels, as MONAI's per-class comparisons do)."""
+    classes = torch.arange(num_classes, device=x.device).view((1, num_classes) + (1,) * (x.ndim - 2))
+    return x == classes
+
+
+def compute_dice(
+    y_pred,
+    y,
+    include_background: bool = True,
+    ignore_empty: bool = True,
+    num_classes: Optional[int] = None,
+    per_component: bool = False,
+    ignore_index: Optional[int] = None,
+) -> torch.Tensor:
+    """``monai.metrics.compute_dice``: Dice per batch item and class, same arguments and results.
+
+    Args:
+        y_pred: binary/one-hot ``(B, C, *spatial)``, or class indices ``(B, 1, *spatial)`` with ``num_classes``.
+        y: the reference, one-hot ``(B, C, *spatial)`` or class indices ``(B, 1, *spatial)``.
+        include_background: keep class 0 (default True).
+        ignore_empty: NaN for an empty reference (default) instead of 1 (both empty) / 0.
+        num_classes: number of classes of index maps (default ``y_pred.shape[1]``).
+        per_component: not implemented (raises NotImplementedError).
+        ignore_index: a label (index maps) or a class / sentinel (one-hot ``y``) whose voxels are excluded.
+
+    Returns:
+        ``(B, C')`` float32, as :func:`dice` (which this calls for one-hot masks).
+
+    Raises:
+        TypeError / ValueError: as :func:`dice`; NotImplementedError for ``per_component=True``.
+
+    Example:
+        >>> y = torch.tensor([[[[0, 1], [2, 2]]]])  # (1, 1, 2, 2) class indices
+        >>> compute_dice(y, y, num_classes=3)
+        tensor([[1., 1., 1.]])
+    """
+    if per_component:
+        raise NotImplementedError("compute_dice(per_component=True) is not implemented in fastloss")
+    y_pred, y = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
+    if y_pred.ndim < 3 or y.ndim < 3:
+        raise ValueError(
+            f"y_pred and y must have shape (B, C, *spatial), got {tuple(y_pred.shape)} and {tuple(y.shape)}"
+        )
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    n = num_classes if num_classes is not None else y_pred.shape[1]
+    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+    if n > 1:  # index maps become one-hot masks; a single channel stays a binary mask
+        if y_pred.shape[1] == 1:
+            y_pred = _label_onehot(y_pred, n)
+        if y.shape[1] == 1:
+            y = _label_onehot(y, n)
+    return dice(y_pred, y, include_background=include_background, ignore_empty=ignore_empty)
+
+
+def compute_hausdorff_distance(
+    y_pred,
+    y,
+    include_background: bool = False,
+    distance_metric: str = "euclidean",
+    percentile: Optional[float] = None,
+    directed: bool = False,
+    spacing=None,
+    ignore_index: Optional[int] = None,
+) -> torch.Tensor:
+    """``monai.metrics.compute_hausdorff_distance``: same arguments, defaults and results.
+
+    Unlike :func:`hausdorff_distance` (HD95 by default), ``percentile=None`` (the default) is the
+    maximum; ``percentile=0`` is also the maximum, as in MONAI. ``spacing``: a number, one per spatial
+    axis, or a list with one entry per image. ``ignore_index``: MONAI's mask of ignored voxels, and
+    NaN for the ignored class itself. Only ``distance_metric="euclidean"`` is implemented.
+
+    Example:
+        >>> p = torch.zeros(1, 1, 5, 5); p[0, 0, 1, 1] = 1
+        >>> g = torch.zeros(1, 1, 5, 5); g[0, 0, 4, 1] = 1
+        >>> compute_hausdorff_distance(p, g, include_background=True)
+        tensor([[3.]])
+    """
+    _check_distance_metric(distance_metric)
+    q = None if not percentile else percentile  # MONAI: 0 and None both mean the maximum
+    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+    out = _by_spacing(
+        hausdorff_distance, y_pred, y, spacing, percentile=q, include_background=include_background, directed=directed
+    )
+    return _nan_ignored_class(out, ignore_index, include_background, y_pred.shape[1])
+
+
+def _nan_ignored_class(out: torch.Tensor, ignore_index, include_background: bool, C: int) -> torch.Tensor:
+    off = 0 if include_background or C == 1 else 1
+    if ignore_index is not None and 0 <= ignore_index - off < out.shape[1]:
+        out = out.clone()
+        out[:, ignore_index - off] = float("nan")
+    return out
+
+
+def compute_surface_dice(
+    y_pred,
+    y,
+    class_thresholds,
+    include_background: bool = False,
+    distance_metric: str = "euclidean",
+    spacing=None,
+    use_subvoxels: bool = False,
+    ignore_index: Optional[int] = None,
+) -> torch.Tensor:
+    """``monai.metrics.compute_surface_dice``: NSD with one tolerance per evaluated class.
+
+    Same arguments and results as MONAI for ``use_subvoxels=False`` (border voxels counted); ``spacing``
+    may be a per-image list. ``use_subvoxels=True`` and non-Euclidean distances raise
+    NotImplementedError.
+
+    Example:
+        >>> p = torch.zeros(1, 1, 6, 6); p[0, 0, 1:4, 1:4] = 1
+        >>> compute_surface_dice(p, p, [0.0], include_background=True)
+        tensor([[1.]])
+    """
+    _check_distance_metric(distance_metric)
+    if use_subvoxels:
+        raise NotImplementedError("compute_surface_dice(use_subvoxels=True) is not implemented in fastloss")
+    if not isinstance(class_thresholds, (Sequence, np.ndarray, torch.Tensor)) or isinstance(class_thresholds, str):
+        raise TypeError(f"class_thresholds must be a list of numbers, got {type(class_thresholds).__name__}")
+    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+    out = _by_spacing(surface_dice, y_pred, y, spacing, tolerance=list(class_thresholds), include_background=include_background)
+    return out
+
+
+def compute_average_surface_distance(
+    y_pred,
+    y,
+    include_background: bool = False,
+    symmetric: bool = False,
+    distance_metric: str = "euclidean",
+    spacing=None,
+    ignore_index: Optional[int] = None,
+) -> torch.Tensor:
+    """``monai.metrics.compute_average_surface_distance``: the mean distance from the prediction's border
+    voxels to the reference border (with ``symmetric``, the mean over both directions' distances pooled).
+
+    Conventions (MONAI's): one empty mask -> ``inf``; both empty -> NaN. Only Euclidean distances.
+
+    Example:
+        >>> p = torch.zeros(1, 1, 5, 5); p[0, 0, 1, 1] = 1
+        >>> g = torch.zeros(1, 1, 5, 5); g[0, 0, 3, 1] = 1
+        >>> compute_average_surface_distance(p, g, include_background=True)
+        tensor([[2.]])
+    """
+    _check_distance_metric(distance_metric)
+    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+
+    def asd(a, b, spacing):
+        return _surface_metrics(a, b, include_background, spacing, want_asd=True, directed=not symmetric)[1]
+
+    return _by_spacing(asd, y_pred, y, spacing)
+
+
+def do_metric_reduction(f: torch.Tensor, reduction: str = "mean"):
+    """MONAI's ``do_metric_reduction``: reduce a ``(B, C)`` metric over its non-NaN values.
+
+    Returns ``(reduced, not_nans)``. ``"mean"`` averages over classes per image, then over the images
+    that have a value; ``"*_batch"`` reduces over images per class, ``"*_channel"`` over classes per
+    image; an all-NaN group gives 0. ``f`` is not modified.
+    """
+    reduction = getattr(reduction, "value", reduction)
+    if reduction not in _METRIC_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(_METRIC_REDUCTIONS)}, got {reduction!r}")
+    nans = torch.isnan(f)
+    not_nans = (~nans).float()
+    if reduction == "none":
+        return f, not_nans
+    f = torch.where(nans, torch.zeros((), dtype=f.dtype, device=f.device), f)
+    zero = torch.zeros(1, device=f.device, dtype=torch.float)
+
+    def mean(dim):
+        n = not_nans.sum(dim=dim)
+        return torch.where(n > 0, f.sum(dim=dim).float() / n, zero), n
+
+    if reduction == "mean":
+        per_image, n = mean(1)  # mean over classes, then over the images with at least one value
+        n_img = (n > 0).sum(dim=0).float()
+        return torch.where(n_img > 0, per_image.sum(dim=0) / n_img, zero), n_img
+    if reduction == "sum":
+        return f.sum(dim=[0, 1]), not_nans.sum(dim=[0, 1])
+    dim = 0 if reduction.endswith("batch") else 1
+    if reduction.startswith("mean"):
+        return mean(dim)
+    return f.sum(dim=dim).float(), not_nans.sum(dim=dim)
+
+
+class _CumulativeMetric:
+    """MONAI's cumulative metric API: ``__call__`` per batch (a batch-first tensor, or lists of
+    channel-first tensors, each its own batch item), ``aggregate()``, ``reset()``, ``get_buffer()``."""
+
+    def __init__(self, reduction: str = "mean", get_not_nans: bool = False) -> None:
+        reduction = getattr(reduction, "value", reduction)
+        if reduction not in _METRIC_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {list(_METRIC_REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
+        self.get_not_nans = bool(get_not_nans)
+        self._buffer: list = []
+
+    def _compute(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, y_pred, y=None, **kwargs) -> torch.Tensor:
+        if y is None:
+            raise ValueError(f"{type(self).__name__} needs both y_pred and y")
+        if isinstance(y_pred, (list, tuple)) or isinstance(y, (list, tuple)):
+            if not isinstance(y_pred, (list, tuple)) or not isinstance(y, (list, tuple)) or len(y_pred) != len(y):
+                raise ValueError("y_pred and y must both be lists of channel-first tensors of the same length")
+            if len(y_pred) == 0:
+                raise ValueError("y_pred and y must not be empty lists")
+            # items of one shape are evaluated as one batch (no per-item loop); others one at a time
+            items_p = [_to_tensor(p, "y_pred").detach() for p in y_pred]
+            items_y = [_to_tensor(t, "y").detach() for t in y]
+            if all(p.shape == items_p[0].shape for p in items_p) and all(t.shape == items_y[0].shape for t in items_y):
+                ret = self._compute(torch.stack(items_p), torch.stack(items_y), **kwargs)
+            else:
+                ret = torch.cat([self._compute(p[None], t[None], **kwargs) for p, t in zip(items_p, items_y)])
+        else:
+            y_pred, y = _to_tensor(y_pred, "y_pred").detach(), _to_tensor(y, "y").detach()
+            if y_pred.ndim < 3:
+                raise ValueError(
+                    f"y_pred must have at least 3 dimensions (batch, channel, spatial), got shape {tuple(y_pred.shape)}"
+                )
+            ret = self._compute(y_pred, y, **kwargs)
+        self._buffer.append(ret)
+        return ret
+
+    def reset(self) -> None:
+        """Empty the buffer of per-batch results."""
+        self._buffer = []
+
+    def get_buffer(self) -> Optional[torch.Tensor]:
+        """Every result since the last ``reset()``, concatenated along the batch dim (None when empty)."""
+        if not self._buffer:
+            return None
+        return torch.cat(self._buffer, dim=0)
+
+    def aggregate(self, reduction: Optional[str] = None):
+        """Reduce the buffer with ``reduction`` (default: the constructor's); ``(value, not_nans)`` when
+        ``get_not_nans``."""
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("there is nothing to aggregate: call the metric on a batch first")
+        f, not_nans = do_metric_reduction(data.clone(), reduction or self.reduction)
+        return (f, not_nans) if self.get_not_nans else f
+
+
+class DiceMetric(_CumulativeMetric):
+    """``monai.metrics.DiceMetric``: :func:`compute_dice` per batch, accumulated.
+
+    Args: as MONAI 1.6.1 (``include_background=True``, ``reduction="mean"``, ``get_not_nans=False``,
+    ``ignore_empty=True``, ``num_classes=None``, ``return_with_label=False``, ``per_component=False``
+    (not implemented), ``ignore_index=None``). ``return_with_label`` (True or a list of names) makes
+    ``aggregate()`` return ``{label: value}`` rounded to 4 digits when the reduction is ``"mean_batch"``.
+
+    Example:
+        >>> metric = DiceMetric(include_background=False, num_classes=3)  # index maps need num_classes
+        >>> y = torch.tensor([[[[0, 1], [2, 2]]]])
+        >>> _ = metric(y, y)
+        >>> metric.aggregate()
+        tensor([1.])
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        ignore_empty: bool = True,
+        num_classes: Optional[int] = None,
+        return_with_label=False,
+        per_component: bool = False,
+        ignore_index: Optional[int] = None,
+    ) -> None:
+        super().__init__(reduction, get_not_nans)
+        if per_component:
+            raise NotImplementedError("DiceMetric(per_component=True) is not implemented in fastloss")
+        self.include_background = include_background
+        self.ignore_empty = ignore_empty
+        self.num_classes = num_classes
+        self.return_with_label = return_with_label
+        self.ignore_index = ignore_index
+
+    def _compute(self, y_pred, y, **kwargs):
+        return compute_dice(
+            y_pred, y, self.include_background, self.ignore_empty, self.num_classes, ignore_index=self.ignore_index
+        )
+
+    def aggregate(self, reduction: Optional[str] = None):
+        out = super().aggregate(reduction)
+        f, not_nans = out if self.get_not_nans else (out, None)
+        if self.reduction == "mean_batch" and self.return_with_label:
+            if isinstance(self.return_with_label, bool):
+                first = 0 if self.include_background else 1
+                keys = [f"label_{i + first}" for i in range(len(f))]
+            else:
+                keys = list(self.return_with_label)
+            f = {k: round(v.item(), 4) for k, v in zip(keys, f)}
+        return (f, not_nans) if self.get_not_nans else f
+
+
+class HausdorffDistanceMetric(_CumulativeMetric):
+    """``monai.metrics.HausdorffDistanceMetric``: :func:`compute_hausdorff_distance` per batch,
+    accumulated; ``spacing`` goes to ``__call__`` as a keyword, as in MONAI.
+
+    Example:
+        >>> p = torch.zeros(1, 2, 5, 5); p[0, 1, 1, 1] = 1
+        >>> g = torch.zeros(1, 2, 5, 5); g[0, 1, 4, 1] = 1
+        >>> metric = HausdorffDistanceMetric(); _ = metric(p, g, spacing=2.0); metric.aggregate()
+        tensor([6.])
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        distance_metric: str = "euclidean",
+        percentile: Optional[float] = None,
+        directed: bool = False,
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        ignore_index: Optional[int] = None,
+    ) -> None:
+        super().__init__(reduction, get_not_nans)
+        self.include_background = include_background
+        self.distance_metric = _check_distance_metric(distance_metric)
+        self.percentile = percentile
+        self.directed = directed
+        self.ignore_index = ignore_index
+
+    def _compute(self, y_pred, y, **kwargs):
+        return compute_hausdorff_distance(
+            y_pred, y, self.include_background, self.distance_metric, self.percentile, self.directed,
+            spacing=kwargs.get("spacing"), ignore_index=self.ignore_index,
+        )
+
+
+class SurfaceDiceMetric(_CumulativeMetric):
+    """``monai.metrics.SurfaceDiceMetric``: :func:`compute_surface_dice` per batch, accumulated.
+
+    Example:
+        >>> p = torch.zeros(1, 2, 6, 6); p[0, 1, 1:4, 1:4] = 1
+        >>> metric = SurfaceDiceMetric([1.0]); _ = metric(p, p); metric.aggregate()
+        tensor([1.])
+    """
+
+    def __init__(
+        self,
+        class_thresholds,
+        include_background: bool = False,
+        distance_metric: str = "euclidean",
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        use_subvoxels: bool = False,
+        ignore_index: Optional[int] = None,
+    ) -> None:
+        super().__init__(reduction, get_not_nans)
+        if use_subvoxels:
+            raise NotImplementedError("SurfaceDiceMetric(use_subvoxels=True) is not implemented in fastloss")
+        self.class_thresholds = class_thresholds
+        self.include_background = include_background
+        self.distance_metric = _check_distance_metric(distance_metric)
+        self.use_subvoxels = use_subvoxels
+        self.ignore_index = ignore_index
+
+    def _compute(self, y_pred, y, **kwargs):
+        return compute_surface_dice(
+            y_pred, y, self.class_thresholds, self.include_background, self.distance_metric,
+            spacing=kwargs.get("spacing"), ignore_index=self.ignore_index,
+        )
+
+
+class SurfaceDistanceMetric(_CumulativeMetric):
+    """``monai.metrics.SurfaceDistanceMetric``: :func:`compute_average_surface_distance` per batch,
+    accumulated.
+
+    Example:
+        >>> p = torch.zeros(1, 2, 5, 5); p[0, 1, 1, 1] = 1
+        >>> g = torch.zeros(1, 2, 5, 5); g[0, 1, 3, 1] = 1
+        >>> metric = SurfaceDistanceMetric(symmetric=True); _ = metric(p, g); metric.aggregate()
+        tensor([2.])
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        symmetric: bool = False,
+        distance_metric: str = "euclidean",
+        reduction: str = "mean",
+        get_not_nans: bool = False,
+        ignore_index: Optional[int] = None,
+    ) -> None:
+        super().__init__(reduction, get_not_nans)
+        self.include_background = include_background
+        self.symmetric = symmetric
+        self.distance_metric = _check_distance_metric(distance_metric)
+        self.ignore_index = ignore_index
+
+    def _compute(self, y_pred, y, **kwargs):
+        return compute_average_surface_distance(
+            y_pred, y, self.include_background, self.symmetric, self.distance_metric,
+            spacing=kwargs.get("spacing"), ignore_index=self.ignore_index,
+        )
