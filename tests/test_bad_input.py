@@ -161,8 +161,33 @@ def test_topk_k_outside_0_100(k):
 
 
 def test_topk_k_accepts_the_bounds():
-    DI.TopKLoss(k=100)
-    DI.TopKLoss(k=1e-3)
+    """k = 100 keeps every voxel (the plain CE mean); a tiny k keeps max(1, ⌊N·k/100⌋) = 1 voxel, the
+    hardest one (nnU-Net's count)."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 1, 5, 5), generator=gen)
+    ce = torch.nn.functional.cross_entropy(x, y[:, 0], reduction="none")
+    torch.testing.assert_close(DI.TopKLoss(k=100)(x, y), ce.mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(DI.TopKLoss(k=1e-3)(x, y), ce.max(), rtol=1e-12, atol=0)
+
+
+WITH_ONEHOT_Y = [c for c in ALL_CLASSES if "to_onehot_y" in _params(c)]
+
+
+@pytest.mark.parametrize("cls", WITH_ONEHOT_Y, ids=[c.__name__ for c in WITH_ONEHOT_Y])
+def test_non_integral_float_labels_with_to_onehot_y(cls):
+    """Float labels are accepted with to_onehot_y=True only when integral: y + 0.5 must not be truncated."""
+    gen = torch.Generator().manual_seed(10)
+    x = _x(2, 3, 4, 4)
+    lab = torch.randint(0, 2, (2, 1, 4, 4), generator=gen)
+    with pytest.raises(ValueError, match=r"non-integral float labels; expected class indices"):
+        cls(to_onehot_y=True)(x, lab.float() + 0.5)
+    one = lab.float()
+    one[0, 0, 1, 2] = 1.25  # a single bad value is enough
+    with pytest.raises(ValueError, match=r"non-integral float labels"):
+        cls(to_onehot_y=True)(x, one)
+    # integral floats are the same labels as the integers
+    torch.testing.assert_close(cls(to_onehot_y=True)(x, lab.float()), cls(to_onehot_y=True)(x, lab), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["TopKLoss", "LovaszSoftmaxLoss", "DistancePenalizedCELoss"])
