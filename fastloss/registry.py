@@ -128,8 +128,9 @@ def get_loss(name: str, **overrides) -> nn.Module:
 
     ``DiceBD`` and ``DiceHD`` are not plain sums of fixed terms: they follow the paper's schedules over
     training (Sec. 3.2). DiceBD weighs ``α·Dice + (1 − α)·BD`` with α going from 1 down by 0.01 per epoch
-    to 0.01; DiceHD weighs Dice by Karimi and Salcudean's adaptive α. How the loss learns the epoch, and
-    what it does when it is not told, is in the docstrings of :class:`~fastloss.DiceBoundaryLoss` and
+    to 0.01 (``get_loss("DiceBD", steps_per_epoch=250)`` lets it count its own epochs, or call
+    ``loss.step_epoch()`` after each); DiceHD weighs Dice by Karimi and Salcudean's adaptive α. How the
+    loss learns the epoch, and what it does when it is not told, is in the docstrings of :class:`~fastloss.DiceBoundaryLoss` and
     :class:`~fastloss.DiceHausdorffDTLoss` (``help(fastloss.DiceBoundaryLoss)``). The paper also trained
     BD, HD and Lovász only after a warm-up with another loss: that is the training loop's business.
 
