@@ -354,3 +354,144 @@ def test_shared_statistics_never_changes_a_result_with_other_parameters(torch_ba
         class_stats(x, t, StatsSpec("softmax", ("pg",)))
         shared = class_stats(x, t, StatsSpec("softmax", ("focal",), gamma=3.0))
     torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ DiceBD schedule, DiceHD, ELL edges
+def _train_calls(loss, n, x=None, y=None):
+    if x is None:
+        x, y = _data((1, 3, 4, 4), seed=40)
+    for _ in range(n):
+        loss(x.clone().requires_grad_(), y).backward()
+
+
+def test_dice_boundary_alpha_starting_below_alpha_min_stays():
+    """α = max(alpha − e·step, min(alpha_min, alpha)): α never rises to alpha_min."""
+    zero = DiceBoundaryLoss(alpha=0.0)
+    assert zero.set_epoch(5) == 0.0 and zero.alpha == 0.0
+    low = DiceBoundaryLoss(alpha=0.005, alpha_min=0.01)
+    assert low.set_epoch(0) == 0.005 and low.set_epoch(3) == 0.005
+    # between alpha_min and 1: down by alpha_step, then the floor
+    mid = DiceBoundaryLoss(alpha=0.05, alpha_step=0.02, alpha_min=0.01)
+    assert [mid.set_epoch(e) for e in range(4)] == pytest.approx([0.05, 0.03, 0.01, 0.01], abs=1e-12)
+    # α = 0 is the boundary loss alone
+    x, y = _data((2, 3, 6, 6), seed=8)
+    g = _onehot(y, 3)
+    _compare(lambda t: zero(t, y), lambda t: naive_bd(t, g), x)
+
+
+def test_dice_boundary_steps_per_epoch_advances_itself():
+    loss = DiceBoundaryLoss(steps_per_epoch=3)
+    x, y = _data((1, 3, 4, 4), seed=41)
+    g = _onehot(y, 3)
+    # calls 0-2 use α(0) = 1 (plain Dice), calls 3-5 α(1) = 0.99, ...
+    _compare(lambda t: loss(t, y), lambda t: naive_dice(torch.softmax(t, 1), g), x)
+    assert loss.steps == 1 and loss.epoch == 0
+    _train_calls(loss, 2, x, y)
+    assert loss.epoch == 1 and loss.steps == 0 and loss.alpha == pytest.approx(0.99, abs=1e-12)
+    _compare(lambda t: loss(t, y), lambda t: 0.99 * naive_dice(torch.softmax(t, 1), g) + 0.01 * naive_bd(t, g), x)
+    _train_calls(loss, 5, x, y)
+    assert loss.epoch == 3 and loss.alpha == pytest.approx(0.97, abs=1e-12)
+    # evaluation calls are not training steps
+    with torch.no_grad():
+        loss(x, y)
+    loss.eval()
+    loss(x.clone().requires_grad_(), y)
+    loss.train()
+    assert loss.epoch == 3 and loss.steps == 0
+    # the in-epoch count travels with the state_dict; set_epoch starts a new epoch
+    _train_calls(loss, 2, x, y)
+    other = DiceBoundaryLoss(steps_per_epoch=3)
+    other.load_state_dict(loss.state_dict())
+    assert (other.epoch, other.steps) == (3, 2)
+    _train_calls(other, 1, x, y)
+    assert other.epoch == 4 and other.alpha == pytest.approx(0.96, abs=1e-12)
+    assert other.set_epoch(10) == pytest.approx(0.90, abs=1e-12) and other.steps == 0
+    # step_epoch on top of the automatic schedule would count epochs twice
+    with pytest.raises(RuntimeError, match=r"step_epoch\(\) with steps_per_epoch=3.*advance it twice"):
+        other.step_epoch()
+    # a state_dict saved before the step count existed still loads
+    old = DiceBoundaryLoss()
+    sd = old.state_dict()
+    sd["_extra_state"] = {"epoch": 7, "alpha": 0.93}
+    old.load_state_dict(sd)
+    assert (old.epoch, old.alpha, old.steps) == (7, 0.93, 0)
+
+
+def test_dice_boundary_warns_once_without_step_epoch():
+    loss = DiceBoundaryLoss(warn_after_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train_calls(loss, 3)
+    with pytest.warns(UserWarning, match=r"4 training calls since its schedule last moved \(epoch 0, alpha=1: "
+                                         r"plain Dice\)\. Call loss\.step_epoch\(\)"):
+        _train_calls(loss, 1)
+    with warnings.catch_warnings():  # once only
+        warnings.simplefilter("error")
+        _train_calls(loss, 5)
+    # a loop that calls step_epoch often enough never sees it
+    stepped = DiceBoundaryLoss(warn_after_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            _train_calls(stepped, 3)
+            stepped.step_epoch()
+        # nor a schedule that cannot move (fixed α, or already at its floor), nor warn_after_steps=None
+        for quiet in (DiceBoundaryLoss(alpha=0.5, alpha_step=0.0, warn_after_steps=2),
+                      DiceBoundaryLoss(alpha=0.01, warn_after_steps=2),
+                      DiceBoundaryLoss(warn_after_steps=None)):
+            _train_calls(quiet, 3)
+    # the default threshold is 1000 calls, the one documented
+    assert DiceBoundaryLoss().warn_after_steps == 1000
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(steps_per_epoch=0), ValueError, r"steps_per_epoch must be >= 1 \(or None\), got 0"),
+    (dict(steps_per_epoch=2.5), TypeError, r"steps_per_epoch must be an int or None, got float 2.5"),
+    (dict(steps_per_epoch=True), TypeError, r"steps_per_epoch must be an int or None, got bool"),
+    (dict(warn_after_steps=-1), ValueError, r"warn_after_steps must be >= 0 \(or None\), got -1"),
+])
+def test_dice_boundary_schedule_bad_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        DiceBoundaryLoss(**kw)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dice_hd_perfect_prediction_alpha_is_one(backend, monkeypatch):
+    """A Dice term of exactly 0 (perfect prediction) gives α = 1, not HD/0 = inf (and a NaN loss)."""
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    y = torch.randint(0, 3, (2, 1, 6, 7), generator=torch.Generator().manual_seed(0))
+    x = (_onehot(y, 3).float() * 40 - 20).requires_grad_()
+    loss = DiceHausdorffDTLoss()
+    v = loss(x, y)
+    from fastloss.losses.boundary import HausdorffDTLoss
+    from fastloss.losses.region import DiceLoss
+
+    assert DiceLoss(softmax=True, include_background=False, batch=True)(x, y).item() == 0.0
+    h = HausdorffDTLoss(softmax=True, include_background=False)(x, y)
+    assert loss.last_alpha.item() == 1.0
+    assert v.item() == h.item() and torch.isfinite(v)  # 1·0 + HD
+    v.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_exp_log_loss_probability_exactly_one(backend, monkeypatch):
+    """Logits one_hot·80 − 40: p_label = 1/(1 + 2e^-80), 1 in float32. (−ln x)^0.3 has an infinite slope
+    at x = 1: the bases are clamped at the smallest normal float, so the loss is tiny and its gradient 0,
+    finite. Expected value: 0.8·tiny^0.3 (every Dice_c = 1) + 0.2·Σ_c w_c n_c q / N with
+    w_c = (N/n_c)^0.5 and q the per-voxel (−ln p)^0.3: tiny^0.3 where p rounds to 1, (2e^-80)^0.3 where
+    −ln p = ln(1 + 2e^-80) is kept (both are correct float32 answers)."""
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    y = torch.randint(0, 3, (2, 1, 6, 7), generator=torch.Generator().manual_seed(0))
+    x = (_onehot(y, 3).float() * 80 - 40).requires_grad_()
+    v = ExpLogLoss()(x, y)
+    v.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() < 1e-10
+    n = torch.bincount(y.flatten(), minlength=3).double()
+    s = (n / n.sum()).sqrt().sum().item()  # Σ_c w_c n_c / N = Σ_c (n_c/N)^0.5
+    tiny = torch.finfo(torch.float32).tiny ** 0.3
+    exact = (2 * np.exp(-80.0)) ** 0.3
+    candidates = [0.8 * tiny + 0.2 * q * s for q in (tiny, exact)]
+    if backend == "torch":
+        candidates = candidates[:1]  # log_softmax rounds p to 1
+    assert any(abs(v.item() - c) <= 1e-4 * c for c in candidates), (v.item(), candidates)
