@@ -846,11 +846,19 @@ def _by_spacing(fn, y_pred, y, spacing, **kw) -> torch.Tensor:
 
 def _apply_ignore_mask(y_pred, y, ignore_index):
     """MONAI's ``create_ignore_mask`` applied to both masks (voxels to ignore set to 0)."""
+    keep = _keep_mask(y, ignore_index)
+    return (y_pred, y) if keep is None else (y_pred * keep, y * keep)
+
+
+def _keep_mask(y, ignore_index):
+    """MONAI's ``create_ignore_mask``: ``(B, 1, *spatial)`` bool, False at the voxels to ignore (an index
+    map's ``ignore_index`` label; in a one-hot ``y`` that class's voxels, or the all-zero voxels for a
+    sentinel outside ``[0, C)``); None without ``ignore_index``."""
     if ignore_index is None:
-        return y_pred, y
+        return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
-    y_pred, y = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
+    y = _to_tensor(y, "y")
     if y.ndim < 3:
         raise ValueError(f"y must have shape (B, C, *spatial), got shape {tuple(y.shape)}")
     C = y.shape[1]
@@ -860,7 +868,7 @@ def _apply_ignore_mask(y_pred, y, ignore_index):
         keep = y[:, ignore_index : ignore_index + 1] == 0
     else:
         keep = y.sum(dim=1, keepdim=True) > 0
-    return y_pred * keep, y * keep
+    return keep
 
 
 def _label_onehot(x: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -911,12 +919,14 @@ def compute_dice(
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
     n = num_classes if num_classes is not None else y_pred.shape[1]
-    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+    keep = _keep_mask(y, ignore_index)  # from y as given (labels or one-hot), as MONAI
     if n > 1:  # index maps become one-hot masks; a single channel stays a binary mask
         if y_pred.shape[1] == 1:
             y_pred = _label_onehot(y_pred, n)
         if y.shape[1] == 1:
             y = _label_onehot(y, n)
+    if keep is not None:
+        y_pred, y = y_pred * keep, y * keep
     return dice(y_pred, y, include_background=include_background, ignore_empty=ignore_empty)
 
 
@@ -934,8 +944,9 @@ def compute_hausdorff_distance(
 
     Unlike :func:`hausdorff_distance` (HD95 by default), ``percentile=None`` (the default) is the
     maximum; ``percentile=0`` is also the maximum, as in MONAI. ``spacing``: a number, one per spatial
-    axis, or a list with one entry per image. ``ignore_index``: MONAI's mask of ignored voxels, and
-    NaN for the ignored class itself. Only ``distance_metric="euclidean"`` is implemented.
+    axis, or a list with one entry per image. ``ignore_index``: NaN for that class (as MONAI, this
+    function masks no voxel; :class:`HausdorffDistanceMetric` does). Only ``distance_metric="euclidean"``
+    is implemented.
 
     Example:
         >>> p = torch.zeros(1, 1, 5, 5); p[0, 0, 1, 1] = 1
@@ -945,7 +956,7 @@ def compute_hausdorff_distance(
     """
     _check_distance_metric(distance_metric)
     q = None if not percentile else percentile  # MONAI: 0 and None both mean the maximum
-    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
+    y_pred = _to_tensor(y_pred, "y_pred")
     out = _by_spacing(
         hausdorff_distance, y_pred, y, spacing, percentile=q, include_background=include_background, directed=directed
     )
@@ -1004,6 +1015,8 @@ def compute_average_surface_distance(
     voxels to the reference border (with ``symmetric``, the mean over both directions' distances pooled).
 
     Conventions (MONAI's): one empty mask -> ``inf``; both empty -> NaN. Only Euclidean distances.
+    ``ignore_index`` is accepted and, as in MONAI's function, changes nothing here
+    (:class:`SurfaceDistanceMetric` masks the ignored voxels).
 
     Example:
         >>> p = torch.zeros(1, 1, 5, 5); p[0, 0, 1, 1] = 1
@@ -1012,7 +1025,6 @@ def compute_average_surface_distance(
         tensor([[2.]])
     """
     _check_distance_metric(distance_metric)
-    y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
 
     def asd(a, b, spacing):
         return _surface_metrics(a, b, include_background, spacing, want_asd=True, directed=not symmetric)[1]
@@ -1196,6 +1208,7 @@ class HausdorffDistanceMetric(_CumulativeMetric):
         self.ignore_index = ignore_index
 
     def _compute(self, y_pred, y, **kwargs):
+        y_pred, y = _apply_ignore_mask(y_pred, y, self.ignore_index)
         return compute_hausdorff_distance(
             y_pred, y, self.include_background, self.distance_metric, self.percentile, self.directed,
             spacing=kwargs.get("spacing"), ignore_index=self.ignore_index,
@@ -1264,6 +1277,7 @@ class SurfaceDistanceMetric(_CumulativeMetric):
         self.ignore_index = ignore_index
 
     def _compute(self, y_pred, y, **kwargs):
+        y_pred, y = _apply_ignore_mask(y_pred, y, self.ignore_index)
         return compute_average_surface_distance(
             y_pred, y, self.include_background, self.symmetric, self.distance_metric,
             spacing=kwargs.get("spacing"), ignore_index=self.ignore_index,

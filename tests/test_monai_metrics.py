@@ -1,0 +1,253 @@
+"""fastloss.metrics' MONAI-named functions and metric classes side by side with MONAI 1.6.1 itself
+(monai.metrics), on random smooth label maps with empty masks, index maps, ignore_index, per-image
+spacings and every reduction; and the fast Dice counting against plain torch sums."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss.metrics as M
+
+mm = pytest.importorskip("monai.metrics")
+
+
+def _pair(shape, C=4, B=2, seed=0, mix=0.6):
+    """Smooth random one-hot (reference, prediction), float32 (B, C, *shape), with the three empty cases."""
+    g = torch.Generator().manual_seed(seed)
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    coarse = tuple(max(2, s // 3) for s in shape)
+    z = F.interpolate(torch.randn((B, C) + coarse, generator=g), size=shape, mode=mode, align_corners=False)
+    z2 = F.interpolate(torch.randn((B, C) + coarse, generator=g), size=shape, mode=mode, align_corners=False)
+    onehot = lambda x: F.one_hot(x.argmax(1), C).movedim(-1, 1).float()  # noqa: E731
+    y, p = onehot(z), onehot(z + mix * z2)
+    if B > 1 and C > 3:
+        p[0, 1] = 0  # empty prediction
+        y[1, 2] = 0  # empty reference
+        p[1, 3] = 0  # both empty
+        y[1, 3] = 0
+    return p, y
+
+
+def _monai(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+def _same(got, want, rtol=1e-5):
+    torch.testing.assert_close(got.float(), torch.as_tensor(want).float(), rtol=rtol, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(13, 17), (9, 11, 10)])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_compute_dice_matches_monai(shape, include_background, ignore_empty):
+    p, y = _pair(shape)
+    kw = dict(include_background=include_background, ignore_empty=ignore_empty)
+    _same(M.compute_dice(p, y, **kw), _monai(mm.compute_dice, p, y, **kw))
+    # index maps with num_classes (prediction, reference or both), as MONAI's DiceHelper takes them
+    lp, ly = p.argmax(1, keepdim=True), y.argmax(1, keepdim=True)
+    for a, b in ((lp, ly), (p, ly), (lp, y)):
+        _same(M.compute_dice(a, b, num_classes=4, **kw), _monai(mm.compute_dice, a, b, num_classes=4, **kw))
+
+
+@pytest.mark.parametrize("ignore_index", [0, 2, 255])
+def test_compute_dice_ignore_index_matches_monai(ignore_index):
+    p, y = _pair((12, 14), seed=1)
+    lab = y.argmax(1, keepdim=True)
+    lab[:, :, :3] = 255 if ignore_index == 255 else lab[:, :, :3]
+    for target in (lab, y):
+        if target is y and ignore_index == 255:
+            target = y.clone()
+            target[:, :, :, :3] = 0  # one-hot sentinel: all-zero voxels are ignored
+        pred = p if target.shape[1] > 1 else p.argmax(1, keepdim=True)
+        kw = dict(num_classes=4, ignore_index=ignore_index)
+        _same(M.compute_dice(pred, target, **kw), _monai(mm.compute_dice, pred, target, **kw))
+
+
+def test_fast_dice_counts_equal_plain_sums_for_every_dtype_and_layout():
+    """The chunked counting against Σ p·g, Σ p, Σ g in float64, whatever dtype, layout and chunk size."""
+    p, y = _pair((23, 9, 7), C=3, seed=2)
+    inter = (p.double() * y.double()).sum((2, 3, 4))
+    want = (2 * inter / (p.double().sum((2, 3, 4)) + y.double().sum((2, 3, 4)))).float()
+    want = torch.where(y.sum((2, 3, 4)) > 0, want, torch.full_like(want, math.nan))
+    old = M._DICE_CHUNK
+    try:
+        for chunk in (1, 200, 1 << 20):  # one slice per chunk, a few slices, the whole volume
+            M._DICE_CHUNK = chunk
+            for conv in (lambda t: t, torch.Tensor.bool, lambda t: t.to(torch.uint8), torch.Tensor.half,
+                         torch.Tensor.double, lambda t: t.to(memory_format=torch.channels_last_3d),
+                         lambda t: t.transpose(2, 4)):
+                _same(M.dice(conv(p), conv(y)), want, rtol=0)  # a transpose keeps every (b, c) count
+    finally:
+        M._DICE_CHUNK = old
+
+
+@pytest.mark.parametrize("bad", [0.5, -1.0, 2.0, float("nan"), 1e-30, 1 - 2**-24, float("inf")])
+def test_fast_dice_rejects_every_non_binary_value(bad):
+    """The exact check: one bad voxel anywhere (even 1e-30 or the float just below 1) raises."""
+    p, y = _pair((9, 10, 11), C=3, seed=3)
+    p[1, 2, 8, 9, 10] = bad
+    with pytest.raises(ValueError, match="binary"):
+        M.dice(p, y)
+    with pytest.raises(ValueError, match="binary"):
+        M.dice(y, p.double())
+
+
+@pytest.mark.parametrize("percentile", [None, 0, 95])
+@pytest.mark.parametrize("directed", [False, True])
+def test_compute_hausdorff_distance_matches_monai(percentile, directed):
+    p, y = _pair((11, 12, 9), seed=4)
+    for spacing in (None, 1.5, (1.0, 0.5, 2.0), [(1.0, 0.5, 2.0), (0.8, 0.8, 0.8)]):
+        kw = dict(percentile=percentile, directed=directed, spacing=spacing)
+        _same(M.compute_hausdorff_distance(p, y, **kw), _monai(mm.compute_hausdorff_distance, p, y, **kw))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_compute_average_surface_distance_matches_monai(symmetric, include_background):
+    p, y = _pair((14, 13), seed=5)
+    for spacing in (None, (0.7, 1.3), [[0.7, 1.3], [2.0, 2.0]]):
+        kw = dict(symmetric=symmetric, include_background=include_background, spacing=spacing)
+        _same(M.compute_average_surface_distance(p, y, **kw), _monai(mm.compute_average_surface_distance, p, y, **kw))
+
+
+def test_average_surface_distance_batched_path_matches_monai(monkeypatch):
+    """The batched (GPU) path of the surface metrics, run on CPU tensors, gives MONAI's ASD too."""
+    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    p, y = _pair((10, 9, 8), seed=6)
+    for symmetric in (False, True):
+        got = M.compute_average_surface_distance(p, y, symmetric=symmetric, spacing=(1.0, 2.0, 0.5))
+        want = _monai(mm.compute_average_surface_distance, p, y, symmetric=symmetric, spacing=(1.0, 2.0, 0.5))
+        _same(got, want)
+
+
+def test_average_surface_distance_by_hand():
+    """Two single voxels 3 apart along axis 0: every border distance is 3 (6 with spacing 2)."""
+    p = torch.zeros(1, 1, 7, 5)
+    g = torch.zeros(1, 1, 7, 5)
+    p[0, 0, 1, 2] = 1
+    g[0, 0, 4, 2] = 1
+    assert M.compute_average_surface_distance(p, g, include_background=True).item() == 3.0
+    assert M.compute_average_surface_distance(p, g, include_background=True, spacing=(2.0, 1.0)).item() == 6.0
+    g[0, 0, 4, 3] = 1  # a second reference voxel: from p only 3; from g 3 and sqrt(10)
+    sym = M.compute_average_surface_distance(p, g, include_background=True, symmetric=True).item()
+    assert sym == pytest.approx((3 + 3 + math.sqrt(10)) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+def test_compute_surface_dice_matches_monai(include_background):
+    p, y = _pair((12, 10, 9), seed=7)
+    n = 4 if include_background else 3
+    tol = [0.0, 1.0, 1.5, 2.5][:n]
+    for spacing in (None, 2.0, [(1.0, 0.5, 2.0), (0.8, 1.0, 1.0)]):
+        kw = dict(include_background=include_background, spacing=spacing)
+        _same(M.compute_surface_dice(p, y, tol, **kw), _monai(mm.compute_surface_dice, p, y, tol, **kw))
+
+
+def test_surface_metrics_ignore_index_match_monai():
+    p, y = _pair((10, 12), seed=8)
+    for fn in (M.compute_hausdorff_distance, M.compute_average_surface_distance):
+        _same(fn(p, y, ignore_index=2), _monai(getattr(mm, fn.__name__), p, y, ignore_index=2))
+    _same(M.compute_surface_dice(p, y, [1, 1, 1], ignore_index=2),
+          _monai(mm.compute_surface_dice, p, y, [1, 1, 1], ignore_index=2))
+    # the metric classes mask the ignored voxels first (MONAI's create_ignore_mask), with labels too
+    lab = y.argmax(1, keepdim=True)
+    lab[:, :, :3] = 255
+    onehot = F.one_hot(lab[:, 0].clamp_max(3), 4).movedim(-1, 1).float()
+    for name in ("HausdorffDistanceMetric", "SurfaceDistanceMetric"):
+        for ii, target in ((2, y), (255, onehot * (lab != 255))):
+            ours, theirs = getattr(M, name)(ignore_index=ii, reduction="none"), getattr(mm, name)(ignore_index=ii, reduction="none")
+            _same(ours(p, target), _monai(theirs, p, target))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum", "mean_batch", "sum_batch", "mean_channel", "sum_channel"])
+def test_do_metric_reduction_matches_monai(reduction):
+    f = torch.tensor([[0.5, math.nan, 0.25], [math.nan, math.nan, math.nan], [1.0, 0.0, math.nan]])
+    got, got_n = M.do_metric_reduction(f, reduction)
+    want, want_n = mm.do_metric_reduction(f.clone(), reduction)
+    _same(got, want)
+    _same(got_n, want_n)
+    assert torch.isnan(f).sum() == 5  # the input is left as it was
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "mean_batch", "sum_channel", "none"])
+@pytest.mark.parametrize("get_not_nans", [False, True])
+def test_metric_classes_accumulate_like_monai(reduction, get_not_nans):
+    batches = [_pair((9, 10), seed=s) for s in (10, 11)]
+    pairs = [
+        (M.DiceMetric(include_background=False, reduction=reduction, get_not_nans=get_not_nans),
+         mm.DiceMetric(include_background=False, reduction=reduction, get_not_nans=get_not_nans), {}),
+        (M.HausdorffDistanceMetric(percentile=95, reduction=reduction, get_not_nans=get_not_nans),
+         mm.HausdorffDistanceMetric(percentile=95, reduction=reduction, get_not_nans=get_not_nans), {"spacing": 0.5}),
+        (M.SurfaceDiceMetric([1.0, 2.0, 0.5], reduction=reduction, get_not_nans=get_not_nans),
+         mm.SurfaceDiceMetric([1.0, 2.0, 0.5], reduction=reduction, get_not_nans=get_not_nans), {}),
+        (M.SurfaceDistanceMetric(symmetric=True, reduction=reduction, get_not_nans=get_not_nans),
+         mm.SurfaceDistanceMetric(symmetric=True, reduction=reduction, get_not_nans=get_not_nans), {}),
+    ]
+    for ours, theirs, kw in pairs:
+        for p, y in batches:
+            _same(ours(p, y, **kw), _monai(theirs, p, y, **kw))
+        # a batch given as lists of channel-first tensors (MONAI's other form)
+        p, y = batches[0]
+        _same(ours(list(p), list(y), **kw), _monai(theirs, list(p), list(y), **kw))
+        _same(ours.get_buffer(), theirs.get_buffer())
+        got, want = ours.aggregate(), _monai(theirs.aggregate)
+        for g_, w_ in zip(got if get_not_nans else [got], want if get_not_nans else [want]):
+            _same(g_, w_)
+        ours.reset()
+        theirs.reset()
+        assert ours.get_buffer() is None
+        with pytest.raises(ValueError, match="nothing to aggregate"):
+            ours.aggregate()
+
+
+def test_dice_metric_return_with_label_and_index_maps():
+    p, y = _pair((8, 9), seed=12)
+    for rwl in (True, ["a", "b", "c"]):
+        ours = M.DiceMetric(include_background=False, reduction="mean_batch", return_with_label=rwl)
+        theirs = mm.DiceMetric(include_background=False, reduction="mean_batch", return_with_label=rwl)
+        ours(p, y)
+        theirs(p, y)
+        assert ours.aggregate() == theirs.aggregate()
+    lp, ly = p.argmax(1, keepdim=True), y.argmax(1, keepdim=True)
+    ours, theirs = M.DiceMetric(num_classes=4, reduction="none"), mm.DiceMetric(num_classes=4, reduction="none")
+    _same(ours(lp, ly), _monai(theirs, lp, ly))
+
+
+def test_metric_classes_lists_of_different_sizes():
+    """Items of different shapes in one list are evaluated one by one, as MONAI does."""
+    (p1, y1), (p2, y2) = _pair((9, 10), B=1, seed=13), _pair((12, 7), B=1, seed=14)
+    ours, theirs = M.HausdorffDistanceMetric(reduction="none"), mm.HausdorffDistanceMetric(reduction="none")
+    _same(ours([p1[0], p2[0]], [y1[0], y2[0]]), _monai(theirs, [p1[0], p2[0]], [y1[0], y2[0]]))
+
+
+def test_bad_arguments_are_clear():
+    p, y = _pair((6, 7), seed=15)
+    with pytest.raises(ValueError, match="distance_metric"):
+        M.compute_hausdorff_distance(p, y, distance_metric="cosine")
+    with pytest.raises(NotImplementedError, match="chessboard"):
+        M.compute_average_surface_distance(p, y, distance_metric="chessboard")
+    with pytest.raises(NotImplementedError, match="use_subvoxels"):
+        M.compute_surface_dice(p, y, [1, 1, 1], use_subvoxels=True)
+    with pytest.raises(NotImplementedError, match="per_component"):
+        M.compute_dice(p, y, per_component=True)
+    with pytest.raises(ValueError, match="one entry per image"):
+        M.compute_hausdorff_distance(p, y, spacing=[(1.0, 1.0)] * 3)
+    with pytest.raises(ValueError, match="reduction"):
+        M.DiceMetric(reduction="median")
+    with pytest.raises(ValueError, match="at least 3 dimensions"):
+        M.DiceMetric()(p[:, :, 0, 0], y[:, :, 0, 0])
+    with pytest.raises(ValueError, match="num_classes"):
+        M.compute_dice(p, y, num_classes=0)
+    with pytest.raises(TypeError, match="ignore_index"):
+        M.compute_dice(p, y, ignore_index=1.5)
+
+
+def test_metrics_all_lists_exports():
+    assert set(M.__all__) >= {"compute_dice", "DiceMetric", "SurfaceDistanceMetric", "dice", "surface_dice"}
+    assert all(hasattr(M, n) for n in M.__all__)
+    assert "np" not in M.__all__ and "torch" not in M.__all__
