@@ -104,3 +104,38 @@ def test_loss_times_two_doubles_gradient_exactly(torch_backend, name):
     (2 * loss(x2, lab)).backward()
     assert torch.isfinite(x1.grad).all() and x1.grad.abs().sum() > 0
     assert torch.equal(x2.grad, 2 * x1.grad)
+
+
+# The check above runs on the torch backend, where autograd guarantees it. The custom backwards (the
+# Triton kernels' dL/d(stats) -> dL/dx, the TopK select's and Lovász's) run only on the other paths:
+# `triton` (under the interpreter here) and `auto` (the compiled CPU kernels once they serve CPU
+# tensors). There, in float32: 2·L gives exactly twice the gradient (a factor 2 is exact in floating
+# point), and a non-power-of-two upstream factor 0.37 gives 0.37 times the float64 torch gradient.
+_TRITON_REPEATS = {"TopK-10%", "TopK-30%", "TopK-70%", "TopK-90%", "TopK-Threshold (0.1)", "TopK-Threshold (0.3)",
+                   "TopK-Threshold (0.7)", "TopK-Threshold (0.9)", "Dice (Batch, no square)",
+                   "SampleDice (no square)"}
+_CUSTOM_CASES = [(b, n) for b in ("triton", "auto") for n in PAPER_LOSSES
+                 if not (b == "triton" and n in _TRITON_REPEATS)]
+
+
+@pytest.mark.parametrize("backend, name", _CUSTOM_CASES)
+def test_loss_times_two_on_the_custom_backwards(backend, name, monkeypatch):
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    x, lab = _data(2)
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    loss = _paper_loss(name, x, lab)  # DiceHD: α frozen, so the float64 reference has the same α
+    x64 = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(loss(x64, lab), x64)
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    x32 = x.float()
+    g = {}
+    for factor in (1.0, 2.0, 0.37):
+        xx = x32.clone().requires_grad_(True)
+        (factor * loss(xx, lab)).backward()
+        g[factor] = xx.grad
+    assert torch.isfinite(g[1.0]).all() and g[1.0].abs().sum() > 0
+    assert torch.equal(g[2.0], 2 * g[1.0])
+    torch.testing.assert_close(g[0.37].double(), 0.37 * ref, rtol=1e-4, atol=1e-6)
