@@ -86,6 +86,17 @@ def _check_spatial_dims(spatial_dims, ndim: int, default: int) -> int:
     return spatial_dims
 
 
+def _warn_ambiguous_stack(shape, spatial_dims) -> None:
+    """A 3-dim mask with no ``spatial_dims`` is one 3D volume; warn when it looks like a (B, H, W)
+    stack of 2D masks (a first dim much smaller than the other two), which needs ``spatial_dims=2``."""
+    if spatial_dims is None and len(shape) == 3 and shape[0] <= 16 and 4 * shape[0] <= min(shape[1], shape[2]):
+        warn_once(
+            f"mask of shape {tuple(shape)} is read as ONE 3D volume (spatial_dims defaults to min(ndim, 3)); "
+            f"for a batch of {shape[0]} 2D masks pass spatial_dims=2, for a thin volume pass spatial_dims=3 "
+            "to silence this warning"
+        )
+
+
 def _check_threads(threads) -> int:
     if threads is None:
         return 0
@@ -177,7 +188,8 @@ def edt(
         mask: torch tensor (CPU or CUDA) or numpy array of bool, integer or float; non-zero is
             foreground. The last ``spatial_dims`` dims are spatial, leading dims are a batch.
         spacing: voxel size, one number or one per spatial dim (positive, finite); default 1.
-        spatial_dims: 1, 2 or 3; default ``min(mask.ndim, 3)``.
+        spatial_dims: 1, 2 or 3; default ``min(mask.ndim, 3)``. **A (B, H, W) stack of 2D masks is one
+            3D volume unless ``spatial_dims=2``** (a warning says so when the shape looks like a stack).
         squared: return squared distances (skips the square root).
         threads: CPU threads; ``None`` or 0 uses every hardware thread. Ignored on the GPU.
 
@@ -195,6 +207,7 @@ def edt(
     """
     _check_mask(mask)
     sd = _check_spatial_dims(spatial_dims, mask.ndim, min(mask.ndim, 3))
+    _warn_ambiguous_stack(tuple(mask.shape), spatial_dims)
     sp = _spacing_list(spacing, sd)
     nthreads = _check_threads(threads)
     shape = tuple(mask.shape)
@@ -256,6 +269,7 @@ def edt_at(
     if tuple(query.shape) != tuple(mask.shape):
         raise ValueError(f"query must have the mask's shape {tuple(mask.shape)}, got {tuple(query.shape)}")
     sd = _check_spatial_dims(spatial_dims, mask.ndim, min(mask.ndim, 3))
+    _warn_ambiguous_stack(tuple(mask.shape), spatial_dims)
     sp = _spacing_list(spacing, sd)
     nthreads = _check_threads(threads)
     was_numpy = isinstance(mask, np.ndarray)
@@ -361,6 +375,7 @@ def signed_distance(
     """
     _check_mask(mask)
     sd = _check_spatial_dims(spatial_dims, mask.ndim, min(mask.ndim, 3))
+    _warn_ambiguous_stack(tuple(mask.shape), spatial_dims)
     sp = _spacing_list(spacing, sd)
     t, was_numpy = _as_tensor(mask)
     g = t != 0

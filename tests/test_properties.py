@@ -501,3 +501,20 @@ def test_surface_metrics_match_monai():
         torch.testing.assert_close(got_nsd, want_nsd.float(), equal_nan=True, rtol=1e-5, atol=1e-6)
 
     check()
+
+
+def test_edt_says_when_a_3d_mask_looks_like_a_stack_of_2d_masks():
+    """(B, H, W) is one 3D volume unless spatial_dims=2; the ambiguous shape warns, the answer differs."""
+    import fastloss.distance as dist
+
+    m = torch.ones(4, 20, 20, dtype=torch.bool)
+    m[:, 10, 10] = False
+    m[0, :, :] = True  # image 0 has no zero: inf as a 2D image, finite as a slice of a volume
+    dist._warn_ambiguous_stack.__globals__["warn_once"].__defaults__[0].clear()  # forget earlier warnings
+    with pytest.warns(UserWarning, match=r"ONE 3D volume.*spatial_dims=2"):
+        vol = edt(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        per_image = edt(m, spatial_dims=2)
+        edt(torch.ones(20, 20, 20, dtype=torch.bool), spatial_dims=None)  # a cube is not ambiguous
+    assert torch.isinf(per_image[0]).all() and float(vol[0, 10, 10]) == 1.0
