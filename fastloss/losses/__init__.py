@@ -1,6 +1,6 @@
 """The losses of the paper, grouped as in its Fig. 1: distribution, region, boundary and compound."""
 
-from .boundary import BoundaryLoss, HausdorffDTLoss
+from .boundary import BoundaryLoss, HausdorffDTLoss, LogHausdorffDTLoss
 from .compound import (
     DiceBoundaryLoss,
     DiceCELoss,
@@ -19,6 +19,7 @@ from .distribution import (
     class_weights_from_labels,
 )
 from .lovasz import LovaszSoftmaxLoss
+from .monai_extra import GeneralizedDiceFocalLoss, MaskedDiceLoss
 from .region import (
     AsymmetricSimilarityLoss,
     DiceLoss,
@@ -36,4 +37,6 @@ __all__ = [
     "ExpLogLoss", "FocalLoss", "FocalTverskyLoss", "GeneralizedDiceLoss", "HausdorffDTLoss", "IoULoss",
     "LovaszSoftmaxLoss", "PenaltyGeneralizedDiceLoss", "SensitivitySpecificityLoss", "TopKLoss",
     "TverskyLoss", "WeightedCrossEntropyLoss", "class_weights_from_labels",
+    # MONAI losses outside the paper
+    "GeneralizedDiceFocalLoss", "LogHausdorffDTLoss", "MaskedDiceLoss",
 ]

@@ -17,7 +17,8 @@ from .._validation import check_spacing
 from ..ops.stats import StatsSpec, activate, class_stats, compute_dtype
 from ._common import LossBase, check_nonneg, functional_form, reduce_loss, select_classes
 
-__all__ = ["BoundaryLoss", "HausdorffDTLoss", "boundary_loss", "hausdorff_dt_loss"]
+__all__ = ["BoundaryLoss", "HausdorffDTLoss", "LogHausdorffDTLoss", "boundary_loss", "hausdorff_dt_loss",
+           "log_hausdorff_dt_loss"]
 
 
 def _check_spacing_arg(spacing):
@@ -326,5 +327,29 @@ class HausdorffDTLoss(LossBase):
         return reduce_loss(f, self.reduction, prep.spatial_ndim)
 
 
+class LogHausdorffDTLoss(HausdorffDTLoss):
+    r"""Logarithm of the Hausdorff-distance loss; MONAI 1.6.1 ``LogHausdorffDTLoss``.
+
+    .. math:: L = \log(L_{HD} + 1)
+
+    applied to what :class:`HausdorffDTLoss` returns (the reduced value, or elementwise for
+    ``reduction="none"``, as MONAI). The log compresses the large values that the squared distance maps
+    give early in training; by the chain rule ``∂L/∂s = (∂L_{HD}/∂s) / (L_{HD} + 1)``, so the fused
+    statistics and their backward kernel serve it unchanged. Arguments, defaults and errors are
+    :class:`HausdorffDTLoss`'s (MONAI's, plus ``ignore_index`` and ``spacing``).
+
+    Example:
+        >>> loss = LogHausdorffDTLoss(softmax=True)
+        >>> x = torch.randn(2, 3, 16, 16, requires_grad=True)
+        >>> y = torch.randint(0, 3, (2, 1, 16, 16))
+        >>> loss(x, y).backward()
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``log(HausdorffDTLoss(input, target) + 1)``."""
+        return torch.log1p(super().forward(input, target))
+
+
 boundary_loss = functional_form(BoundaryLoss, "boundary_loss", forward_kwargs=("distance_map",))
+log_hausdorff_dt_loss = functional_form(LogHausdorffDTLoss, "log_hausdorff_dt_loss")
 hausdorff_dt_loss = functional_form(HausdorffDTLoss, "hausdorff_dt_loss")

@@ -1,0 +1,166 @@
+"""GeneralizedDiceFocalLoss, MaskedDiceLoss and LogHausdorffDTLoss side by side with MONAI 1.6.1's classes
+in float64 (values and gradients), through the torch backend and the Triton kernels (interpreter), plus
+gradcheck and MONAI's argument errors."""
+
+import warnings
+
+import pytest
+import torch
+
+import fastloss
+from fastloss import GeneralizedDiceFocalLoss, LogHausdorffDTLoss, MaskedDiceLoss
+
+monai_losses = pytest.importorskip("monai.losses")
+
+
+def _data(shape=(2, 3, 7, 6), seed=0, onehot=False, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    y = torch.randint(0, shape[1], (shape[0], 1) + shape[2:], generator=g)
+    if onehot:
+        y = torch.nn.functional.one_hot(y[:, 0], shape[1]).movedim(-1, 1).to(dtype)
+    return x, y
+
+
+F32 = dict(rtol=1e-6, atol=1e-8)
+
+
+def _compare(ours, theirs, x, y, *extra, rtol=1e-9, atol=1e-10):
+    """Values and input gradients of ``ours`` and ``theirs`` (a MONAI loss) on the same float64 data."""
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ours(a, y, *extra)
+        want = theirs(b, y, *extra)
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol)
+    (got.sum() * 2).backward()  # a loss scaled before backward
+    (want.sum() * 2).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol)
+
+
+GDFL_CASES = [
+    dict(softmax=True, to_onehot_y=True),
+    dict(sigmoid=True, to_onehot_y=True, include_background=False, w_type="simple", gamma=1.5),
+    dict(softmax=True, to_onehot_y=True, batch=True, w_type="uniform", weight=[0.2, 1.0, 3.0], lambda_focal=0.5),
+    dict(sigmoid=True, reduction="sum", lambda_gdl=2.0),
+    dict(other_act=torch.tanh, reduction="none", include_background=False),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kw", GDFL_CASES)
+def test_generalized_dice_focal_matches_monai(kw, backend, monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    onehot = not kw.get("to_onehot_y", False)
+    x, y = _data(seed=1, onehot=onehot)
+    # MONAI's focal part computes in float32 whatever the input dtype: float32 agreement
+    _compare(GeneralizedDiceFocalLoss(**kw), monai_losses.GeneralizedDiceFocalLoss(**kw), x, y, **F32)
+
+
+MASKED_CASES = [
+    dict(softmax=True, to_onehot_y=True),
+    dict(sigmoid=True, include_background=False, squared_pred=True),
+    dict(softmax=True, jaccard=True, batch=True, weight=[1.0, 2.0, 0.5]),
+    dict(sigmoid=True, reduction="none"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kw", MASKED_CASES)
+def test_masked_dice_matches_monai(kw, backend, monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    x, y = _data(seed=2, onehot=not kw.get("to_onehot_y", False))
+    mask = (torch.rand((x.shape[0], 1) + x.shape[2:], generator=torch.Generator().manual_seed(3)) > 0.4).double()
+    _compare(MaskedDiceLoss(**kw), monai_losses.MaskedDiceLoss(**kw), x, y, mask)
+    _compare(MaskedDiceLoss(**kw), monai_losses.MaskedDiceLoss(**kw), x, y, mask[:1])  # one mask for the batch
+
+
+def test_masked_dice_without_mask_is_dice_and_warns():
+    x, y = _data(seed=4)
+    with pytest.warns(UserWarning, match="No mask"):
+        got = MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y)
+    torch.testing.assert_close(got, fastloss.DiceLoss(softmax=True, to_onehot_y=True)(x, y))
+    ones = torch.ones((2, 1) + x.shape[2:], dtype=x.dtype)
+    torch.testing.assert_close(MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y, ones), got)
+
+
+HD_CASES = [
+    dict(softmax=True, to_onehot_y=True),
+    dict(sigmoid=True, include_background=True, alpha=1.0),
+    dict(softmax=True, to_onehot_y=True, batch=True, reduction="sum"),
+    dict(softmax=True, to_onehot_y=True, reduction="none"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kw", HD_CASES)
+def test_log_hausdorff_matches_monai(kw, backend, monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    x, y = _data((2, 3, 9, 8), seed=5, onehot=not kw.get("to_onehot_y", False))
+    # MONAI's distance fields are float32: float32 agreement
+    _compare(LogHausdorffDTLoss(**kw), monai_losses.LogHausdorffDTLoss(**kw), x, y, **F32)
+
+
+def test_log_hausdorff_is_log1p_of_hausdorff():
+    x, y = _data((2, 3, 9, 8), seed=6)
+    hd = fastloss.HausdorffDTLoss(softmax=True, reduction="none")(x, y)
+    torch.testing.assert_close(LogHausdorffDTLoss(softmax=True, reduction="none")(x, y), torch.log(hd + 1))
+
+
+@pytest.mark.parametrize(
+    "loss, extra",
+    [
+        (GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True), ()),
+        (GeneralizedDiceFocalLoss(sigmoid=True, batch=True), ()),
+        (MaskedDiceLoss(softmax=True, to_onehot_y=True), "mask"),
+        (LogHausdorffDTLoss(softmax=True), ()),
+    ],
+)
+def test_gradcheck(loss, extra):
+    x, y = _data((2, 3, 4, 5), seed=7)
+    if loss.__class__ is GeneralizedDiceFocalLoss and not loss.generalized_dice.to_onehot_y:
+        y = torch.nn.functional.one_hot(y[:, 0], 3).movedim(-1, 1).double()
+    args = ()
+    if extra == "mask":
+        args = ((torch.arange(20).view(1, 1, 4, 5) % 3 != 0).double(),)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: loss(t, y, *args), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_bad_arguments_raise_monai_types():
+    x, y = _data()
+    with pytest.raises(ValueError, match="lambda_gdl"):
+        GeneralizedDiceFocalLoss(lambda_gdl=-1.0)
+    with pytest.raises(ValueError):
+        MaskedDiceLoss(sigmoid=True, softmax=True)
+    with pytest.raises(TypeError):
+        MaskedDiceLoss(other_act=3)
+    with pytest.raises(ValueError, match="one channel"):
+        MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y, torch.ones_like(x))
+    with pytest.raises(ValueError, match="batch size"):
+        MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y, torch.ones((3, 1) + x.shape[2:], dtype=x.dtype))
+    with pytest.raises(ValueError):
+        GeneralizedDiceFocalLoss(softmax=True)(x, y[:, :, :3])
+    # MONAI raises the same types for these
+    with pytest.raises(ValueError):
+        monai_losses.GeneralizedDiceFocalLoss(lambda_gdl=-1.0)
+    with pytest.raises(ValueError):
+        monai_losses.MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y, torch.ones_like(x))
+
+
+def test_functional_forms_and_exports():
+    x, y = _data(seed=8)
+    from fastloss.losses.boundary import log_hausdorff_dt_loss
+    from fastloss.losses.monai_extra import generalized_dice_focal_loss, masked_dice_loss
+
+    torch.testing.assert_close(
+        generalized_dice_focal_loss(x, y, softmax=True, to_onehot_y=True),
+        GeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True)(x, y),
+    )
+    m = torch.ones((2, 1) + x.shape[2:], dtype=x.dtype)
+    torch.testing.assert_close(masked_dice_loss(x, y, mask=m, softmax=True, to_onehot_y=True),
+                               MaskedDiceLoss(softmax=True, to_onehot_y=True)(x, y, m))
+    torch.testing.assert_close(log_hausdorff_dt_loss(x, y, softmax=True), LogHausdorffDTLoss(softmax=True)(x, y))
+    for name in ("GeneralizedDiceFocalLoss", "MaskedDiceLoss", "LogHausdorffDTLoss"):
+        assert name in fastloss.__all__ and name in fastloss.losses.__all__
