@@ -19,6 +19,11 @@ from typing import Optional, Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ShapeMismatchError(ValueError, AssertionError):
+    """A target whose shape does not match the input: a ``ValueError``, and an ``AssertionError`` too,
+    because MONAI's losses ``assert`` there, so code written to catch either keeps working."""
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -206,7 +211,7 @@ def prepare_target(
     elif tuple(target.shape) == (B,) + spatial:
         labels = target.reshape(B, N)
     else:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"{name} must be labels of shape {(B, 1) + spatial} or {(B,) + spatial}, or one-hot/soft of shape "
             f"{(B, C) + spatial}, to match input of shape {tuple(input.shape)}; got {tuple(target.shape)}"
         )
@@ -277,7 +282,16 @@ def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int]
             f"{name} labels must lie in [0, {hi - 1}] for {C} channel(s)"
             + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
             + f"; found {values}"
+            + _ignore_hint(values, ignore_index)
         )
+
+
+def _ignore_hint(values, ignore_index: Optional[int]) -> str:
+    """255 and -1 are the usual "unlabelled" codes: suggest ignore_index when one is found unhandled."""
+    codes = [v for v in (255, -1, -100) if v in values and v != ignore_index]
+    if not codes:
+        return ""
+    return f" (if {codes[0]} marks unlabelled voxels, pass ignore_index={codes[0]} to skip them)"
 
 
 def warn_once(message: str, _seen=set()) -> None:

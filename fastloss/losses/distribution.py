@@ -450,6 +450,16 @@ class TopKLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.to_onehot_y = check_bool(to_onehot_y, "to_onehot_y")
 
+    def extra_repr(self) -> str:
+        # the repr shows what selects the voxels: TopKLoss(k=10.0, ...) or TopKLoss(t=0.3, ...)
+        sel = f"k={self.k}" if self.t is None else f"t={self.t}"
+        parts = [sel, f"reduction={self.reduction!r}"]
+        if self.ignore_index is not None:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.class_weight is not None:
+            parts.append(f"weight={self.class_weight.tolist()}")
+        return ", ".join(parts)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         prep = prepare_inputs(
             input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
