@@ -1,7 +1,7 @@
 """Command line: ``python -m fastloss.nnunet train|list``.
 
 ``train DATASET CONFIGURATION FOLD --loss NAME [--nnunet-values] [--epochs N] [--iterations N]
-[--val-iterations N] [nnU-Net's nnUNetv2_train options: -p, -pretrained_weights, -num_gpus, --npz, --c, --val,
+[--val-iterations N] [--skip-validation] [nnU-Net's nnUNetv2_train options: -p, -pretrained_weights, -num_gpus, --npz, --c, --val,
 --val_best, --disable_checkpointing, -device]`` runs nnU-Net's own ``nnUNetv2_train`` with the trainer
 ``nnUNetTrainer_fastloss_<NAME>``. nnU-Net looks trainers up by name in its package folder; this command makes
 nnU-Net's lookup (``run_training.recursive_find_trainer_class_by_name``) resolve the fastloss names first and
@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive, help="instead of nnU-Net's 1000")
     t.add_argument("--iterations", type=_positive, help="training iterations per epoch instead of 250")
     t.add_argument("--val-iterations", type=_positive, help="validation iterations per epoch instead of 50")
+    t.add_argument("--skip-validation", action="store_true",
+                   help="skip nnU-Net's final validation after training (short runs)")
     sub.add_parser("list", help="the loss names and their trainer names")
     return p
 
@@ -111,6 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                        ("FASTLOSS_NNUNET_VAL_ITERATIONS", args.val_iterations)):
         if value is not None:
             os.environ[env] = str(value)
+    if args.skip_validation:
+        os.environ["FASTLOSS_NNUNET_SKIP_VALIDATION"] = "1"
     if "-tr" in rest:
         _parser().error("-tr is chosen by --loss")
     import nnunetv2.run.run_training as rt

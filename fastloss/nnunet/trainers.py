@@ -12,7 +12,8 @@ nnU-Net finds trainers by name inside its own package folder only; ``python -m f
 
 Environment knobs (read when a trainer is built, inherited by DDP workers): ``FASTLOSS_NNUNET_EPOCHS``,
 ``FASTLOSS_NNUNET_ITERATIONS`` and ``FASTLOSS_NNUNET_VAL_ITERATIONS`` replace nnU-Net's 1000 epochs, 250 training
-and 50 validation iterations per epoch (for short runs and tests).
+and 50 validation iterations per epoch (for short runs and tests); ``FASTLOSS_NNUNET_SKIP_VALIDATION=1`` skips the
+final validation (the sliding-window prediction of every validation case) after training.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class FastlossTrainer(nnUNetTrainer):
             ddp=self.is_ddp,
             nnunet_values=self.nnunet_values,
         )
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if os.environ.get("FASTLOSS_NNUNET_SKIP_VALIDATION", "0") == "1":  # --skip-validation (short runs)
+            self.print_to_log_file("fastloss: final validation skipped (--skip-validation)")
+            return
+        return super().perform_actual_validation(save_probabilities)
 
     def on_epoch_end(self):
         for m in self.loss.modules():  # epoch schedules (DiceBD's alpha)
