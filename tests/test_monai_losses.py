@@ -164,3 +164,23 @@ def test_functional_forms_and_exports():
     torch.testing.assert_close(log_hausdorff_dt_loss(x, y, softmax=True), LogHausdorffDTLoss(softmax=True)(x, y))
     for name in ("GeneralizedDiceFocalLoss", "MaskedDiceLoss", "LogHausdorffDTLoss"):
         assert name in fastloss.__all__ and name in fastloss.losses.__all__
+
+
+@pytest.mark.parametrize(
+    "name", ["DiceLoss", "DiceCELoss", "DiceFocalLoss", "GeneralizedDiceLoss", "TverskyLoss", "HausdorffDTLoss",
+             "GeneralizedDiceFocalLoss", "MaskedDiceLoss"],
+)
+def test_shape_mismatch_is_both_assertion_and_value_error(name):
+    """Whether MONAI asserts or raises ValueError on a target of the wrong shape, ours is caught by the
+    same except clause (and by the other one)."""
+    x = torch.randn(2, 3, 4, 4)
+    for y in (torch.randint(0, 3, (2, 1, 5, 4)), torch.zeros(2, 2, 4, 4)):
+        with pytest.raises((AssertionError, ValueError)) as theirs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(monai_losses, name)(softmax=True)(x, y)
+        for exc in (theirs.type, AssertionError, ValueError):
+            with pytest.raises(exc, match="must be labels of shape"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    getattr(fastloss, name)(softmax=True)(x, y)
