@@ -495,3 +495,19 @@ def test_exp_log_loss_probability_exactly_one(backend, monkeypatch):
     if backend == "torch":
         candidates = candidates[:1]  # log_softmax rounds p to 1
     assert any(abs(v.item() - c) <= 1e-4 * c for c in candidates), (v.item(), candidates)
+
+
+def test_dice_boundary_steps_per_epoch_refused_under_compile(torch_backend):
+    """torch.compile cannot replay a Python step count: steps_per_epoch is refused with a message naming
+    the way out, and a compiled default loss leaves the count (and the warning) alone."""
+    x, y = _data((1, 3, 4, 4), seed=42)
+    x = x.float()
+    with pytest.raises(RuntimeError, match=r"torch.compile cannot replay.*set_epoch\(\)/step_epoch\(\)"):
+        torch.compile(DiceBoundaryLoss(steps_per_epoch=3), backend="eager")(x, y)
+    plain = DiceBoundaryLoss(warn_after_steps=1)
+    compiled = torch.compile(plain, fullgraph=True, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for _ in range(2):
+            compiled(x.clone().requires_grad_(), y).backward()
+    assert plain.steps == 0 and plain.epoch == 0
