@@ -359,15 +359,17 @@ def _pack_row_boxes(ep: torch.Tensor, eg: torch.Tensor, nd: int):
     return ep[(rows, *index)], eg[(rows, *index)]
 
 
-def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: bool = False):
+def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: bool = False, metric: str = "euclidean"):
     """Yield ``(rows, E, D)`` over row chunks of the flattened ``(B * C)`` masks.
 
     ``E`` is ``(2, r, *spatial)`` bool: ``E[0]`` the prediction's border voxels, ``E[1]`` the
     reference's. ``D`` is float32 ``(K, r, *spatial)``: ``D[0]`` the distance from each voxel to the
     nearest reference border voxel (``inf`` when the reference has none), ``D[1]`` (absent when
     ``directed``) to the nearest prediction border voxel. ``D`` is None when no row has any border.
+    ``metric``: ``"euclidean"`` (:func:`fastloss.distance.edt`, with ``spacing``) or ``"chessboard"`` /
+    ``"taxicab"`` (:func:`fastloss.distance.cdt`, grid steps, no spacing: MONAI's convention).
     """
-    from .distance import edt  # lazy: the compiled extension loads only when a surface metric runs
+    from .distance import cdt, edt  # lazy: the compiled extension loads only when a surface metric runs
 
     nd = p.ndim - 2
     R = p.shape[0] * p.shape[1]
@@ -386,7 +388,10 @@ def _edge_distance_chunks(p: torch.Tensor, g: torch.Tensor, spacing, directed: b
         E = torch.stack((ep[rows], eg[rows]))
         # edt(~border) is the distance to the nearest border voxel; the query side is the other mask.
         targets = torch.stack((~eg[rows], ~ep[rows]))[:k]
-        D = edt(targets.view(torch.uint8), spacing, spatial_dims=nd)
+        if metric == "euclidean":
+            D = edt(targets.view(torch.uint8), spacing, spatial_dims=nd)
+        else:
+            D = cdt(targets, metric, spatial_dims=nd)
         yield rows, E, D
 
 
@@ -681,12 +686,17 @@ def _surface_metrics(
     directed: bool = False,
     pooled: bool = False,
     want_asd: bool = False,
+    metric: str = "euclidean",
 ):
     """The NSD (when ``tolerance`` is given) and the Hausdorff distance (when ``want_hd``) of
     :func:`surface_dice`, :func:`hausdorff_distance` and :func:`surface_metrics`; None for the other.
     With ``want_asd`` the second value is instead the mean border distance (one direction when
     ``directed``, both pooled otherwise: MONAI's average surface distance)."""
-    nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
+    if metric == "euclidean":
+        nd, B, C, dev, plan, p, g = _prepare_surface(y_pred, y, include_background)
+    else:  # chessboard / taxicab: whole-mask transforms (the batched path), spacing plays no part
+        p, g = _prepare(y_pred, y, include_background)
+        nd, B, C, dev, plan = p.ndim - 2, p.shape[0], p.shape[1], p.device, None
     sp = check_spacing(spacing, nd)
     want_nsd = tolerance is not None
     if want_nsd:
@@ -704,7 +714,7 @@ def _surface_metrics(
     # GPU, NSD alone: a small tolerance ball (1 mm at ~1 mm spacing: 7 offsets in 3D) is cheaper to
     # test by shifting the border masks than by a full EDT; both give the same counts.
     ball = None
-    if plan is None and want_nsd and not want_hd:
+    if plan is None and want_nsd and not want_hd and metric == "euclidean":
         ball = _ball_offsets(float(tol.max()), sp, nd, _MAX_SHIFTS)
     if plan is not None:
         # CPU, one row at a time on its box; NSD alone: the search stops at the tolerance
@@ -730,7 +740,7 @@ def _surface_metrics(
         n_border = E.flatten(2).sum(-1)
         n_close = _close_counts_by_shifts(E, tol_rows, *ball).sum(0)
     else:
-        for rows, E, D in _edge_distance_chunks(p, g, sp, directed=directed):
+        for rows, E, D in _edge_distance_chunks(p, g, sp, directed=directed, metric=metric):
             n_border[:, rows] = E.flatten(2).sum(-1)
             if D is None:
                 continue
@@ -801,10 +811,6 @@ def _check_distance_metric(distance_metric) -> str:
     distance_metric = getattr(distance_metric, "value", distance_metric)
     if distance_metric not in _DISTANCE_METRICS:
         raise ValueError(f"distance_metric must be one of {list(_DISTANCE_METRICS)}, got {distance_metric!r}")
-    if distance_metric != "euclidean":
-        raise NotImplementedError(
-            f"distance_metric={distance_metric!r} is not implemented in fastloss.metrics yet; use 'euclidean'"
-        )
     return distance_metric
 
 
@@ -945,8 +951,7 @@ def compute_hausdorff_distance(
     Unlike :func:`hausdorff_distance` (HD95 by default), ``percentile=None`` (the default) is the
     maximum; ``percentile=0`` is also the maximum, as in MONAI. ``spacing``: a number, one per spatial
     axis, or a list with one entry per image. ``ignore_index``: NaN for that class (as MONAI, this
-    function masks no voxel; :class:`HausdorffDistanceMetric` does). Only ``distance_metric="euclidean"``
-    is implemented.
+    function masks no voxel; :class:`HausdorffDistanceMetric` does).
 
     Example:
         >>> p = torch.zeros(1, 1, 5, 5); p[0, 0, 1, 1] = 1
@@ -954,12 +959,16 @@ def compute_hausdorff_distance(
         >>> compute_hausdorff_distance(p, g, include_background=True)
         tensor([[3.]])
     """
-    _check_distance_metric(distance_metric)
+    metric = _check_distance_metric(distance_metric)
     q = None if not percentile else percentile  # MONAI: 0 and None both mean the maximum
     y_pred = _to_tensor(y_pred, "y_pred")
-    out = _by_spacing(
-        hausdorff_distance, y_pred, y, spacing, percentile=q, include_background=include_background, directed=directed
-    )
+
+    def hd(a, b, spacing):
+        return _surface_metrics(
+            a, b, include_background, spacing, percentile=q, want_hd=True, directed=directed, metric=metric
+        )[1]
+
+    out = _by_spacing(hd, y_pred, y, spacing)
     return _nan_ignored_class(out, ignore_index, include_background, y_pred.shape[1])
 
 
@@ -984,22 +993,26 @@ def compute_surface_dice(
     """``monai.metrics.compute_surface_dice``: NSD with one tolerance per evaluated class.
 
     Same arguments and results as MONAI for ``use_subvoxels=False`` (border voxels counted); ``spacing``
-    may be a per-image list. ``use_subvoxels=True`` and non-Euclidean distances raise
-    NotImplementedError.
+    may be a per-image list; ``distance_metric`` ``"chessboard"``/``"taxicab"`` as MONAI. ``use_subvoxels=True``
+    raises NotImplementedError.
 
     Example:
         >>> p = torch.zeros(1, 1, 6, 6); p[0, 0, 1:4, 1:4] = 1
         >>> compute_surface_dice(p, p, [0.0], include_background=True)
         tensor([[1.]])
     """
-    _check_distance_metric(distance_metric)
+    metric = _check_distance_metric(distance_metric)
     if use_subvoxels:
         raise NotImplementedError("compute_surface_dice(use_subvoxels=True) is not implemented in fastloss")
     if not isinstance(class_thresholds, (Sequence, np.ndarray, torch.Tensor)) or isinstance(class_thresholds, str):
         raise TypeError(f"class_thresholds must be a list of numbers, got {type(class_thresholds).__name__}")
     y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
-    out = _by_spacing(surface_dice, y_pred, y, spacing, tolerance=list(class_thresholds), include_background=include_background)
-    return out
+    tol = list(class_thresholds)
+
+    def nsd(a, b, spacing):
+        return _surface_metrics(a, b, include_background, spacing, tolerance=tol, metric=metric)[0]
+
+    return _by_spacing(nsd, y_pred, y, spacing)
 
 
 def compute_average_surface_distance(
@@ -1014,7 +1027,7 @@ def compute_average_surface_distance(
     """``monai.metrics.compute_average_surface_distance``: the mean distance from the prediction's border
     voxels to the reference border (with ``symmetric``, the mean over both directions' distances pooled).
 
-    Conventions (MONAI's): one empty mask -> ``inf``; both empty -> NaN. Only Euclidean distances.
+    Conventions (MONAI's): one empty mask -> ``inf``; both empty -> NaN. ``distance_metric`` as MONAI.
     ``ignore_index`` is accepted and, as in MONAI's function, changes nothing here
     (:class:`SurfaceDistanceMetric` masks the ignored voxels).
 
@@ -1024,10 +1037,10 @@ def compute_average_surface_distance(
         >>> compute_average_surface_distance(p, g, include_background=True)
         tensor([[2.]])
     """
-    _check_distance_metric(distance_metric)
+    metric = _check_distance_metric(distance_metric)
 
     def asd(a, b, spacing):
-        return _surface_metrics(a, b, include_background, spacing, want_asd=True, directed=not symmetric)[1]
+        return _surface_metrics(a, b, include_background, spacing, want_asd=True, directed=not symmetric, metric=metric)[1]
 
     return _by_spacing(asd, y_pred, y, spacing)
 

@@ -5,6 +5,8 @@ spacings and every reduction; and the fast Dice counting against plain torch sum
 import math
 import warnings
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -229,8 +231,6 @@ def test_bad_arguments_are_clear():
     p, y = _pair((6, 7), seed=15)
     with pytest.raises(ValueError, match="distance_metric"):
         M.compute_hausdorff_distance(p, y, distance_metric="cosine")
-    with pytest.raises(NotImplementedError, match="chessboard"):
-        M.compute_average_surface_distance(p, y, distance_metric="chessboard")
     with pytest.raises(NotImplementedError, match="use_subvoxels"):
         M.compute_surface_dice(p, y, [1, 1, 1], use_subvoxels=True)
     with pytest.raises(NotImplementedError, match="per_component"):
@@ -251,3 +251,55 @@ def test_metrics_all_lists_exports():
     assert set(M.__all__) >= {"compute_dice", "DiceMetric", "SurfaceDistanceMetric", "dice", "surface_dice"}
     assert all(hasattr(M, n) for n in M.__all__)
     assert "np" not in M.__all__ and "torch" not in M.__all__
+
+
+@pytest.mark.parametrize("metric", ["chessboard", "taxicab"])
+@pytest.mark.parametrize("shape", [(10, 12), (9, 8, 10)])
+def test_chessboard_and_taxicab_metrics_match_monai(metric, shape):
+    p, y = _pair(shape, seed=16)
+    cases = [
+        ("compute_hausdorff_distance", dict(percentile=95)),
+        ("compute_hausdorff_distance", dict(directed=True)),
+        ("compute_average_surface_distance", dict(symmetric=True)),
+        ("compute_surface_dice", dict(class_thresholds=[1.0, 2.0, 0.0])),
+    ]
+    for name, kw in cases:
+        kw = dict(kw, distance_metric=metric, spacing=2.0)  # spacing plays no part for these metrics (MONAI)
+        _same(getattr(M, name)(p, y, **kw), _monai(getattr(mm, name), p, y, **kw))
+
+
+@pytest.mark.parametrize("metric", ["chessboard", "taxicab"])
+@pytest.mark.parametrize("shape, spatial_dims", [((17,), None), ((9, 13), None), ((8, 11, 10), None), ((3, 9, 13), 2)])
+def test_cdt_matches_scipy(metric, shape, spatial_dims):
+    from fastloss.distance import cdt
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(abs(hash((metric, shape))) % 2**32)
+    for frac_background in (0.02, 0.3, 0.9):
+        m = rng.random(shape) > frac_background
+        m.flat[0] = False  # at least one zero voxel per volume (scipy's answer otherwise is -1)
+        if spatial_dims == 2:
+            m[:, 0, 0] = False
+            want = np.stack([ndimage.distance_transform_cdt(v, metric=metric) for v in m])
+        else:
+            want = ndimage.distance_transform_cdt(m, metric=metric)
+        got = cdt(torch.from_numpy(m), metric, spatial_dims=spatial_dims)
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
+        np.testing.assert_array_equal(cdt(m, metric, spatial_dims=spatial_dims), want)  # numpy in, numpy out
+
+
+def test_cdt_edge_cases():
+    from fastloss.distance import cdt
+
+    assert torch.isinf(cdt(torch.ones(4, 5), "chessboard")).all()  # no zero voxel: inf (scipy: -1)
+    assert (cdt(torch.zeros(4, 5), "taxicab") == 0).all()
+    one = torch.ones(2, 7, 7)
+    one[0, 3, 3] = 0  # batch item 0 has a zero voxel, item 1 none
+    d = cdt(one, "chessboard", spatial_dims=2)
+    assert d[0].max() == 3 and torch.isinf(d[1]).all()
+    assert cdt(one, "taxicab", spatial_dims=2)[0].max() == 6
+    with pytest.raises(ValueError, match="metric"):
+        cdt(one, "euclidean")
+    with pytest.raises(TypeError):
+        cdt([[1, 0]], "taxicab")
