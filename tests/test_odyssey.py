@@ -198,6 +198,21 @@ def test_dicebd_schedule_scaled_to_the_run():
     assert alphas[8] > 0.05
 
 
+def test_wce_and_ell_weights_come_from_the_training_set():
+    from fastloss import get_loss
+
+    counts = torch.tensor([900.0, 90.0, 10.0], dtype=torch.float64)
+    inv_f = torch.tensor([1000 / 900, 1000 / 90, 1000 / 10], dtype=torch.float64)  # Eq. (2): 1/f_c = N/n_c
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    want = torch.nn.functional.cross_entropy(x, y[:, 0], weight=inv_f)
+    assert float(build_loss("WCE", 10, counts)(x, y)) == pytest.approx(float(want), rel=1e-6)
+    ell = float(build_loss("ELL", 10, counts)(x, y))
+    assert ell == pytest.approx(float(get_loss("ELL", weight=inv_f.sqrt())(x, y)), rel=1e-6)
+    assert ell != pytest.approx(float(get_loss("ELL")(x, y)), rel=1e-3)  # not the per-batch weights
+
+
 @pytest.mark.parametrize("name", ["Dice", "IoU", "DiceCE", "Tversky", "HD"])
 def test_monai_counterparts_compute_the_same_loss(name):
     torch.manual_seed(0)

@@ -38,8 +38,8 @@ import torch
 
 from .data import Dataset, load_folder, synthetic_dataset
 from .synthetic import TASKS
-from .train import (MONAI_EQUIVALENTS, TrainConfig, _canonical, build_loss, build_network, evaluate, monai_loss,
-                    summarize_ms, time_steps, train_one)
+from .train import (MONAI_EQUIVALENTS, TrainConfig, _canonical, _train_counts, build_loss, build_network, evaluate,
+                    monai_loss, summarize_ms, time_steps, train_one)
 
 __all__ = ["OdysseyConfig", "MODES", "TABLE2_LOSSES", "QUICK_LOSSES", "run"]
 
@@ -259,7 +259,7 @@ def run(cfg: Optional[OdysseyConfig] = None, *, run_id: Optional[str] = None, lo
         if cfg.timing_steps > 0:
             fns = {}
             for name in cfg.losses:
-                fns[("fastloss", name)] = build_loss(name, tc.epochs)
+                fns[("fastloss", name)] = build_loss(name, tc.epochs, _train_counts(ds))
                 if cfg.monai and name in MONAI_EQUIVALENTS:
                     fns[("monai", name)] = monai_loss(name)
             times = time_steps(fns, init_state, make_model, ds, tc, cfg.timing_steps)

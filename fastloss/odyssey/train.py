@@ -14,6 +14,8 @@ The paper's training tricks (Sec. 3.2), scaled to the run's length:
 - DiceBD: ``α`` falls by ``alpha_step`` per epoch (``loss.step_epoch()``), from 1 (plain Dice) to
   0.01; the paper's 0.01 per epoch reaches the floor after 99 of 1000 epochs, so the step here is
   ``0.99 / max(1, round(0.099·epochs))`` to reach it at the same share of training.
+- WCE and ELL: class weights from the training set's voxel counts (Eq. 2's ``1/f_c``; Wong et al.'s
+  ``(1/f_c)^0.5``), ``fastloss.class_weights``.
 
 Each training step is timed in three parts with no extra work: the network's forward pass, the loss
 (forward and backward on the detached logits: ``loss_ms``) and the network's backward pass from
@@ -74,13 +76,21 @@ def build_network(in_channels: int, num_classes: int, patch: Sequence[int], filt
 
 
 # ------------------------------------------------------------------------------------------ losses
-def build_loss(name: str, epochs: int) -> nn.Module:
+def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = None) -> nn.Module:
     """The paper's configuration of ``name`` (``fastloss.get_loss``), with the DiceBD schedule scaled
-    to ``epochs`` (see the module docstring)."""
-    cls, kwargs = PAPER_LOSSES[_canonical(name)]
+    to ``epochs`` (see the module docstring) and, given the training set's voxel counts per class
+    (``fastloss.class_counts``), WCE's and ELL's class weights from them, as the paper's Eq. (2) and
+    Wong et al. take them (without counts, those losses weigh each batch by its own frequencies)."""
+    canon = _canonical(name)
+    cls, kwargs = PAPER_LOSSES[canon]
+    extra = {}
     if "alpha_step" in kwargs:
-        return get_loss(name, alpha_step=0.99 / max(1, round(0.099 * epochs)))
-    return get_loss(name)
+        extra["alpha_step"] = 0.99 / max(1, round(0.099 * epochs))
+    if class_counts is not None and canon in ("WCE", "ELL"):
+        from ..class_weights import class_weights
+
+        extra["weight"] = class_weights(class_counts, scheme=canon.lower()).float()
+    return get_loss(canon, **extra)
 
 
 def _canonical(name: str) -> str:
@@ -189,6 +199,13 @@ def _timed_step(model, loss_fn, opt, x, y, device) -> tuple:
     return value.detach(), (t3 - t0) * 1e3, (t2 - t1) * 1e3
 
 
+def _train_counts(dataset: Dataset) -> torch.Tensor:
+    """Voxels per class over the training cases (for WCE's and ELL's weights)."""
+    from ..class_weights import class_counts
+
+    return class_counts((c.label for c in dataset.train), dataset.num_classes)
+
+
 def train_one(
     loss_name: str,
     init_state: dict,
@@ -209,7 +226,7 @@ def train_one(
     model.load_state_dict(init_state)
     model.train()
     canon = _canonical(loss_name)
-    main_loss = build_loss(canon, cfg.epochs).to(device)
+    main_loss = build_loss(canon, cfg.epochs, _train_counts(dataset)).to(device)
     warm = WARMUP.get(canon)
     warm_loss = get_loss(warm).to(device) if warm else None
     warm_steps = int(cfg.warmup * cfg.epochs * cfg.steps_per_epoch) if warm else 0
