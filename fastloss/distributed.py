@@ -16,14 +16,21 @@ What :func:`sync_batch_statistics` covers: every loss whose batch sums go throug
 ``LossBase.reduce_stats``: :class:`~fastloss.DiceLoss`, ``IoULoss``, ``TverskyLoss``, ``FocalTverskyLoss``,
 ``AsymmetricSimilarityLoss``, ``GeneralizedDiceLoss`` (its class weights come from the all-reduced volumes),
 ``PenaltyGeneralizedDiceLoss``, and the Dice part of ``DiceCELoss``, ``DiceFocalLoss``, ``DiceTopKLoss``,
-``DiceBoundaryLoss``, ``DiceHausdorffDTLoss``. The per-voxel parts of the compound losses (CE, focal, TopK,
-boundary, Hausdorff) stay per rank, as in nnU-Net: a rank's CE is the mean over its own voxels and DDP's
-averaging of gradients makes that the mean over the whole batch when every rank has the same number of
-counted voxels. **TopK** selects the k % hardest voxels *of each rank's shard* (as nnU-Net's ``TopKLoss``
-under DDP); the union of the ranks' selections is not the k % hardest of the whole batch, so DiceTopK's TopK
-term equals the mean over ranks of the per-shard TopK, not the single-process TopK of the concatenated
-batch. ``SensitivitySpecificityLoss``, ``ExpLogLoss`` and ``HausdorffDTLoss`` with ``batch=True`` reduce
-their sums themselves and are refused (``ValueError``) rather than silently left per rank.
+``DiceBoundaryLoss``, ``DiceHausdorffDTLoss``; and ``TopKLoss`` (``k`` %, also inside DiceTopK), see below.
+The other per-voxel parts of the compound losses (CE, focal, boundary, Hausdorff) stay per rank, as in
+nnU-Net: a rank's CE is the mean over its own voxels, and DDP's averaging of gradients makes that the mean
+over the whole batch when every rank has the same number of counted voxels (the mean of the ranks' values is
+then the single-process value too). ``SensitivitySpecificityLoss``, ``ExpLogLoss`` and ``HausdorffDTLoss``
+with ``batch=True`` and the threshold TopK (``t``) reduce their sums themselves and are refused
+(``ValueError``) rather than silently left per rank.
+
+**TopK** under synchronisation selects the ``K = int(n·k/100)`` hardest voxels of the *whole* batch (``n``
+counted voxels over all ranks), :func:`synced_topk`: every rank sends its own ``K`` largest CE values (all
+others cannot be among the global ``K``), the ``K``-th largest of those is the global threshold ``τ``, and a
+rank's term is ``(W/K)·Σ_{own voxels} ce·1{ce > τ}`` plus its share of the ties at ``τ``. The mean over
+ranks of these terms is the single-process TopK of the concatenated batch, and so are the DDP-averaged
+gradients. (nnU-Net's ``TopKLoss`` under DDP keeps the k % of each rank's shard instead.) The gather moves
+``W·K`` values per step: 10 % of the batch's voxels for the paper's k.
 
 The fused Triton formula path is bypassed for a synchronised loss (the statistics path all-reduces).
 """
@@ -35,7 +42,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["all_reduce_sum", "sync_batch_statistics", "synced_modules"]
+__all__ = ["all_reduce_sum", "sync_batch_statistics", "synced_modules", "synced_topk"]
 
 
 def _dist():
@@ -83,25 +90,78 @@ def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     return _AllReduceSum.apply(x, group)
 
 
+def synced_topk(ce: torch.Tensor, mask: Optional[torch.Tensor], k: float, reduction: str, group=None):
+    """This rank's term of the TopK loss over the whole batch of all ranks (see the module docstring).
+
+    Args:
+        ce: per-voxel cross entropy of this rank's shard, any shape (0 at ignored voxels).
+        mask: same number of elements, > 0 at counted voxels, or None (all counted).
+        k: the percentage of counted voxels kept, in (0, 100].
+        reduction: ``"mean"``: ``(W/K)·Σ`` of this rank's selected values (the mean over ranks is the
+            single-process TopK mean); ``"sum"``: ``W·Σ`` likewise; ``"none"``: ``ce`` times this rank's
+            selection weights (1 selected, 0 not, a fraction at ties), shaped like ``ce``.
+        group: the process group (None: the default group).
+    """
+    from .ops.topk import topk_count
+
+    dist = _dist()
+    if not dist.is_initialized():
+        all_reduce_sum(ce, group)  # raises the not-initialised error
+    W = dist.get_world_size(group)
+    v = ce.detach()
+    valid = torch.ones_like(v, dtype=torch.bool) if mask is None else (mask.reshape(v.shape) > 0)
+    flat = v[valid]
+    n = torch.tensor([flat.numel()], dtype=torch.int64, device=v.device)
+    dist.all_reduce(n, group=group)
+    K = topk_count(int(n.item()), k)  # nnU-Net's count over the whole batch
+    if K == 0:
+        return ce.sum() * 0.0 if reduction != "none" else ce * 0.0
+    # Only a rank's own K largest values can be among the global K largest: gather those (padded with -inf,
+    # below every CE >= 0) and take the K-th largest of the union as the threshold τ.
+    own = torch.topk(flat, min(K, flat.numel())).values if flat.numel() else flat
+    pad = torch.full((K,), float("-inf"), dtype=v.dtype, device=v.device)
+    pad[: own.numel()] = own
+    gathered = [torch.empty_like(pad) for _ in range(W)]
+    dist.all_gather(gathered, pad, group=group)
+    tau = torch.topk(torch.cat(gathered), K).values[-1]
+    above = valid & (v > tau)
+    tie = valid & (v == tau)
+    counts = torch.stack([above.sum(), tie.sum()]).to(torch.float64)
+    dist.all_reduce(counts, group=group)
+    # K − #above voxels at τ are kept, split evenly over the tied ones of all ranks (any split gives the same
+    # value; an even one keeps the ranks symmetric).
+    tie_weight = (K - counts[0]) / counts[1]
+    weights = above.to(ce.dtype) + tie.to(ce.dtype) * tie_weight.to(ce.dtype)
+    if reduction == "none":
+        return ce * weights
+    total = (ce * weights).sum() * W
+    return total if reduction == "sum" else total / K
+
+
 def _covered_and_refused():
-    from .losses import ExpLogLoss, HausdorffDTLoss, SensitivitySpecificityLoss
+    from .losses import ExpLogLoss, HausdorffDTLoss, SensitivitySpecificityLoss, TopKLoss
     from .losses._common import LossBase
     from .losses.region import _OverlapLoss
 
-    return LossBase, (_OverlapLoss,), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
+    return LossBase, TopKLoss, (_OverlapLoss,), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
+
+
+def _is_batch_part(m, base, topk) -> bool:
+    return (isinstance(m, base) and m.batch) or isinstance(m, topk)
 
 
 def synced_modules(loss: nn.Module) -> list:
     """The submodules of ``loss`` (itself included) whose batch statistics are all-reduced."""
-    base, _, _ = _covered_and_refused()
-    return [m for m in loss.modules() if isinstance(m, base) and m._ddp_sync and m.batch]
+    base, topk, _, _ = _covered_and_refused()
+    return [m for m in loss.modules() if _is_batch_part(m, base, topk) and m._ddp_sync]
 
 
 def sync_batch_statistics(loss: nn.Module, process_group=None, *, enabled: bool = True) -> nn.Module:
     """Make the ``batch=True`` statistics of ``loss`` (and of its parts) exact under DDP; returns ``loss``.
 
     Every Dice-family part with ``batch=True`` then all-reduces its per-class sums over ``process_group``
-    before its formula (see the module docstring for what is covered and what TopK does). Parts with
+    before its formula, and every TopK part selects the k % hardest voxels of all ranks together (see the
+    module docstring for what is covered). Parts with
     ``batch=False`` are per sample and need nothing. The process group is looked up when the loss runs, so
     this may be called before ``torch.distributed.init_process_group``.
 
@@ -116,9 +176,9 @@ def sync_batch_statistics(loss: nn.Module, process_group=None, *, enabled: bool 
 
     Raises:
         TypeError: ``loss`` is not an ``nn.Module``.
-        ValueError: ``loss`` has no Dice-family part with ``batch=True`` (nothing to synchronise), or it has a
-            ``batch=True`` part whose sums this does not cover (``SensitivitySpecificityLoss``,
-            ``ExpLogLoss``, ``HausdorffDTLoss``).
+        ValueError: ``loss`` has no Dice-family part with ``batch=True`` and no TopK (nothing to synchronise),
+            or a ``batch=True`` part whose sums this does not cover (``SensitivitySpecificityLoss``,
+            ``ExpLogLoss``, ``HausdorffDTLoss``), or a threshold TopK (``t``).
 
     Example:
         >>> import fastloss
@@ -129,19 +189,21 @@ def sync_batch_statistics(loss: nn.Module, process_group=None, *, enabled: bool 
         raise TypeError(f"sync_batch_statistics expects an nn.Module loss, got {type(loss).__name__}")
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-    base, covered, refused = _covered_and_refused()
-    batch_parts = [m for m in loss.modules() if isinstance(m, base) and m.batch]
-    bad = [type(m).__name__ for m in batch_parts if isinstance(m, refused) or not isinstance(m, covered)]
+    base, topk, covered, refused = _covered_and_refused()
+    batch_parts = [m for m in loss.modules() if _is_batch_part(m, base, topk)]
+    bad = [type(m).__name__ for m in batch_parts if isinstance(m, refused)
+           or not isinstance(m, covered + (topk,)) or (isinstance(m, topk) and m.t is not None)]
     if enabled and bad:
         raise ValueError(
             f"sync_batch_statistics: the batch statistics of {', '.join(sorted(set(bad)))} are not all-reduced "
-            "(covered: the Dice family built on DiceLoss/Tversky/GeneralizedDice statistics); use batch=False "
-            "for that part"
+            "(covered: the Dice family built on DiceLoss/Tversky/GeneralizedDice statistics, and TopKLoss with "
+            "k); use batch=False for that part (the threshold TopK has no such option)"
         )
     if enabled and not batch_parts:
         raise ValueError(
-            f"sync_batch_statistics: {type(loss).__name__} has no Dice-family part with batch=True, so there is "
-            "nothing to all-reduce (per-sample and per-voxel losses are already exact under DDP's averaging)"
+            f"sync_batch_statistics: {type(loss).__name__} has no Dice-family part with batch=True and no TopK, so "
+            "there is nothing to all-reduce (per-sample and per-voxel losses are already exact under DDP's "
+            "averaging)"
         )
     for m in loss.modules():
         # every module gets the flag: compound losses read it to skip their fused (non-reducing) formula path

@@ -1,11 +1,11 @@
 """DDP-exact batch statistics: two gloo processes on the CPU, float64.
 
-After one DDP step of a small conv net, each loss with ``batch=True`` (Dice, DiceCE, DiceTopK, GDice) synchronised
-by :func:`fastloss.distributed.sync_batch_statistics` must give the parameter gradients of one process on the
-concatenated batch, and the loss value of that process (Dice, GDice: on every rank; DiceCE: the mean over the
-ranks, since CE is a per-rank voxel mean). DiceTopK's TopK term is per rank by design (documented in
-fastloss.distributed), so its reference is the single-process Dice on the whole batch plus the mean of the
-per-shard TopK. The reference is computed in the same worker from the same initial weights, without DDP.
+After one DDP step of a small conv net, each loss with ``batch=True`` (Dice, DiceCE, DiceTopK, GDice) and TopK
+(with an ignore label that leaves the ranks different numbers of counted voxels) synchronised by
+:func:`fastloss.distributed.sync_batch_statistics` must give the parameter gradients of one process on the
+concatenated batch, and the loss value of that process (Dice, GDice: on every rank; DiceCE, DiceTopK, TopK: the
+mean over the ranks, since CE and TopK are per-rank terms). The reference is computed in the same worker from the
+same initial weights, without DDP.
 """
 
 import os
@@ -19,7 +19,7 @@ import fastloss
 from fastloss.distributed import sync_batch_statistics, synced_modules
 
 WORLD = 2
-LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice"]
+LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice", "TopK"]
 
 
 def _net():
@@ -42,36 +42,34 @@ def _worker(rank, init_file, results):
     torch.set_num_threads(1)
     try:
         x, y = _data()
+        y_ign = y.clone()
+        y_ign[0, :, :6] = 3  # 60 ignored voxels on rank 0, none on rank 1
         shard = slice(rank * 2, rank * 2 + 2)
         for name in LOSSES:
             # reference: one process, whole batch (and for TopK the per-shard terms, the documented semantics)
             net = _net()
-            ref_loss = fastloss.get_loss(name)
-            logits = net(x)
-            ref = ref_loss(logits, y)
-            if name == "DiceTopK":
-                topk = ref_loss.topk
-                ref = ref_loss.dice(logits, y) + sum(topk(logits[s:s + 2], y[s:s + 2]) for s in (0, 2)) / WORLD
+            kw = {"ignore_index": 3} if name == "TopK" else {}  # TopK: unequal counted voxels per rank
+            ref = fastloss.get_loss(name, **kw)(net(x), y_ign if kw else y)
             ref.backward()
             ref_grads = [p.grad.clone() for p in net.parameters()]
 
             model = torch.nn.parallel.DistributedDataParallel(_net())
-            loss = sync_batch_statistics(fastloss.get_loss(name))
+            loss = sync_batch_statistics(fastloss.get_loss(name, **kw))
             assert synced_modules(loss), name
-            out = loss(model(x[shard]), y[shard])
+            out = loss(model(x[shard]), (y_ign if kw else y)[shard])
             out.backward()
             mean_out = out.detach().clone()
             dist.all_reduce(mean_out)
             mean_out /= WORLD
-            if name in ("Dice", "GDice"):
+            if name in ("Dice", "GDice"):  # the formula of all-reduced sums: the same value on every rank
                 torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(mean_out, ref.detach(), rtol=1e-12, atol=1e-12)
             for p, r in zip(model.parameters(), ref_grads):
                 torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
 
-            # without the synchronisation the per-rank batch Dice is not the global one: the test can fail
-            if name == "Dice":
-                plain = fastloss.get_loss(name)(_net()(x[shard]), y[shard]).detach()
+            # without the synchronisation the per-rank values are not the global ones: the test can fail
+            if name in ("Dice", "TopK"):
+                plain = fastloss.get_loss(name, **kw)(_net()(x[shard]), (y_ign if kw else y)[shard]).detach()
                 gathered = [torch.zeros_like(plain) for _ in range(WORLD)]
                 dist.all_gather(gathered, plain)
                 assert any(abs(float(v - ref)) > 1e-6 for v in gathered)
@@ -96,12 +94,16 @@ def test_ddp_step_equals_single_process(tmp_path):
 def test_sync_refuses_what_it_cannot_reduce():
     with pytest.raises(ValueError, match="nothing to all-reduce"):
         sync_batch_statistics(fastloss.get_loss("CE"))
+    with pytest.raises(ValueError, match="TopKLoss are not all-reduced"):
+        sync_batch_statistics(fastloss.get_loss("TopK-Threshold (0.5)"))
     with pytest.raises(ValueError, match="SensitivitySpecificityLoss are not all-reduced"):
         sync_batch_statistics(fastloss.get_loss("SS"))
     with pytest.raises(TypeError, match="expects an nn.Module"):
         sync_batch_statistics(lambda a, b: a)
     loss = sync_batch_statistics(fastloss.get_loss("DiceCE"))
     assert [type(m).__name__ for m in synced_modules(loss)] == ["DiceLoss"]
+    assert [type(m).__name__ for m in synced_modules(sync_batch_statistics(fastloss.get_loss("DiceTopK")))] == [
+        "DiceLoss", "TopKLoss"]
     sync_batch_statistics(loss, enabled=False)
     assert synced_modules(loss) == []
 

@@ -473,6 +473,11 @@ class TopKLoss(nn.Module):
         if self.t is not None:
             return self._threshold(x, tgt, input)
         ce = _voxel_ce_any(input, tgt, self.class_weight)  # (B, N), 0 at ignored voxels
+        if getattr(self, "_ddp_sync", False):  # fastloss.distributed.sync_batch_statistics: k % of all ranks
+            from ..distributed import synced_topk
+
+            out = synced_topk(ce, tgt.mask, self.k, self.reduction, self._ddp_group)
+            return out.reshape((B,) + tuple(input.shape[2:])) if self.reduction == "none" else out
         if tgt.mask is None:
             n_valid = ce.numel()
         elif _is_compiling():

@@ -13,7 +13,8 @@
   ``DC_and_BCE_loss`` (Dice on the sigmoid + BCE averaged over the counted voxels); the other region losses
   that take ``sigmoid`` work as they are;
 - deep supervision (:class:`~fastloss.DeepSupervisionLoss` with the trainer's weights);
-- DDP: batch statistics all-reduced over the ranks (:func:`fastloss.distributed.sync_batch_statistics`).
+- DDP: batch statistics all-reduced over the ranks and TopK over the whole batch of all ranks
+  (:func:`fastloss.distributed.sync_batch_statistics`).
 
 Value convention: fastloss's Dice part is ``1 − Dice``, nnU-Net's ``−Dice``; the gradients are the same.
 ``nnunet_values=True`` subtracts the constant (the Dice part's weight) so that logged values equal those of
@@ -30,6 +31,7 @@ from __future__ import annotations
 import inspect
 import re
 import unicodedata
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -244,8 +246,11 @@ def build_nnunet_loss(
     loss = NNUNetLoss(loss, regions=has_regions, region_ignore=region_ignore, offset=offset)
     if deep_supervision_weights is not None:
         loss = DeepSupervisionLoss(loss, deep_supervision_weights)
-    if ddp and any(isinstance(m, LossBase) and m.batch for m in loss.modules()):
-        sync_batch_statistics(loss, process_group)
+    if ddp and any((isinstance(m, LossBase) and m.batch) or isinstance(m, L.TopKLoss) for m in loss.modules()):
+        try:
+            sync_batch_statistics(loss, process_group)
+        except ValueError as e:  # e.g. SS/ELL with batch=True: train, but say that their sums stay per rank
+            warnings.warn(f"{canon}: batch statistics stay per rank under DDP ({e})", stacklevel=2)
     return loss
 
 
