@@ -19,7 +19,7 @@ __all__ = [
 
 def __getattr__(name):
     # metrics and ranking import lazily (ranking needs scipy only when used)
-    if name in ("metrics", "ranking", "reference"):
+    if name in ("metrics", "ranking", "reference", "distributed"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
