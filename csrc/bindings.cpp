@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "edt.h"
+#include "stats_cpu.h"
 
 namespace py = pybind11;
 
@@ -50,6 +51,71 @@ fastloss::MaskView mask_view(const py::tuple& t) {
   for (int i = 0; i < 5; ++i) v.strides[i] = strides[static_cast<size_t>(i)];
   return v;
 }
+
+
+// (data_ptr, dtype code, stride_b, stride_c, stride_n) in elements -> View; None -> empty view
+fastloss::View tensor_view(const py::object& o) {
+  fastloss::View v;
+  if (o.is_none()) return v;
+  const auto t = o.cast<py::tuple>();
+  if (t.size() != 5) throw std::invalid_argument("a tensor view is (data_ptr, dtype, stride_b, stride_c, stride_n)");
+  v.data = reinterpret_cast<const void*>(t[0].cast<std::uintptr_t>());
+  v.dtype = t[1].cast<int>();
+  v.sb = t[2].cast<int64_t>();
+  v.sc = t[3].cast<int64_t>();
+  v.sn = t[4].cast<int64_t>();
+  if (!v.data) throw std::invalid_argument("null data pointer");
+  if (v.dtype < fastloss::kF32 || v.dtype > fastloss::kI64)
+    throw std::invalid_argument("unknown dtype code " + std::to_string(v.dtype));
+  return v;
+}
+
+// The StatsArgs of one call; the Python layer (fastloss/ops/cpu_stats.py) has checked shapes, dtypes and
+// devices; this re-checks what would make a kernel read or write out of bounds.
+fastloss::StatsArgs stats_args(const py::object& x, const py::object& labels, const py::object& soft,
+                               const py::object& mask, const py::object& vmap, int64_t B, int64_t C, int64_t N,
+                               int activation, const std::vector<int>& cols, double gamma, const py::object& alpha,
+                               double ce_exponent, double log_eps, const py::object& ignore_index) {
+  fastloss::StatsArgs a;
+  if (B < 1 || C < 1 || N < 1) throw std::invalid_argument("expected B, C, N >= 1");
+  a.B = B;
+  a.C = C;
+  a.N = N;
+  a.x = tensor_view(x);
+  if (!a.x.data) throw std::invalid_argument("x is required");
+  if (a.x.dtype > fastloss::kF64) throw std::invalid_argument("x must be a floating dtype");
+  a.labels = tensor_view(labels);
+  a.soft = tensor_view(soft);
+  a.mask = tensor_view(mask);
+  a.vmap = tensor_view(vmap);
+  if ((a.labels.data == nullptr) == (a.soft.data == nullptr))
+    throw std::invalid_argument("exactly one of labels and soft is required");
+  if (a.labels.data && a.labels.dtype < fastloss::kU8) throw std::invalid_argument("labels must be integers");
+  if (activation < fastloss::kSoftmax || activation > fastloss::kNone) throw std::invalid_argument("bad activation");
+  a.activation = activation;
+  if (cols.size() != fastloss::kNumColumns) throw std::invalid_argument("expected one index per column");
+  int K = 0;
+  for (int i = 0; i < fastloss::kNumColumns; ++i) {
+    a.col[i] = cols[static_cast<size_t>(i)];
+    if (a.col[i] >= 0) ++K;
+  }
+  for (int i = 0; i < fastloss::kNumColumns; ++i)
+    if (a.col[i] >= K) throw std::invalid_argument("column index out of range");
+  if (K == 0) throw std::invalid_argument("expected at least one column");
+  const bool uses_map = a.col[fastloss::kMapCE] >= 0 || a.col[fastloss::kMapP] >= 0 || a.col[fastloss::kMapSqErr] >= 0;
+  if (uses_map && !a.vmap.data) throw std::invalid_argument("map columns need a voxel map");
+  a.K = K;
+  a.gamma = gamma;
+  a.has_alpha = !alpha.is_none();
+  a.alpha = a.has_alpha ? alpha.cast<double>() : 0.0;
+  a.ce_exponent = ce_exponent;
+  a.log_eps = log_eps;
+  a.has_ignore = !ignore_index.is_none();
+  a.ignore_index = a.has_ignore ? ignore_index.cast<int64_t>() : 0;
+  return a;
+}
+
+std::vector<int> all_columns_off() { return std::vector<int>(fastloss::kNumColumns, -1); }
 
 }  // namespace
 
@@ -138,6 +204,102 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "Whether the CUDA kernels were compiled into this build.");
+
+
+  m.def(
+      "class_stats_cpu_forward",
+      [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
+         int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
+         double log_eps, py::object ignore_index, std::uintptr_t out, int threads) {
+        const auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
+                                  log_eps, ignore_index);
+        if (!out) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::class_stats_cpu_forward(a, reinterpret_cast<void*>(out), threads);
+      },
+      py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
+      py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
+      py::arg("log_eps"), py::arg("ignore_index"), py::arg("out_ptr"), py::arg("threads"),
+      "Per-(b, c) sums of the statistics columns into a contiguous (B, C, K) float32 (float64 for float64 x) tensor.");
+
+  m.def(
+      "class_stats_cpu_backward",
+      [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
+         int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
+         double log_eps, py::object ignore_index, std::uintptr_t grad, py::object dx, int threads) {
+        const auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
+                                  log_eps, ignore_index);
+        const fastloss::View d = tensor_view(dx);
+        if (!grad || !d.data) throw std::invalid_argument("null data pointer");
+        if (d.dtype != a.x.dtype) throw std::invalid_argument("dx must have the dtype of x");
+        py::gil_scoped_release release;
+        fastloss::class_stats_cpu_backward(a, reinterpret_cast<const void*>(grad), d, threads);
+      },
+      py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
+      py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
+      py::arg("log_eps"), py::arg("ignore_index"), py::arg("grad_ptr"), py::arg("dx"), py::arg("threads"),
+      "dL/dx from dL/d(stats) (contiguous (B, C, K) in the compute dtype), recomputing the activation.");
+
+  m.def(
+      "voxel_ce_cpu_forward",
+      [](py::object x, py::object labels, int64_t B, int64_t C, int64_t N, py::object ignore_index, std::uintptr_t ce,
+         int threads) {
+        auto cols = all_columns_off();
+        cols[fastloss::kCE] = 0;
+        const auto a = stats_args(x, labels, py::none(), py::none(), py::none(), B, C, N, fastloss::kSoftmax, cols,
+                                  2.0, py::none(), 1.0, 0.0, ignore_index);
+        if (!a.labels.data || !ce) throw std::invalid_argument("labels and an output are required");
+        py::gil_scoped_release release;
+        fastloss::voxel_ce_cpu_forward(a, reinterpret_cast<void*>(ce), threads);
+      },
+      py::arg("x"), py::arg("labels"), py::arg("B"), py::arg("C"), py::arg("N"), py::arg("ignore_index"),
+      py::arg("ce_ptr"), py::arg("threads"),
+      "Per-voxel softmax CE -log p_y into a contiguous (B, N) tensor of the compute dtype; 0 at ignored voxels.");
+
+  m.def(
+      "voxel_ce_cpu_backward",
+      [](py::object x, py::object labels, int64_t B, int64_t C, int64_t N, py::object ignore_index, std::uintptr_t gce,
+         py::object dx, int threads) {
+        auto cols = all_columns_off();
+        cols[fastloss::kCE] = 0;
+        const auto a = stats_args(x, labels, py::none(), py::none(), py::none(), B, C, N, fastloss::kSoftmax, cols,
+                                  2.0, py::none(), 1.0, 0.0, ignore_index);
+        const fastloss::View d = tensor_view(dx);
+        if (!a.labels.data || !gce || !d.data) throw std::invalid_argument("null data pointer");
+        if (d.dtype != a.x.dtype) throw std::invalid_argument("dx must have the dtype of x");
+        py::gil_scoped_release release;
+        fastloss::voxel_ce_cpu_backward(a, reinterpret_cast<const void*>(gce), d, threads);
+      },
+      py::arg("x"), py::arg("labels"), py::arg("B"), py::arg("C"), py::arg("N"), py::arg("ignore_index"),
+      py::arg("gce_ptr"), py::arg("dx"), py::arg("threads"),
+      "dx = dL/dce * (p - onehot(y)) at counted voxels, 0 elsewhere.");
+
+  m.def(
+      "topk_select_cpu",
+      [](std::uintptr_t values, int64_t m, int64_t k, int threads) {
+        if (!values) throw std::invalid_argument("null data pointer");
+        fastloss::TopkResult r;
+        {
+          py::gil_scoped_release release;
+          r = fastloss::topk_select_cpu(reinterpret_cast<const float*>(values), m, k, threads);
+        }
+        return py::make_tuple(r.sum, r.threshold, r.count_greater, r.count_equal);
+      },
+      py::arg("values_ptr"), py::arg("m"), py::arg("k"), py::arg("threads"),
+      "(sum of the k largest, k-th largest, #greater, #equal) of m contiguous float32 values.");
+
+  m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
+        "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");
+
+  m.def(
+      "half_roundtrip_cpu",
+      [](std::uintptr_t src, std::uintptr_t dst, int64_t n, int kind) {
+        // test hook for the conversions the kernels use: kind 0 half->float, 1 float->half,
+        // 2 bfloat16->float, 3 float->bfloat16
+        if (!src || !dst || n < 0 || kind < 0 || kind > 3) throw std::invalid_argument("bad arguments");
+        fastloss::convert_halves_cpu(reinterpret_cast<const void*>(src), reinterpret_cast<void*>(dst), n, kind);
+      },
+      py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("n"), py::arg("kind"));
 
   m.def("hardware_concurrency", []() { return static_cast<int>(std::thread::hardware_concurrency()); });
 

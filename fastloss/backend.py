@@ -2,8 +2,9 @@
 
 ``FASTLOSS_BACKEND`` (read at every call, so tests can switch it):
 
-- ``auto`` (default): CUDA tensors use the Triton kernels (when triton imports), CPU tensors the torch
-  backend;
+- ``auto`` (default): CUDA tensors use the Triton kernels (when triton imports), CPU tensors the compiled
+  C++ kernels of ``fastloss._C`` (statistics, per-voxel CE, TopK select; the torch backend, with one
+  warning, when the extension lacks them);
 - ``triton``: the Triton kernels for every tensor; CPU tensors need ``TRITON_INTERPRET=1`` set before
   fastloss is imported (the interpreter mode is fixed when a kernel is decorated);
 - ``torch``: plain torch ops everywhere (the second opinion the kernels are tested against).
@@ -60,3 +61,33 @@ def use_triton(t: torch.Tensor) -> bool:
             )
         return True
     return False
+
+
+_COMPILED_CPU = None
+
+
+def compiled_cpu_available() -> bool:
+    """Whether ``fastloss._C`` carries the CPU loss kernels (checked once; warns once when it does not)."""
+    global _COMPILED_CPU
+    if _COMPILED_CPU is None:
+        try:
+            from .ops.cpu_stats import available
+
+            _COMPILED_CPU = bool(available())
+        except Exception:  # pragma: no cover - a broken install
+            _COMPILED_CPU = False
+        if not _COMPILED_CPU:
+            import warnings
+
+            warnings.warn(
+                "fastloss._C has no compiled CPU loss kernels (reinstall with `pip install -e .`); CPU tensors "
+                "use the slower torch backend",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _COMPILED_CPU
+
+
+def use_compiled_cpu(t: torch.Tensor) -> bool:
+    """True when the compiled C++ kernels should serve CPU tensor ``t`` (backend ``auto``)."""
+    return t.device.type == "cpu" and backend_name() == "auto" and compiled_cpu_available()

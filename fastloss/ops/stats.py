@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -41,30 +40,7 @@ import torch.nn.functional as F
 
 from .._validation import Target, _is_compiling, label_checks_enabled, labels_checked_once
 
-COLUMNS = (
-    "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
-    "ce", "focal", "ce_pow", "map_ce", "map_p", "map_sqerr", "count",
-)
-ACTIVATIONS = ("softmax", "sigmoid", "none")
-
-
-@dataclass(frozen=True)
-class StatsSpec:
-    """What to sum. ``activation``: softmax over classes, sigmoid per class, or none (input is p)."""
-
-    activation: str
-    columns: Tuple[str, ...]
-    gamma: float = 2.0  # focal exponent
-    alpha: Optional[float] = None  # MONAI focal alpha (scalar form)
-    ce_exponent: float = 0.3  # ELL's gamma_CE
-    log_eps: float = 0.0  # activation 'none': log(max(p, eps)); 0 means plain log
-
-    def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        unknown = [c for c in self.columns if c not in COLUMNS]
-        if unknown:
-            raise ValueError(f"unknown statistics columns {unknown}; known: {COLUMNS}")
+from .stats_spec import ACTIVATIONS, COLUMNS, StatsSpec  # noqa: F401  (re-exported)
 
 
 def compute_dtype(input: torch.Tensor) -> torch.dtype:
@@ -235,13 +211,18 @@ def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> to
 
 
 def _compute(input, target, spec, voxel_map):
-    from ..backend import use_triton
+    from ..backend import use_compiled_cpu, use_triton
 
     if use_triton(input):
         from .triton_stats import class_stats_triton, supports
 
         if supports(input, target, spec, voxel_map):
             return class_stats_triton(input, target, spec, voxel_map)
+    elif use_compiled_cpu(input):
+        from .cpu_stats import class_stats_cpu, supports
+
+        if supports(input, target, spec, voxel_map):
+            return class_stats_cpu(input, target, spec, voxel_map)
     return class_stats_torch(input, target, spec, voxel_map)
 
 

@@ -59,7 +59,7 @@ import triton.language as tl
 
 from .._validation import Target
 from ..backend import triton_interpreting
-from .stats import COLUMNS, StatsSpec
+from .stats_spec import COLUMNS, StatsSpec
 
 _ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
 _TINY = float(torch.finfo(torch.float32).tiny)  # the clamp of ce_pow, as in the torch backend

@@ -1,0 +1,216 @@
+// Dispatch of the CPU statistics kernels (stats_cpu.h): the instruction set, the threads, and the
+// fixed-order reduction of the per-tile partial sums; and the radix TopK select.
+#include "stats_cpu.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu_math.h"
+#include "parallel.h"
+
+namespace fastloss {
+namespace {
+
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+Isa best_isa() {
+#if defined(FASTLOSS_X86_CLONES)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBase;
+}
+
+// The best the CPU supports, lowered by FASTLOSS_CPU_ISA=base|avx2|avx512 (read at every call, so
+// tests can compare instruction sets; a request above what the CPU has gets the best it has).
+Isa active_isa() {
+  static const Isa best = best_isa();
+  const char* env = std::getenv("FASTLOSS_CPU_ISA");
+  if (!env || !*env) return best;
+  Isa want = best;
+  if (std::strcmp(env, "base") == 0) want = Isa::kBase;
+  else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
+  else if (std::strcmp(env, "avx512") == 0) want = Isa::kAvx512;
+  else throw std::invalid_argument(std::string("FASTLOSS_CPU_ISA must be base, avx2 or avx512, got ") + env);
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+StatsKernels kernels() {
+#if defined(FASTLOSS_X86_CLONES)
+  switch (active_isa()) {
+    case Isa::kAvx512: return stats_kernels_avx512();
+    case Isa::kAvx2: return stats_kernels_avx2();
+    default: break;
+  }
+#else
+  (void)active_isa();
+#endif
+  return stats_kernels_base();
+}
+
+size_t elem_size(const StatsArgs& a) { return a.x.dtype == kF64 ? sizeof(double) : sizeof(float); }
+
+int64_t num_items(const StatsArgs& a) { return a.B * ((a.N + kTile - 1) / kTile); }
+
+// Runs body(begin, end, scratch) over the (b, tile) items; scratch is per call, aligned by the kernels.
+template <class Body>
+void for_items(const StatsArgs& a, int threads, Body body) {
+  const size_t bytes = stats_scratch_bytes(a.C, elem_size(a));
+  parallel_for(num_items(a), resolve_threads(threads), [&](int64_t begin, int64_t end) {
+    std::vector<unsigned char> scratch(bytes);
+    body(begin, end, static_cast<void*>(scratch.data()));
+  });
+}
+
+}  // namespace
+
+const char* stats_cpu_isa() {
+  switch (active_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "base";
+  }
+}
+
+void class_stats_cpu_forward(const StatsArgs& a, void* out, int threads) {
+  const StatsKernels k = kernels();
+  const int64_t tiles = (a.N + kTile - 1) / kTile;
+  const int64_t CK = a.C * a.K;
+  std::vector<double> part(static_cast<size_t>(num_items(a) * CK));
+  for_items(a, threads, [&](int64_t begin, int64_t end, void* scratch) {
+    k.forward(a, begin, end, part.data() + begin * CK, scratch);
+  });
+  // per (b, c, k): the tiles' partial sums added in tile order, whatever the threads did
+  for (int64_t b = 0; b < a.B; ++b) {
+    for (int64_t j = 0; j < CK; ++j) {
+      double s = 0.0;
+      for (int64_t t = 0; t < tiles; ++t) s += part[static_cast<size_t>((b * tiles + t) * CK + j)];
+      if (a.x.dtype == kF64)
+        static_cast<double*>(out)[b * CK + j] = s;
+      else
+        static_cast<float*>(out)[b * CK + j] = static_cast<float>(s);
+    }
+  }
+}
+
+void class_stats_cpu_backward(const StatsArgs& a, const void* grad, View dx, int threads) {
+  const StatsKernels k = kernels();
+  for_items(a, threads, [&](int64_t begin, int64_t end, void* scratch) { k.backward(a, grad, dx, begin, end, scratch); });
+}
+
+void voxel_ce_cpu_forward(const StatsArgs& a, void* ce, int threads) {
+  const StatsKernels k = kernels();
+  for_items(a, threads, [&](int64_t begin, int64_t end, void* scratch) { k.voxel_ce_forward(a, ce, begin, end, scratch); });
+}
+
+void voxel_ce_cpu_backward(const StatsArgs& a, const void* gce, View dx, int threads) {
+  const StatsKernels k = kernels();
+  for_items(a, threads,
+            [&](int64_t begin, int64_t end, void* scratch) { k.voxel_ce_backward(a, gce, dx, begin, end, scratch); });
+}
+
+// ------------------------------------------------------------------------------------------- TopK
+namespace {
+
+// Order-preserving unsigned key of a float: non-negative floats get the sign bit set, negative ones all
+// bits flipped; −0.0 is first made +0.0 (equal floats, equal keys); every NaN, whatever its sign bit
+// (x86 makes −NaN from inf − inf), gets the largest key: above +inf, as torch.topk orders NaN.
+inline uint32_t topk_key(float v) {
+  const float z = v + 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &z, 4);
+  const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return v != v ? 0xffffffffu : key;
+}
+
+inline float key_value(uint32_t key) {
+  const uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+}  // namespace
+
+// Three histogram passes over the keys' digits (11, 11 and 10 bits from the top), each over the values
+// whose higher digits equal the prefix chosen so far: after them the key of the k-th largest value is
+// known exactly, with #{key > it} and #{key == it}. Histograms are integers (merged in any order, same
+// result); the final sum adds fixed tiles' double partials in tile order: deterministic.
+TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
+  if (m < 1 || k < 1 || k > m) throw std::invalid_argument("topk_select_cpu: expected 1 <= k <= m");
+  const int nthreads = resolve_threads(threads);
+  const int shifts[3] = {21, 10, 0};
+  const int widths[3] = {11, 11, 10};
+  uint32_t prefix = 0;
+  int64_t krem = k, greater = 0, equal = 0;
+  std::mutex mu;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = shifts[pass], width = widths[pass];
+    const int nb = 1 << width;
+    const int hi_shift = shift + width;  // bits above this digit, compared with the prefix
+    std::vector<int64_t> hist(static_cast<size_t>(nb), 0);
+    parallel_for(m, nthreads, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> local(static_cast<size_t>(nb), 0);
+      for (int64_t i = begin; i < end; ++i) {
+        const uint32_t key = topk_key(v[i]);
+        const bool match = pass == 0 || (key >> hi_shift) == prefix;
+        if (match) ++local[(key >> shift) & static_cast<uint32_t>(nb - 1)];
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (int d = 0; d < nb; ++d) hist[static_cast<size_t>(d)] += local[static_cast<size_t>(d)];
+    });
+    // the digit d holding the krem-th largest: above(d) < krem <= above(d) + hist[d]
+    int64_t above = 0;
+    int d = nb - 1;
+    for (; d > 0; --d) {
+      if (above + hist[static_cast<size_t>(d)] >= krem) break;
+      above += hist[static_cast<size_t>(d)];
+    }
+    greater += above;
+    krem -= above;
+    equal = hist[static_cast<size_t>(d)];
+    prefix = (prefix << width) | static_cast<uint32_t>(d);
+  }
+  const uint32_t thr_key = prefix;
+  const float thr = key_value(thr_key);
+  const int64_t tile = 1 << 14;
+  const int64_t tiles = (m + tile - 1) / tile;
+  std::vector<double> part(static_cast<size_t>(tiles), 0.0);
+  parallel_for(tiles, nthreads, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      double s = 0.0;
+      const int64_t hi = (t + 1) * tile < m ? (t + 1) * tile : m;
+      for (int64_t i = t * tile; i < hi; ++i) s += topk_key(v[i]) > thr_key ? static_cast<double>(v[i]) : 0.0;
+      part[static_cast<size_t>(t)] = s;
+    }
+  });
+  double sum = 0.0;
+  for (double s : part) sum += s;
+  sum += static_cast<double>(k - greater) * static_cast<double>(thr);
+  return TopkResult{sum, thr, greater, equal};
+}
+
+void convert_halves_cpu(const void* src, void* dst, int64_t n, int kind) {
+  using namespace cpu_math;
+  const uint16_t* s16 = static_cast<const uint16_t*>(src);
+  const float* s32 = static_cast<const float*>(src);
+  uint16_t* d16 = static_cast<uint16_t*>(dst);
+  float* d32 = static_cast<float*>(dst);
+  for (int64_t i = 0; i < n; ++i) {
+    switch (kind) {
+      case 0: d32[i] = half_to_float(s16[i]); break;
+      case 1: d16[i] = float_to_half(s32[i]); break;
+      case 2: d32[i] = bf16_to_float(s16[i]); break;
+      default: d16[i] = float_to_bf16(s32[i]); break;
+    }
+  }
+}
+
+}  // namespace fastloss

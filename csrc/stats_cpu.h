@@ -1,0 +1,99 @@
+// Compiled CPU kernels of the loss statistics (the CPU twin of fastloss/ops/triton_stats.py and the
+// per-voxel CE of fastloss/ops/triton_topk.py).
+//
+// Layout: stats_cpu_kernels.inc holds the kernels; it is compiled once per instruction set
+// (stats_cpu_base.cpp, stats_cpu_avx2.cpp, stats_cpu_avx512.cpp, each with its own -m flags and its own
+// namespace), and stats_cpu.cpp picks one at run time (cpuid; FASTLOSS_CPU_ISA=base|avx2|avx512
+// overrides it), owns the threads and reduces the per-tile partial sums in tile order. The kernels
+// accumulate in 16 explicit lanes and are built without FMA contraction, so every ISA and every thread
+// count gives the same bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastloss {
+
+// dtype codes shared with fastloss/ops/cpu_stats.py
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kU8 = 4, kI8 = 5, kI16 = 6, kI32 = 7, kI64 = 8 };
+
+// Columns of the statistics, in the order of fastloss.ops.stats.COLUMNS.
+enum Column : int {
+  kPG = 0, kP, kPP, kG, kGG, kAbsDiff, kSqErrPos, kSqErrNeg, kCE, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr,
+  kCount, kNumColumns
+};
+
+enum Activation : int { kSoftmax = 0, kSigmoid = 1, kNone = 2 };
+
+// A (B, C, N) (or (B, N): sc unused) strided tensor: element strides, never bytes.
+struct View {
+  const void* data = nullptr;
+  int dtype = -1;
+  int64_t sb = 0, sc = 0, sn = 0;
+};
+
+struct StatsArgs {
+  int64_t B = 0, C = 0, N = 0;
+  View x;       // logits / probabilities (float16, bfloat16, float32, float64)
+  View labels;  // (B, N) integer labels, or data == nullptr
+  View soft;    // (B, C, N) soft / one-hot target, or data == nullptr
+  View mask;    // (B, N) voxel weights, or data == nullptr
+  View vmap;    // (B, C or 1, N) voxel map (sc = 0 for one shared channel), or data == nullptr
+  int activation = kSoftmax;
+  int K = 0;
+  int col[kNumColumns];  // column -> index in the K output columns, or -1
+  double gamma = 2.0, alpha = 0.0, ce_exponent = 0.3, log_eps = 0.0;
+  bool has_alpha = false, has_ignore = false;
+  int64_t ignore_index = 0;
+};
+
+// Voxels per tile: the unit of work and of the fixed-order reduction (independent of the thread count).
+constexpr int kTile = 512;
+constexpr int kLanes = 16;
+
+// Scratch bytes one worker needs for a tile of C classes in compute type of `elem` bytes.
+inline size_t stats_scratch_bytes(int64_t C, size_t elem) {
+  return (static_cast<size_t>(C) * 6 + 12) * kTile * elem + 2 * kTile * sizeof(int32_t) + 256;
+}
+
+// Per-ISA entry points (stats_cpu_kernels.inc). Items are (b, tile) pairs, item = b * tiles + tile.
+// double_path: x is float64 (compute and accumulate in double); otherwise float.
+struct StatsKernels {
+  // partial sums of items [begin, end) into part[(item - begin) * C * K + c * K + k] (double)
+  void (*forward)(const StatsArgs&, int64_t begin, int64_t end, double* part, void* scratch);
+  // dL/dx of items [begin, end); grad (B, C, K) contiguous in the compute type, dx like View
+  void (*backward)(const StatsArgs&, const void* grad, View dx, int64_t begin, int64_t end, void* scratch);
+  // per-voxel softmax CE −log p_y of items [begin, end) into ce (B, N) contiguous in the compute type
+  void (*voxel_ce_forward)(const StatsArgs&, void* ce, int64_t begin, int64_t end, void* scratch);
+  // dx = gce·(p − onehot(y)) at counted voxels, 0 elsewhere; gce (B, N) contiguous in the compute type
+  void (*voxel_ce_backward)(const StatsArgs&, const void* gce, View dx, int64_t begin, int64_t end, void* scratch);
+};
+
+StatsKernels stats_kernels_base();
+#if defined(FASTLOSS_X86_CLONES)
+StatsKernels stats_kernels_avx2();
+StatsKernels stats_kernels_avx512();
+#endif
+
+// Dispatch (stats_cpu.cpp). out: (B, C, K) float32, or float64 when x is float64.
+void class_stats_cpu_forward(const StatsArgs& a, void* out, int threads);
+void class_stats_cpu_backward(const StatsArgs& a, const void* grad, View dx, int threads);
+void voxel_ce_cpu_forward(const StatsArgs& a, void* ce, int threads);
+void voxel_ce_cpu_backward(const StatsArgs& a, const void* gce, View dx, int threads);
+// The name of the instruction set the kernels run with ("avx512", "avx2" or "base").
+const char* stats_cpu_isa();
+
+// Sum of the k largest of m float32 values (radix select on the bits, NaN above +inf as torch.topk):
+// returns sum (double), the k-th largest value, #{v > it} and #{v == it} (by key: NaNs compare equal).
+struct TopkResult {
+  double sum;
+  float threshold;
+  int64_t count_greater, count_equal;
+};
+TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads);
+
+// The kernels' float16/bfloat16 conversions, for tests: kind 0 half->float, 1 float->half,
+// 2 bfloat16->float, 3 float->bfloat16 (16-bit values as uint16).
+void convert_halves_cpu(const void* src, void* dst, int64_t n, int kind);
+
+}  // namespace fastloss

@@ -1,0 +1,4 @@
+// The CPU statistics kernels built for one instruction set (avx512); see stats_cpu.h. CMakeLists.txt gives
+// this file its -m flags.
+#define FL_ISA_ENTRY stats_kernels_avx512
+#include "stats_cpu_kernels.inc"

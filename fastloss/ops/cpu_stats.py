@@ -1,0 +1,290 @@
+"""Compiled CPU kernels for :func:`fastloss.ops.stats.class_stats` and the per-voxel cross entropy.
+
+The C++ twin of ``ops/triton_stats.py`` (``csrc/stats_cpu_kernels.inc``): the same columns, masks,
+activations and MONAI focal forms as the torch backend, computed without materialising anything of size
+``B·C·N`` (the gradient aside).
+
+- **Forward**: tiles of 512 voxels; per tile the logits of every class are read once (any float dtype,
+  any strides: channels-last is read in place), the activation is formed in registers/L1 (softmax with
+  one ``exp`` per class and one ``log1p`` per voxel, accurate for confident voxels as the Triton
+  kernel), and every requested column is summed into 16 explicit lanes. Per-tile partial sums (double)
+  are added in tile order. Integer labels (uint8/int8/int16/int32/int64) are read as they are, never
+  expanded; out-of-range labels and ``ignore_index`` are ignored voxels.
+- **Backward**: ``dL/d(stats)`` (``B·C·K`` numbers) to ``dL/dx`` in the input dtype and layout,
+  recomputing the activation per tile; nothing is saved from the forward but its inputs.
+- **Precision**: float16/bfloat16/float32 inputs compute and accumulate in float32; float64 in double
+  (so ``gradcheck`` exercises the compiled op itself).
+- **Deterministic**: tiles are fixed whatever the thread count (``torch.get_num_threads()``), and the
+  kernels are built without FMA contraction, so 1, 2 or 16 threads and the AVX2/AVX-512/baseline builds
+  give the same bits.
+- **torch.compile**: custom ops with fake kernels and a registered autograd formula.
+
+Gradients flow to the logits only; :func:`supports` sends soft targets, masks or maps that require grad
+to the torch backend.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._validation import Target
+from .stats_spec import COLUMNS, StatsSpec
+
+try:
+    from .. import _C
+except ImportError:  # pragma: no cover - exercised only on a broken install
+    _C = None
+
+_ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
+_DTYPE = {
+    torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3, torch.uint8: 4, torch.bool: 4,
+    torch.int8: 5, torch.int16: 6, torch.int32: 7, torch.int64: 8,
+}
+_FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_MAP_COLUMNS = ("map_ce", "map_p", "map_sqerr")
+
+
+def available() -> bool:
+    """Whether ``fastloss._C`` carries the CPU loss kernels."""
+    return _C is not None and hasattr(_C, "class_stats_cpu_forward")
+
+
+def isa() -> str:
+    """The instruction set the kernels run with here (``avx512``, ``avx2`` or ``base``)."""
+    return _C.cpu_isa() if available() else "unavailable"
+
+
+def _view(t: Optional[torch.Tensor]):
+    """``(data_ptr, dtype code, stride_b, stride_c, stride_n)`` of a ``(B, C, N)`` or ``(B, N)`` tensor."""
+    if t is None:
+        return None
+    if t.ndim == 2:
+        return (t.data_ptr(), _DTYPE[t.dtype], t.stride(0), 0, t.stride(1))
+    sc = 0 if t.shape[1] == 1 else t.stride(1)  # a one-channel map is shared by every class
+    return (t.data_ptr(), _DTYPE[t.dtype], t.stride(0), sc, t.stride(2))
+
+
+def _columns(columns: str) -> list:
+    cols = columns.split(",")
+    return [cols.index(name) if name in cols else -1 for name in COLUMNS]
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+# ----------------------------------------------------------------------------------------------------
+# custom ops
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("fastloss::cpu_class_stats", mutates_args=(), device_types="cpu")
+def _class_stats_op(
+    x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+    vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float, alpha: Optional[float],
+    ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+) -> torch.Tensor:
+    B, C, N = x.shape
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cols = _columns(columns)
+    out = torch.empty((B, C, len(columns.split(","))), dtype=out_dtype)
+    _C.class_stats_cpu_forward(
+        _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], cols,
+        float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, out.data_ptr(), _threads(),
+    )
+    return out
+
+
+@_class_stats_op.register_fake
+def _(x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((x.shape[0], x.shape[1], len(columns.split(","))), dtype=out_dtype)
+
+
+@torch.library.custom_op("fastloss::cpu_class_stats_backward", mutates_args=(), device_types="cpu")
+def _class_stats_bwd_op(
+    grad: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
+    alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+) -> torch.Tensor:
+    B, C, N = x.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gs = grad.to(compute).contiguous()
+    dx = torch.empty_like(x)  # same layout as x (channels-last stays channels-last)
+    _C.class_stats_cpu_backward(
+        _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], _columns(columns),
+        float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, gs.data_ptr(), _view(dx), _threads(),
+    )
+    return dx
+
+
+@_class_stats_bwd_op.register_fake
+def _(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, labels, soft, mask, vmap = inputs[:5]
+    ctx.save_for_backward(x, labels, soft, mask, vmap)
+    ctx.config = inputs[5:]
+
+
+def _backward(ctx, grad):
+    x, labels, soft, mask, vmap = ctx.saved_tensors
+    dx = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.fastloss.cpu_class_stats_backward(grad, x, labels, soft, mask, vmap, *ctx.config)
+    # no gradient for targets, masks and voxel maps (supports() sends those cases to the torch backend)
+    return (dx,) + (None,) * 11
+
+
+_class_stats_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("fastloss::cpu_voxel_ce", mutates_args=(), device_types="cpu")
+def _voxel_ce_op(x: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int]) -> torch.Tensor:
+    B, C, N = x.shape
+    ce = torch.empty((B, N), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    _C.voxel_ce_cpu_forward(_view(x), _view(labels), B, C, N, ignore_index, ce.data_ptr(), _threads())
+    return ce
+
+
+@_voxel_ce_op.register_fake
+def _(x, labels, ignore_index):
+    return x.new_empty((x.shape[0], x.shape[2]), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+@torch.library.custom_op("fastloss::cpu_voxel_ce_backward", mutates_args=(), device_types="cpu")
+def _voxel_ce_bwd_op(grad: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int]) -> torch.Tensor:
+    B, C, N = x.shape
+    gce = grad.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    dx = torch.empty_like(x)
+    _C.voxel_ce_cpu_backward(_view(x), _view(labels), B, C, N, ignore_index, gce.data_ptr(), _view(dx), _threads())
+    return dx
+
+
+@_voxel_ce_bwd_op.register_fake
+def _(grad, x, labels, ignore_index):
+    return torch.empty_like(x)
+
+
+def _ce_setup(ctx, inputs, output):
+    x, labels, ignore_index = inputs
+    ctx.save_for_backward(x, labels)
+    ctx.ignore_index = ignore_index
+
+
+def _ce_backward(ctx, grad):
+    x, labels = ctx.saved_tensors
+    dx = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.fastloss.cpu_voxel_ce_backward(grad, x, labels, ctx.ignore_index)
+    return dx, None, None
+
+
+_voxel_ce_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+
+
+# ----------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------
+def _on_cpu(*tensors) -> bool:
+    return all(t.device.type == "cpu" for t in tensors if t is not None)
+
+
+def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None) -> bool:
+    """True when :func:`class_stats_cpu` handles this call; False sends it to the torch backend.
+
+    Not handled: tensors off the CPU, empty inputs, a target whose class count differs from the input's,
+    soft targets / masks / maps that require grad (the kernels give those no gradient), a map column
+    without a map of ``B·N`` or ``B·C·N`` values, and a missing extension.
+    """
+    if not available() or not isinstance(input, torch.Tensor) or input.dtype not in _FLOAT_INPUTS:
+        return False
+    if input.ndim < 2 or input.numel() == 0 or spec.activation not in _ACT or not spec.columns:
+        return False
+    B, C = input.shape[:2]
+    N = input.numel() // (B * C)
+    if target.num_classes != C or not _on_cpu(input, target.labels, target.soft, target.mask, voxel_map):
+        return False
+    if target.labels is not None:
+        if target.labels.dtype not in _DTYPE or target.labels.dtype.is_floating_point or target.labels.numel() != B * N:
+            return False
+    elif target.soft is None or target.soft.numel() != B * C * N or target.soft.dtype not in _DTYPE:
+        return False
+    if target.mask is not None and (target.mask.numel() != B * N or target.mask.dtype not in _DTYPE):
+        return False
+    if any(t.requires_grad for t in (target.soft, target.mask, voxel_map) if t is not None):
+        return False
+    if any(c in _MAP_COLUMNS for c in spec.columns):
+        if voxel_map is None or voxel_map.numel() not in (B * N, B * C * N) or voxel_map.dtype not in _DTYPE:
+            return False
+    return True
+
+
+def _flat(t: Optional[torch.Tensor], *shape) -> Optional[torch.Tensor]:
+    return None if t is None else t.reshape(*shape)
+
+
+def class_stats_cpu(
+    input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``(B, C, K)`` sums of ``spec.columns`` (the semantics of ``class_stats_torch``), compiled.
+
+    float32 for float16/bfloat16/float32 input, float64 for float64 input; differentiable with respect
+    to ``input``. Call :func:`supports` first.
+    """
+    B, C = input.shape[:2]
+    x = input.reshape(B, C, -1)  # a view for contiguous and channels-last inputs
+    N = x.shape[2]
+    labels = _flat(target.labels, B, N)
+    soft = _flat(target.soft, B, C, N) if target.labels is None else None
+    # with labels and ignore_index the kernels derive the mask from the labels (the Target's float
+    # mask is exactly labels != ignore_index): not read
+    mask = None
+    if target.mask is not None and not (labels is not None and target.ignore_index is not None):
+        mask = target.mask.reshape(B, N)
+    vmap = None if voxel_map is None else voxel_map.reshape(B, -1, N)
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.to(torch.uint8)
+    if soft is not None and soft.dtype == torch.bool:
+        soft = soft.to(torch.uint8)
+    ignore = target.ignore_index if labels is not None else None
+    alpha = None if spec.alpha is None else float(spec.alpha)
+    return _class_stats_op(
+        x, labels, soft, mask, vmap, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
+        float(spec.ce_exponent), float(spec.log_eps), ignore,
+    )
+
+
+def voxel_ce_cpu(input: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int] = None) -> torch.Tensor:
+    """``(B, N)`` per-voxel softmax cross entropy ``−log p_y`` (0 at ignored or out-of-range labels),
+    compiled, differentiable with respect to ``input``: ``dce/dx_c = p_c − [c = y]``."""
+    B, C = input.shape[:2]
+    x = input.reshape(B, C, -1)
+    return _voxel_ce_op(x, labels.reshape(B, x.shape[2]), ignore_index)
+
+
+def voxel_ce_supported(input: torch.Tensor, labels: Optional[torch.Tensor]) -> bool:
+    """Whether :func:`voxel_ce_cpu` serves these tensors (CPU, a float input with C ≥ 2, integer labels)."""
+    if not available() or labels is None or input.dtype not in _FLOAT_INPUTS or input.ndim < 2 or input.numel() == 0:
+        return False
+    if input.shape[1] < 2 or labels.dtype not in _DTYPE or labels.dtype.is_floating_point:
+        return False
+    B, C = input.shape[:2]
+    return _on_cpu(input, labels) and labels.numel() * C == input.numel() and not labels.requires_grad
+
+
+def topk_select_cpu(values: torch.Tensor, k: int):
+    """``(sum, threshold, count_greater, count_equal)`` of the k largest of a contiguous 1D float32 CPU
+    tensor, as ``ops.triton_topk.topk_select_triton`` returns them (0-d tensors, not differentiable):
+    radix select on the float bits, NaN above +inf as ``torch.topk``; exact ties."""
+    if values.dtype != torch.float32 or values.ndim != 1 or not values.is_contiguous() or values.device.type != "cpu":
+        raise ValueError(f"expected a contiguous 1D float32 CPU tensor, got {values.dtype} {tuple(values.shape)}")
+    if not (1 <= k <= values.numel()):
+        raise ValueError(f"k must lie in [1, {values.numel()}], got {k}")
+    s, thr, cg, ce = _C.topk_select_cpu(values.data_ptr(), values.numel(), int(k), _threads())
+    return (
+        torch.tensor(s, dtype=torch.float32), torch.tensor(thr, dtype=torch.float32),
+        torch.tensor(cg, dtype=torch.int64), torch.tensor(ce, dtype=torch.int64),
+    )
