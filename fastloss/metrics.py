@@ -547,36 +547,50 @@ _DICE_CHUNK = 1 << 20
 
 def _binary_counts(p: torch.Tensor, g: torch.Tensor):
     """``(Σ p·g, Σ p, Σ g)`` per ``(b, c)`` as float64 ``(B, C)`` tensors, after checking that every
-    value of both masks is 0 or 1 (any dtype and layout; NaN is caught).
+    value of both masks is 0 or 1 (any dtype and layout; NaN and inf are caught).
 
-    Chunks along the first spatial axis, in float32 (float64 when an input is float64): every per-chunk
-    sum of 0/1 values is an integer below 2**24, hence exact; the chunks add up in float64. The check is
-    exact too: ``min >= 0``, ``max <= 1`` (``aminmax`` propagates NaN) and ``Σ (x - x·x) == 0``, since
-    for ``x`` in (0, 1) the rounded ``x·x`` stays below ``x``, so each term is >= 0 and is 0 only at 0
-    and 1, and a sum of non-negative floats is 0 only when every term is.
+    Chunks along the first spatial axis, in float32 (float64 when an input is float64), reading each
+    chunk in memory order (channels-last maps as ``(B, *spatial, C)``): every per-chunk sum of 0/1 values
+    is an integer below 2**24, hence exact, and the chunks add up in float64. The check is exact too:
+    ``Σ |x - x·x| == 0``. The term is 0 at 0 and 1 and nowhere else (``x - x²`` vanishes only there, and
+    its rounded value is non-zero wherever it is: for ``x`` in (0, 1) the rounded square stays below
+    ``x``, elsewhere it moves away from ``x``); a sum of non-negative floats is 0 only when every term
+    is; NaN and inf make the sum NaN or inf.
+    Measured on one core at (2, 9, 128³), per 3.5 MB chunk already in cache: a sum 0.04 ms, a product
+    0.07 ms, the check 0.2 ms per input (``vector_norm(ord=1)`` would take 0.7 ms; the compiled
+    ``mask_boxes_cpu`` value check costs about twice as much per byte as this whole in-cache check).
     """
     B, C = p.shape[:2]
     spatial = tuple(p.shape[2:])
-    p = p.reshape(B, C, spatial[0], -1)
-    g = g.reshape(B, C, spatial[0], -1)
-    rest = p.shape[3]
+    channels_last = C > 1 and p.stride(1) == 1 and g.stride(1) == 1
+    if channels_last:  # (B, S0, rest, C): a view in memory order, reduced over the middle dims
+        p = p.movedim(1, -1).reshape(B, spatial[0], -1, C)
+        g = g.movedim(1, -1).reshape(B, spatial[0], -1, C)
+        rest, dims, axis = p.shape[2], (1, 2), 1
+    else:
+        p = p.reshape(B, C, spatial[0], -1)
+        g = g.reshape(B, C, spatial[0], -1)
+        rest, dims, axis = p.shape[3], (2, 3), 2
     step = max(1, _DICE_CHUNK // max(1, B * C * rest))
     exact32 = step * rest < (1 << 24)  # the per-row count of one chunk must stay exact in float32
     cdt = torch.float64 if torch.float64 in (p.dtype, g.dtype) or not exact32 else torch.float32
     sums, checks = [], []
+    # One scratch buffer for the products: a fresh multi-MB tensor per chunk would page-fault on first
+    # touch (measured: 2.5 ms per 3.5 MB product instead of 0.07 ms).
+    scratch = None
     for i in range(0, spatial[0], step):
-        pc = p[:, :, i : i + step].to(cdt)
-        gc = g[:, :, i : i + step].to(cdt)
-        sums.append(torch.stack([(pc * gc).sum((2, 3)), pc.sum((2, 3)), gc.sum((2, 3))]))
+        pc = p.narrow(axis, i, min(step, spatial[0] - i)).to(cdt)
+        gc = g.narrow(axis, i, min(step, spatial[0] - i)).to(cdt)
+        if scratch is None:
+            scratch = torch.empty(pc.numel(), dtype=cdt, device=pc.device)
+        buf = scratch[: pc.numel()].view(pc.shape)
+        sums.append(torch.stack([torch.mul(pc, gc, out=buf).sum(dims), pc.sum(dims), gc.sum(dims)]))
         for x, src in ((pc, p), (gc, g)):
             if src.dtype != torch.bool:
-                lo, hi = torch.aminmax(x)
-                checks.append(torch.stack([lo, hi, torch.addcmul(x, x, x, value=-1).sum()]))
-    if checks:
-        c = torch.stack(checks)
-        if not bool(((c[:, 0] >= 0) & (c[:, 1] <= 1) & (c[:, 2] == 0)).all()):
-            _check_binary(p, "y_pred")  # raise, naming the bad values
-            _check_binary(g, "y")
+                checks.append(torch.addcmul(x, x, x, value=-1, out=buf).abs_().sum())
+    if checks and bool(torch.stack(checks).sum() != 0):
+        _check_binary(p, "y_pred")  # raise, naming the bad values
+        _check_binary(g, "y")
     inter, sp, sg = torch.stack(sums).to(torch.float64).sum(0)
     return inter, sp, sg
 
