@@ -13,6 +13,8 @@ Rows (``nnunet.csv``), per provider (``nnunet``: ``DeepSupervisionWrapper(DC_and
 - ``loss``: the loss alone, forward and backward to the network's outputs (detached copies);
 - ``share`` in the ``loss`` row: loss median / step median of the same provider.
 
+The two providers alternate call by call (steps, then loss-only calls), so load changes hit both alike.
+
 ``python benchmarks/bench_nnunet.py [--patch 32,32,32] [--batch 2] [--reps 10] [--threads N] [--record]``
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,27 +84,42 @@ def main(argv=None) -> None:
             DC_and_topk_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {"k": 10}), w),
         "fastloss": build_nnunet_loss("DiceTopK", batch_dice=False, deep_supervision_weights=w),
     }
-    rows = []
-    for name, loss in providers.items():
+    with torch.no_grad():
+        fixed = [o.detach() for o in net(x)]
+
+    def step_fn(loss):
         def step():
             opt.zero_grad(set_to_none=True)
-            out = net(x)
-            loss(out, targets).backward()
+            loss(net(x), targets).backward()
             opt.step()
+        return step
 
-        with torch.no_grad():
-            fixed = [o.detach() for o in net(x)]
-
+    def loss_fn(loss):
         def loss_only():
-            outs = [o.clone().requires_grad_(True) for o in fixed]
-            loss(outs, targets).backward()
+            loss([o.clone().requires_grad_(True) for o in fixed], targets).backward()
+        return loss_only
 
-        t_step = common.time_wall(step, "cpu", reps=args.reps, warmup=2, budget_s=120)
-        t_loss = common.time_wall(loss_only, "cpu", reps=max(args.reps, 10), warmup=2, budget_s=60)
+    # The providers alternate call by call, so a change in the machine's load hits both alike (the shared
+    # 2-core machine this was written on is rarely idle).
+    samples = {(n, w): [] for n in providers for w in ("step", "loss")}
+    for what, make, reps in (("step", step_fn, args.reps), ("loss", loss_fn, max(3 * args.reps, 30))):
+        fns = {n: make(l) for n, l in providers.items()}
+        for fn in fns.values():  # warm-up
+            fn()
+            fn()
+        for _ in range(reps):
+            for n, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[(n, what)].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for name in providers:
         base = {"provider": name, "loss": "DiceTopK", "patch": "x".join(map(str, patch)), "batch": args.batch,
                 "classes": NUM_CLASSES, "threads": torch.get_num_threads(), "outputs": len(shapes)}
-        rows.append(common.stamp({**base, "what": "step", **t_step}, "cpu"))
+        t_step = common.summarize(samples[(name, "step")])
+        t_loss = common.summarize(samples[(name, "loss")])
         share = t_loss["median_ms"] / t_step["median_ms"]
+        rows.append(common.stamp({**base, "what": "step", **t_step}, "cpu"))
         rows.append(common.stamp({**base, "what": "loss", **t_loss, "share": round(share, 4)}, "cpu"))
         print(f"{name:9s} step {t_step['median_ms']:8.1f} ms  loss fwd+bwd {t_loss['median_ms']:7.2f} ms "
               f"(p20 {t_loss['p20_ms']:.2f}, p80 {t_loss['p80_ms']:.2f})  share {100 * share:5.2f} %")
