@@ -8,7 +8,6 @@ mean over the ranks, since CE and TopK are per-rank terms). The reference is com
 same initial weights, without DDP.
 """
 
-import os
 
 import pytest
 import torch

@@ -31,7 +31,8 @@ def _write_case(folder: Path, name: str, rng: np.random.Generator) -> None:
     seg[(z - c1[0]) ** 2 + (y - c1[1]) ** 2 + (x - c1[2]) ** 2 < 36] = 1
     seg[(z - c2[0]) ** 2 + (y - c2[1]) ** 2 + (x - c2[2]) ** 2 < 16] = 2
     img = seg.astype(np.float32) * 100 + rng.normal(0, 10, seg.shape).astype(np.float32)
-    for arr, path in ((img, folder / "imagesTr" / f"{name}_0000.nii.gz"), (seg, folder / "labelsTr" / f"{name}.nii.gz")):
+    for arr, path in ((img, folder / "imagesTr" / f"{name}_0000.nii.gz"),
+                      (seg, folder / "labelsTr" / f"{name}.nii.gz")):
         im = sitk.GetImageFromArray(arr)
         im.SetSpacing((1.0, 1.0, 1.0))
         sitk.WriteImage(im, str(path))
@@ -60,7 +61,8 @@ def nnunet_env(tmp_path_factory):
     code = ("import sys; from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
             "plan_and_preprocess_entry as f; sys.argv = ['nnUNetv2_plan_and_preprocess', '-d', '901', '-c', "
             "'3d_fullres', '-np', '1', '-npfp', '1']; f()")
-    r = subprocess.run([sys.executable, "-c", code], env={**env, "nnUNet_n_proc_DA": "1"}, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], env={**env, "nnUNet_n_proc_DA": "1"}, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return root, env
 

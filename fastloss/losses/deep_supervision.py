@@ -127,7 +127,9 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
         if not isinstance(outputs, (list, tuple)) or not outputs:
-            raise TypeError(f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}")
+            raise TypeError(
+                f"outputs must be a tensor or a non-empty list/tuple of tensors, got {type(outputs).__name__}"
+            )
         for i, o in enumerate(outputs):
             if not isinstance(o, torch.Tensor) or o.ndim < 2:
                 raise TypeError(f"outputs[{i}] must be a (B, C, *spatial) tensor, got {type(o).__name__}"

@@ -1,8 +1,8 @@
 """Command line: ``python -m fastloss.nnunet train|list``.
 
 ``train DATASET CONFIGURATION FOLD --loss NAME [--nnunet-values] [--epochs N] [--iterations N]
-[--val-iterations N] [--skip-validation] [nnU-Net's nnUNetv2_train options: -p, -pretrained_weights, -num_gpus, --npz, --c, --val,
---val_best, --disable_checkpointing, -device]`` runs nnU-Net's own ``nnUNetv2_train`` with the trainer
+[--val-iterations N] [--skip-validation] [nnU-Net's nnUNetv2_train options: -p, -pretrained_weights, -num_gpus,
+--npz, --c, --val, --val_best, --disable_checkpointing, -device]`` runs nnU-Net's own ``nnUNetv2_train`` with the trainer
 ``nnUNetTrainer_fastloss_<NAME>``. nnU-Net looks trainers up by name in its package folder; this command makes
 nnU-Net's lookup (``run_training.recursive_find_trainer_class_by_name``) resolve the fastloss names first and
 wraps its DDP worker so that spawned workers do the same. nnU-Net's folder is never written to.
@@ -94,7 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in PAPER_LOSSES:
             notes = [n for n, ok in (("regions", name in REGION_LOSSES), ("nnunet-values", name in NNUNET_VALUE_LOSSES))
                      if ok]
-            print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}" + (f"  [{', '.join(notes)}]" if notes else ""))
+            tail = f"  [{', '.join(notes)}]" if notes else ""
+            print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}{tail}")
         return 0
     if rest and args.command != "train":
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
