@@ -267,7 +267,7 @@ def _tiny_cfg(tmp_path, **kw):
     cfg = replace(
         MODES["quick"], tasks=("multi_organ",), losses=("Dice", "DiceTopK"), size=(16, 16, 16), n_train=3, n_test=3,
         filters=(4, 8, 16), train=TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, patch=(16, 16, 16)),
-        timing_steps=1, out=str(tmp_path / "runs"), plots=False, progress=False,
+        timing_steps=1, out=str(tmp_path / "runs"), plots=False, progress=False, threads=1,
     )
     return replace(cfg, **kw)
 
@@ -277,7 +277,16 @@ def _read(path):
         return list(csv.DictReader(fh))
 
 
-def test_training_is_deterministic_and_starts_from_one_initialisation():
+@pytest.fixture
+def one_thread():
+    # small 3D convolutions run several times faster on one thread when the CPU is shared
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_is_deterministic_and_starts_from_one_initialisation(one_thread):
     from fastloss.odyssey.data import synthetic_dataset
 
     ds = synthetic_dataset("liver", (16, 16, 16), 2, 2, seed=0)
@@ -303,7 +312,9 @@ def test_training_is_deterministic_and_starts_from_one_initialisation():
 def test_pipeline_end_to_end(tmp_path, capsys):
     from fastloss.ranking import rank_scores
 
+    threads = torch.get_num_threads()
     out = run(_tiny_cfg(tmp_path), run_id="tiny", log=lambda *a: None)
+    assert torch.get_num_threads() == threads  # the run's thread setting is undone
     assert (tmp_path / "runs" / ".gitignore").read_text().strip().endswith("*")
     cases = _read(out / "cases.csv")
     assert set(cases[0]) == {"loss", "task", "metric", "case", "value"}
@@ -334,7 +345,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         assert 0 < float(r["loss_ms_median"]) < float(r["step_ms_median"]) and 0 < float(r["loss_share"]) < 1
     assert len(_read(out / "training.csv")) == 2 * 2
     info = json.loads((out / "config.json").read_text())
-    assert info["run_id"] == "tiny" and info["failures"] == []
+    assert info["run_id"] == "tiny" and info["failures"] == [] and info["threads"] == 1
     assert info["tasks"]["multi_organ"]["classes"][4] == "gallbladder"
 
 

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filters", type=lambda t: tuple(int(v) for v in t.split(",")), help="feature maps per U-Net level")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda (default: cuda for full, cpu for quick)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); 1 is often faster on a busy CPU")
     p.add_argument("--timing-steps", type=int, help="side-by-side timed steps per loss (0: none)")
     p.add_argument("--no-monai", action="store_true", help="do not time MONAI's losses beside ours")
     p.add_argument("--tolerance", type=float, help="NSD tolerance in spacing units (default 1, the paper's 1 mm)")
@@ -73,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
         losses = TABLE2_LOSSES
     changes = dict(losses=losses, tasks=args.tasks, data=args.data, test_fraction=args.test_fraction, size=args.size,
                    n_train=args.train_cases, n_test=args.test_cases, filters=args.filters,
-                   timing_steps=args.timing_steps, tolerance=args.tolerance, out=args.out)
+                   timing_steps=args.timing_steps, threads=args.threads, tolerance=args.tolerance, out=args.out)
     cfg = replace(cfg, train=tc, **{k: v for k, v in changes.items() if v is not None})
     return replace(cfg, monai=cfg.monai and not args.no_monai, plots=not args.no_plots, progress=not args.no_progress)
 
