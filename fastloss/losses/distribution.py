@@ -104,12 +104,18 @@ def _voxel_ce(x: torch.Tensor, target: Target, weight: Optional[torch.Tensor]) -
 
 
 def _voxel_ce_any(input: torch.Tensor, target: Target, weight: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`_voxel_ce`, served by the fused Triton kernel (``ops.triton_topk.voxel_ce_triton``: one read of
-    the logits, no ``(B, C, N)`` temporaries) for unweighted integer labels when the backend says so."""
-    if target.labels is not None and weight is None and input.dtype != torch.float64:
-        from ..backend import use_triton
+    """:func:`_voxel_ce`, served by a fused kernel for unweighted integer labels (one read of the logits, no
+    ``(B, C, N)`` temporaries): Triton (``ops.triton_topk.voxel_ce_triton``) or, on CPU tensors, the compiled
+    C++ kernel (``ops.cpu_stats.voxel_ce_cpu``), when the backend says so."""
+    if target.labels is not None and weight is None:
+        from ..backend import use_compiled_cpu, use_triton
 
-        if use_triton(input):
+        if use_compiled_cpu(input):
+            from ..ops.cpu_stats import voxel_ce_cpu, voxel_ce_supported
+
+            if voxel_ce_supported(input, target.labels):
+                return voxel_ce_cpu(input, target.labels, target.ignore_index)
+        elif use_triton(input) and input.dtype != torch.float64:
             try:
                 from ..ops.triton_topk import voxel_ce_triton
             except Exception:  # module absent or unusable: torch path

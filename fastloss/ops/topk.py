@@ -84,19 +84,25 @@ def topk_sum_torch(values: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Te
 def topk_sum(values: torch.Tensor, k: int) -> torch.Tensor:
     """Sum of the ``k`` largest entries of ``values`` (any shape, flattened), differentiable.
 
-    Dispatches to the Triton select when the backend says so and the module imports; else ``torch.topk``.
+    Dispatches to the Triton select when the backend says so and the module imports, to the compiled CPU
+    select (``ops.cpu_stats.topk_select_cpu``) for float32 CPU tensors with the default backend; else
+    ``torch.topk``.
     """
     if not isinstance(k, int) or isinstance(k, bool):
         raise TypeError(f"k must be a Python int, got {type(k).__name__}")
     flat = values.reshape(-1)
     if not (1 <= k <= flat.numel()):
         raise ValueError(f"k must lie in [1, {flat.numel()}] for {flat.numel()} values, got {k}")
-    from ..backend import use_triton
+    from ..backend import use_compiled_cpu, use_triton
 
     if flat.dtype == torch.float32 and use_triton(flat):
         select = _triton_topk_select()
         if select is not None:
             return _TopkSumFn.apply(flat.contiguous(), k, select)
+    if flat.dtype == torch.float32 and use_compiled_cpu(flat):
+        from .cpu_stats import topk_select_cpu
+
+        return _TopkSumFn.apply(flat.contiguous(), k, topk_select_cpu)  # compiled radix select, same ties
     return topk_sum_torch(flat, k)[0]
 
 
