@@ -184,3 +184,12 @@ def test_shape_mismatch_is_both_assertion_and_value_error(name):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     getattr(fastloss, name)(softmax=True)(x, y)
+
+
+def test_masked_dice_traces_fullgraph_with_a_mask():
+    """torch.compile(fullgraph=True) traces the masked path too (no warnings.warn while tracing)."""
+    x, y = _data(seed=9)
+    m = (torch.arange(42).view(1, 1, 7, 6) % 4 != 0).double()
+    loss = MaskedDiceLoss(softmax=True, to_onehot_y=True)
+    compiled = torch.compile(loss, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, y, m), loss(x, y, m))

@@ -27,6 +27,12 @@ __all__ = ["GeneralizedDiceFocalLoss", "MaskedDiceLoss", "generalized_dice_focal
 WeightLike = Optional[Union[Sequence[float], float, int, torch.Tensor]]
 
 
+def _warn(message: str, stacklevel: int = 2) -> None:
+    """MONAI's warnings, except while ``torch.compile`` traces (Dynamo cannot trace ``warnings.warn``)."""
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=stacklevel + 1)
+
+
 class GeneralizedDiceFocalLoss(nn.Module):
     r"""Generalized Dice + focal loss; MONAI 1.6.1 ``GeneralizedDiceFocalLoss``.
 
@@ -182,25 +188,25 @@ class MaskedDiceLoss(DiceLoss):
             input = torch.sigmoid(input)
         if self.pre_softmax:
             if input.ndim >= 2 and input.shape[1] == 1:
-                warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=2)
+                _warn("single channel prediction, `softmax=True` ignored.", stacklevel=2)
             else:
                 input = torch.softmax(input, 1)
         if self.pre_other_act is not None:
             input = self.pre_other_act(input)
         if mask is None:
-            warnings.warn("No mask value specified for the MaskedLoss.", stacklevel=2)
+            _warn("No mask value specified for the MaskedLoss.", stacklevel=2)
             return super().forward(input, target)
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor of shape (B, 1, *spatial), got {type(mask).__name__}")
         if input.dim() != mask.dim():
-            warnings.warn(f"Dim of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
+            _warn(f"Dim of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
         if input.shape[0] != mask.shape[0] and mask.shape[0] != 1:
             raise ValueError(f"mask must have batch size 1 or {input.shape[0]} (the input's), got shape {tuple(mask.shape)}")
         if target.dim() > 1:
             if mask.shape[1] != 1:
                 raise ValueError(f"mask must have one channel, shape (B, 1, *spatial), got shape {tuple(mask.shape)}")
             if input.shape[2:] != mask.shape[2:]:
-                warnings.warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
+                _warn(f"Spatial size of input ({input.shape}) is different from mask ({mask.shape}).", stacklevel=2)
         return super().forward(input * mask, target * mask)
 
 
