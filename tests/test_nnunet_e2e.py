@@ -1,6 +1,7 @@
 """End to end through nnU-Net v2 on the CPU: a tiny synthetic dataset in nnU-Net's raw format, nnU-Net's own
 planning and preprocessing, then ``python -m fastloss.nnunet train`` for one short epoch with DiceTopK and
-DiceHD: the run must finish, log finite losses and write a checkpoint.
+DiceHD: the run must finish, log finite losses and write a checkpoint; the DiceTopK model then predicts a case
+through ``python -m fastloss.nnunet predict``.
 
 Sized to stay cheap on a 2-core machine: two 32^3 cases, the 3d_fullres configuration, one epoch of two
 training and one validation iteration, fold "all", nnU-Net's final sliding-window validation skipped.
@@ -84,3 +85,12 @@ def test_cli_trains_one_epoch(nnunet_env, loss):
     ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == f"nnUNetTrainer_fastloss_{loss}"
     assert ckpt["current_epoch"] == 1
+    if loss == "DiceTopK":  # the trained model serves nnU-Net's prediction through the CLI too
+        out_dir = root / "pred"
+        cmd = [sys.executable, "-m", "fastloss.nnunet", "predict", "--loss", loss, "-i",
+               str(root / "raw" / DATASET / "imagesTr"), "-o", str(out_dir), "-d", "901", "-c", "3d_fullres", "-f",
+               "all", "-chk", "checkpoint_final.pth", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "tiny_000.nii.gz")))
+        assert pred.shape == (32, 32, 32) and set(np.unique(pred)) <= {0, 1, 2}

@@ -7,6 +7,10 @@
 nnU-Net's lookup (``run_training.recursive_find_trainer_class_by_name``) resolve the fastloss names first and
 wraps its DDP worker so that spawned workers do the same. nnU-Net's folder is never written to.
 
+``predict -i IN -o OUT -d DATASET -c CONFIGURATION -f FOLD --loss NAME [--nnunet-values] [nnU-Net's
+nnUNetv2_predict options]`` runs nnU-Net's own ``nnUNetv2_predict`` with a model trained that way (nnU-Net
+looks the trainer up by name there too).
+
 ``list`` prints the loss names and their trainer names.
 """
 
@@ -31,6 +35,8 @@ def install() -> None:
 
     from .trainers import parse_trainer_name, trainer_class
 
+    import nnunetv2.inference.predict_from_raw_data as pr
+
     if "find" in _ORIGINAL:
         return
     _ORIGINAL["find"] = rt.recursive_find_trainer_class_by_name
@@ -43,6 +49,7 @@ def install() -> None:
         return _ORIGINAL["find"](name, *args, **kwargs)
 
     rt.recursive_find_trainer_class_by_name = find
+    pr.recursive_find_trainer_class_by_name = find
     rt.run_ddp = _run_ddp
 
 
@@ -73,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-iterations", type=_positive, help="validation iterations per epoch instead of 50")
     t.add_argument("--skip-validation", action="store_true",
                    help="skip nnU-Net's final validation after training (short runs)")
+    pr = sub.add_parser("predict", help="nnUNetv2_predict with a model of a fastloss trainer (other options go "
+                        "to nnU-Net: -i, -o, -d, -c, -f, ...)")
+    pr.add_argument("--loss", required=True, help="the loss the model was trained with")
+    pr.add_argument("--nnunet-values", action="store_true", help="the model was trained with --nnunet-values")
     sub.add_parser("list", help="the loss names and their trainer names")
     return p
 
@@ -92,12 +103,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES
 
         for name in PAPER_LOSSES:
-            notes = [n for n, ok in (("regions", name in REGION_LOSSES), ("nnunet-values", name in NNUNET_VALUE_LOSSES))
-                     if ok]
+            notes = [n for n, ok in (("regions", name in REGION_LOSSES),
+                                     ("nnunet-values", name in NNUNET_VALUE_LOSSES)) if ok]
             tail = f"  [{', '.join(notes)}]" if notes else ""
             print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}{tail}")
         return 0
-    if rest and args.command != "train":
+    if rest and args.command not in ("train", "predict"):
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         canon = canonical_name(args.loss)
@@ -110,14 +121,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         cls = trainer_class(canon, args.nnunet_values)
     except ValueError as e:
         _parser().error(str(e))
+    if "-tr" in rest:
+        _parser().error("-tr is chosen by --loss")
+    if args.command == "predict":
+        import nnunetv2.inference.predict_from_raw_data as pr
+
+        sys.argv = ["nnUNetv2_predict", *rest, "-tr", cls.__name__]
+        pr.predict_entry_point()
+        return 0
     for env, value in (("FASTLOSS_NNUNET_EPOCHS", args.epochs), ("FASTLOSS_NNUNET_ITERATIONS", args.iterations),
                        ("FASTLOSS_NNUNET_VAL_ITERATIONS", args.val_iterations)):
         if value is not None:
             os.environ[env] = str(value)
     if args.skip_validation:
         os.environ["FASTLOSS_NNUNET_SKIP_VALIDATION"] = "1"
-    if "-tr" in rest:
-        _parser().error("-tr is chosen by --loss")
     import nnunetv2.run.run_training as rt
 
     sys.argv = ["nnUNetv2_train", args.dataset_name_or_id, args.configuration, args.fold, "-tr", cls.__name__, *rest]
