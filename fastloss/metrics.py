@@ -915,23 +915,26 @@ def compute_dice(
         include_background: keep class 0 (default True).
         ignore_empty: NaN for an empty reference (default) instead of 1 (both empty) / 0.
         num_classes: number of classes of index maps (default ``y_pred.shape[1]``).
-        per_component: not implemented (raises NotImplementedError).
+        per_component: MONAI's per-component Dice of binary ``(B, 2, *spatial)`` maps (2 or 3 spatial dims):
+            every voxel goes to its nearest connected component of the reference (Voronoi regions of the
+            fully connected components, by an exact EDT), Dice per region, their mean; ``(B, 1)``.
         ignore_index: a label (index maps) or a class / sentinel (one-hot ``y``) whose voxels are excluded.
 
     Returns:
         ``(B, C')`` float32, as :func:`dice` (which this calls for one-hot masks).
 
     Raises:
-        TypeError / ValueError: as :func:`dice`; NotImplementedError for ``per_component=True``.
+        TypeError / ValueError: as :func:`dice`; for ``per_component``, inputs that are not matching
+            ``(B, 2, *spatial)`` maps with 2 or 3 spatial dims (ValueError, as MONAI).
 
     Example:
         >>> y = torch.tensor([[[[0, 1], [2, 2]]]])  # (1, 1, 2, 2) class indices
         >>> compute_dice(y, y, num_classes=3)
         tensor([[1., 1., 1.]])
     """
-    if per_component:
-        raise NotImplementedError("compute_dice(per_component=True) is not implemented in fastloss")
     y_pred, y = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
+    if per_component:
+        return _per_component_dice(y_pred, y, ignore_empty)
     if y_pred.ndim < 3 or y.ndim < 3:
         raise ValueError(
             f"y_pred and y must have shape (B, C, *spatial), got {tuple(y_pred.shape)} and {tuple(y.shape)}"
@@ -948,6 +951,36 @@ def compute_dice(
     if keep is not None:
         y_pred, y = y_pred * keep, y * keep
     return dice(y_pred, y, include_background=include_background, ignore_empty=ignore_empty)
+
+
+def _per_component_dice(y_pred: torch.Tensor, y: torch.Tensor, ignore_empty: bool) -> torch.Tensor:
+    """MONAI's per-component Dice (``DiceHelper.compute_cc_dice``), one batch item at a time."""
+    if not (y_pred.ndim == y.ndim and y_pred.ndim in (4, 5) and y_pred.shape == y.shape and y_pred.shape[1] == 2):
+        raise ValueError(
+            "per_component requires matching 4D/5D binary tensors (B, 2, H, W) or (B, 2, D, H, W); "
+            f"got y_pred={tuple(y_pred.shape)}, y={tuple(y.shape)}"
+        )
+    from scipy import ndimage  # lazy: only this option needs scipy
+
+    out = torch.empty((y.shape[0], 1), dtype=torch.float32)
+    for b in range(y.shape[0]):
+        pred = y_pred[b].argmax(0).cpu().numpy().astype(bool)
+        ref = y[b].argmax(0).cpu().numpy().astype(bool)
+        if not ref.any():  # MONAI's empty-reference conventions
+            out[b] = float("nan") if ignore_empty else float(not pred.any())
+            continue
+        # fully connected components of the reference; each voxel joins the nearest one (Voronoi region)
+        cc, n = ndimage.label(ref, structure=ndimage.generate_binary_structure(ref.ndim, ref.ndim))
+        nearest = ndimage.distance_transform_edt(cc == 0, return_distances=False, return_indices=True)
+        region = torch.from_numpy(cc[tuple(nearest)].astype(np.int64)).reshape(-1) - 1  # 0 .. n-1
+        # per region: counts of (ref, pred) = (0, 1) false positives, (1, 0) false negatives, (1, 1) hits
+        code = torch.from_numpy(ref.reshape(-1).astype(np.int64) * 2 + pred.reshape(-1))
+        hist = torch.bincount(region * 4 + code, minlength=4 * n).reshape(n, 4)
+        fp, fn, tp = hist[:, 1], hist[:, 2], hist[:, 3]
+        denom = 2 * tp + fp + fn
+        scores = torch.where(denom > 0, 2 * tp.float() / denom.float(), torch.ones(()))
+        out[b] = scores.mean()
+    return out.to(y_pred.device)
 
 
 def compute_hausdorff_distance(
@@ -1156,8 +1189,8 @@ class DiceMetric(_CumulativeMetric):
     """``monai.metrics.DiceMetric``: :func:`compute_dice` per batch, accumulated.
 
     Args: as MONAI 1.6.1 (``include_background=True``, ``reduction="mean"``, ``get_not_nans=False``,
-    ``ignore_empty=True``, ``num_classes=None``, ``return_with_label=False``, ``per_component=False``
-    (not implemented), ``ignore_index=None``). ``return_with_label`` (True or a list of names) makes
+    ``ignore_empty=True``, ``num_classes=None``, ``return_with_label=False``, ``per_component=False``,
+    ``ignore_index=None``). ``return_with_label`` (True or a list of names) makes
     ``aggregate()`` return ``{label: value}`` rounded to 4 digits when the reduction is ``"mean_batch"``.
 
     Example:
@@ -1180,8 +1213,7 @@ class DiceMetric(_CumulativeMetric):
         ignore_index: Optional[int] = None,
     ) -> None:
         super().__init__(reduction, get_not_nans)
-        if per_component:
-            raise NotImplementedError("DiceMetric(per_component=True) is not implemented in fastloss")
+        self.per_component = per_component
         self.include_background = include_background
         self.ignore_empty = ignore_empty
         self.num_classes = num_classes
@@ -1190,7 +1222,8 @@ class DiceMetric(_CumulativeMetric):
 
     def _compute(self, y_pred, y, **kwargs):
         return compute_dice(
-            y_pred, y, self.include_background, self.ignore_empty, self.num_classes, ignore_index=self.ignore_index
+            y_pred, y, self.include_background, self.ignore_empty, self.num_classes, self.per_component,
+            self.ignore_index,
         )
 
     def aggregate(self, reduction: Optional[str] = None):

@@ -233,8 +233,8 @@ def test_bad_arguments_are_clear():
         M.compute_hausdorff_distance(p, y, distance_metric="cosine")
     with pytest.raises(NotImplementedError, match="use_subvoxels"):
         M.compute_surface_dice(p, y, [1, 1, 1], use_subvoxels=True)
-    with pytest.raises(NotImplementedError, match="per_component"):
-        M.compute_dice(p, y, per_component=True)
+    with pytest.raises(ValueError, match="per_component"):
+        M.compute_dice(p, y, per_component=True)  # 4 channels: MONAI wants (B, 2, ...) too
     with pytest.raises(ValueError, match="one entry per image"):
         M.compute_hausdorff_distance(p, y, spacing=[(1.0, 1.0)] * 3)
     with pytest.raises(ValueError, match="reduction"):
@@ -303,3 +303,23 @@ def test_cdt_edge_cases():
         cdt(one, "euclidean")
     with pytest.raises(TypeError):
         cdt([[1, 0]], "taxicab")
+
+
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_per_component_dice_matches_monai(ignore_empty):
+    """Two reference cubes, the prediction shifted differently for each (MONAI's own scene), and random
+    2D blobs with one empty reference."""
+    y = torch.zeros((2, 2, 24, 24, 24))
+    p = torch.zeros((2, 2, 24, 24, 24))
+    y[0, 1, 3:8, 3:8, 3:8] = 1
+    y[0, 1, 14:19, 14:19, 14:19] = 1
+    p[0, 1, 4:9, 4:9, 4:9] = 1
+    p[0, 1, 15:20, 13:18, 15:20] = 1
+    p[1, 1, 2:5, 2:5, 2:5] = 1  # item 1: empty reference, non-empty prediction
+    y[:, 0], p[:, 0] = 1 - y[:, 1], 1 - p[:, 1]
+    kw = dict(per_component=True, ignore_empty=ignore_empty)
+    _same(M.compute_dice(p, y, **kw), _monai(mm.compute_dice, p, y, **kw))
+    p2, y2 = _pair((23, 29), C=2, B=3, seed=17, mix=0.5)
+    _same(M.compute_dice(p2, y2, **kw), _monai(mm.compute_dice, p2, y2, **kw))
+    ours, theirs = M.DiceMetric(per_component=True, reduction="none"), mm.DiceMetric(per_component=True, reduction="none")
+    _same(ours(p2, y2), _monai(theirs, p2, y2))
