@@ -279,7 +279,10 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
         if cfg.timing_steps > 0:
             fns = {}
             for name in cfg.losses:
-                fns[("fastloss", name)] = build_loss(name, tc.epochs, _train_counts(ds))
+                fn = build_loss(name, tc.epochs, _train_counts(ds))
+                if hasattr(fn, "set_epoch"):  # DiceBD: time the schedule's end (both terms), not α = 1
+                    fn.set_epoch(tc.epochs)
+                fns[("fastloss", name)] = fn
                 if cfg.monai and name in MONAI_EQUIVALENTS:
                     fns[("monai", name)] = monai_loss(name)
             times = time_steps(fns, init_state, make_model, ds, tc, cfg.timing_steps)

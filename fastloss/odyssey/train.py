@@ -139,7 +139,7 @@ def monai_loss(name: str) -> Optional[nn.Module]:
 class TrainConfig:
     """How one loss is trained (identical for every loss of a run)."""
 
-    epochs: int = 6
+    epochs: int = 8
     steps_per_epoch: int = 25
     batch_size: int = 2
     patch: Sequence[int] = (24, 24, 24)
