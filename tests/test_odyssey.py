@@ -363,3 +363,40 @@ def test_cli_errors_and_options(tmp_path, capsys):
     cfg = config_from_args(build_parser().parse_args(["--mode", "full", "--losses", "table2", "--size", "48",
                                                       "--device", "cpu", "--no-monai"]))
     assert cfg.losses == TABLE2_LOSSES and cfg.size == (48, 48, 48) and cfg.train.device == "cpu" and not cfg.monai
+
+
+def test_warmup_losses_train_on_their_warmup_loss_first(one_thread):
+    from fastloss.odyssey.data import synthetic_dataset
+
+    ds = synthetic_dataset("liver", (16, 16, 16), 2, 1, seed=0)
+    cfg = TrainConfig(epochs=2, steps_per_epoch=3, patch=(16, 16, 16), warmup=0.5)
+
+    def make():
+        return build_network(1, 2, (16, 16, 16), (4, 8, 16))
+
+    torch.manual_seed(0)
+    init = make().state_dict()
+    lovasz = train_one("Lovasz", init, make, ds, cfg)
+    assert len(lovasz.step_ms) == 6 - 3  # steps 0-2 trained with CE (the paper's warm-up), not timed as Lovász
+    ce = train_one("CE", init, make, ds, replace(cfg, epochs=1))
+    # the warm-up is CE itself: the first epoch's mean loss is CE's
+    assert lovasz.epoch_loss[0] == pytest.approx(ce.epoch_loss[0], rel=1e-6)
+    assert len(train_one("Dice", init, make, ds, replace(cfg, epochs=1)).step_ms) == 3
+
+
+def test_a_diverging_loss_is_recorded_as_na(tmp_path, monkeypatch):
+    import fastloss.odyssey.train as T
+
+    real = T.build_loss
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, x, y):
+            return x.sum() * float("nan")
+
+    monkeypatch.setattr(T, "build_loss", lambda name, *a, **k: NaNLoss() if name == "DiceTopK" else real(name, *a, **k))
+    out = run(_tiny_cfg(tmp_path, timing_steps=0), run_id="nan", log=lambda *a: None)
+    info = json.loads((out / "config.json").read_text())
+    assert len(info["failures"]) == 1 and info["failures"][0].startswith("multi_organ/DiceTopK")
+    rows = _read(out / "cases.csv")
+    assert {r["value"] for r in rows if r["loss"] == "DiceTopK"} == {"N/A"}
+    assert all(r["value"] != "N/A" for r in rows if r["loss"] == "Dice")
