@@ -82,7 +82,7 @@ def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = No
     (``fastloss.class_counts``), WCE's and ELL's class weights from them, as the paper's Eq. (2) and
     Wong et al. take them (without counts, those losses weigh each batch by its own frequencies)."""
     canon = _canonical(name)
-    cls, kwargs = PAPER_LOSSES[canon]
+    kwargs = PAPER_LOSSES[canon][1] if canon in PAPER_LOSSES else {}
     extra = {}
     if "alpha_step" in kwargs:
         extra["alpha_step"] = 0.99 / max(1, round(0.099 * epochs))
@@ -94,12 +94,16 @@ def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = No
 
 
 def _canonical(name: str) -> str:
-    from ..registry import _LOOKUP, _key
+    """The PAPER_LOSSES key of ``name`` (get_loss's spelling rules: ``"lovasz"`` is ``"Lovász"``)."""
+    if isinstance(name, str) and name in PAPER_LOSSES:
+        return name
+    get_loss(name)  # TypeError / ValueError (listing the known names) for an unknown name
+    try:
+        from ..registry import _LOOKUP, _key
 
-    canon = _LOOKUP.get(_key(name))
-    if canon is None:
-        get_loss(name)  # raises the registry's ValueError listing the names
-    return canon
+        return _LOOKUP[_key(name)]
+    except (ImportError, KeyError):  # the registry's private lookup changed: keep the caller's spelling
+        return name
 
 
 #: The losses trained after a warm-up with another loss (the paper's Sec. 3.2).
