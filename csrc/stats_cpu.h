@@ -5,8 +5,8 @@
 // (stats_cpu_base.cpp, stats_cpu_avx2.cpp, stats_cpu_avx512.cpp, each with its own -m flags and its own
 // namespace), and stats_cpu.cpp picks one at run time (cpuid; FASTLOSS_CPU_ISA=base|avx2|avx512
 // overrides it), owns the threads and reduces the per-tile partial sums in tile order. The kernels
-// accumulate in 16 explicit lanes and are built without FMA contraction, so every ISA and every thread
-// count gives the same bits.
+// accumulate in explicit lanes (one native register) and reduce them by a fixed tree, so every thread
+// count gives the same bits; instruction sets differ by rounding only (lane count, FMA).
 #pragma once
 
 #include <cstddef>
@@ -48,8 +48,7 @@ struct StatsArgs {
 };
 
 // Voxels per tile: the unit of work and of the fixed-order reduction (independent of the thread count).
-constexpr int kTile = 512;
-constexpr int kLanes = 16;
+constexpr int kTile = 256;
 
 // Scratch bytes one worker needs for a tile of C classes in compute type of `elem` bytes.
 inline size_t stats_scratch_bytes(int64_t C, size_t elem) {

@@ -1,0 +1,243 @@
+"""The Dice/CE-family losses on the CPU: fastloss's compiled kernels against what users run today.
+
+Issue 9's measurement: float32 logits and integer labels, forward + backward, each provider in its own
+process (so that one's allocator state and caches do not colour another's), 2 threads (and fastloss on 1
+thread too, for the scaling), MONAI 1.6.1 in the same run. Per row:
+
+- wall time of one forward + backward: median, p20, p80 of the timed steps (after 2 warm-up steps);
+- peak memory growth of one step: the process's resident-set high-water mark during one step minus the
+  resident set before it (the gradient of the logits included, for every provider alike); glibc is told to
+  serve every allocation over 64 KiB by mmap, so freed tensors leave the resident set at once and the
+  high-water mark is the step's real peak;
+- the loss value, so that the table can show the providers agree.
+
+Providers: ``fastloss`` (the class with MONAI's arguments, or the paper's configuration where MONAI has no
+class), ``monai`` (the same class from MONAI; DiceTopK: MONAI's DiceLoss plus ``torch.topk`` of the
+per-voxel CE, 10 %), ``torch`` (CE: ``F.cross_entropy``).
+
+``python benchmarks/bench_cpu_losses.py [--full] [--losses DiceCE,Dice] [--record]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+LOSSES = ("DiceCE", "DiceFocal", "DiceTopK", "Dice", "Tversky", "GDice", "Focal", "CE")
+# issue 9's targets: speed ratio against the baseline, and peak-memory ratio at most 0.5
+SPEED_TARGET = {"DiceCE": 4.0, "DiceFocal": 4.0, "DiceTopK": 4.0, "Dice": 3.0, "Tversky": 3.0, "GDice": 3.0,
+                "Focal": 3.0, "CE": 1.5}
+MEMORY_TARGET = 0.5
+QUICK_SHAPES = ((2, 9, 64, 64, 64),)
+FULL_SHAPES = ((2, 9, 64, 64, 64), (2, 14, 96, 96, 96))
+MONAI_KW = dict(to_onehot_y=True, softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- providers
+def _make(provider: str, name: str):
+    """The loss callable ``f(logits, labels)`` of one provider, or None where it has none."""
+    import torch
+    import torch.nn.functional as F
+
+    if provider == "fastloss":
+        import fastloss as lib
+    elif provider == "monai":
+        try:
+            import monai.losses as lib
+        except ImportError:
+            return None
+    else:  # torch
+        if name == "CE":
+            return lambda x, y: F.cross_entropy(x, y[:, 0])
+        return None
+    if name == "CE":
+        return lib.get_loss("CE") if provider == "fastloss" else None
+    if name == "DiceTopK":
+        if provider == "fastloss":
+            return lib.get_loss("DiceTopK")
+        dice = lib.DiceLoss(**MONAI_KW)
+
+        def dice_topk(x, y):  # nnU-Net's DC_and_topk_loss as a MONAI user writes it
+            ce = F.cross_entropy(x, y[:, 0], reduction="none").flatten()
+            k = max(1, int(ce.numel() * 10 / 100))
+            return dice(x, y) + ce.topk(k, sorted=False).values.mean()
+
+        return dice_topk
+    table = {
+        "DiceCE": lambda: lib.DiceCELoss(**MONAI_KW),
+        "DiceFocal": lambda: lib.DiceFocalLoss(gamma=2.0, **MONAI_KW),
+        "Dice": lambda: lib.DiceLoss(**MONAI_KW),
+        "Tversky": lambda: lib.TverskyLoss(alpha=0.3, beta=0.7, **MONAI_KW),
+        "GDice": lambda: lib.GeneralizedDiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True),
+        "Focal": lambda: lib.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0),
+    }
+    return table[name]()
+
+
+def _providers(name: str):
+    return ("fastloss", "torch") if name == "CE" else ("fastloss", "monai")
+
+
+# ------------------------------------------------------------------------------------------------- worker
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current resident set
+        return True
+    except OSError:
+        return False
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    fn = _make(spec["provider"], spec["loss"])
+    shape = tuple(spec["shape"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).requires_grad_()
+    y = torch.randint(0, shape[1], (shape[0], 1) + shape[2:], generator=g)
+
+    def step():
+        loss = fn(x, y)
+        loss.backward()
+        x.grad = None
+        return loss
+
+    value = float(step().detach())
+    step()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    peak_mib = None
+    if _reset_peak():
+        before = _status_kib("VmRSS")
+        step()
+        peak_mib = max(0, _status_kib("VmHWM") - before) / 1024.0
+    samples = []
+    t_end = time.perf_counter() + float(spec["budget_s"])
+    while len(samples) < int(spec["reps"]) and (len(samples) < 3 or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    out = common.summarize(samples)
+    return {"value": value, "peak_growth_mib": peak_mib, **out}
+
+
+def _run_worker(spec: dict) -> dict:
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # every tensor-sized allocation is an mmap: RSS follows live memory
+    env["OMP_NUM_THREADS"] = str(spec["threads"])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(quick: bool = True, losses=None, progress=None) -> list:
+    """Measure every (loss, shape, provider, threads) in its own process; returns stamped rows."""
+    if _make("monai", "Dice") is None:
+        print("bench_cpu_losses: MONAI is not installed (pip install -e '.[bench]'): fastloss rows only")
+    shapes = QUICK_SHAPES if quick else FULL_SHAPES
+    names = [n for n in (losses or LOSSES)]
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown:
+        raise ValueError(f"unknown losses {unknown}; known: {LOSSES}")
+    jobs = []
+    for shape in shapes:
+        for name in names:
+            for provider in _providers(name):
+                if _make(provider, name) is None:
+                    continue
+                for threads in ((2, 1) if provider == "fastloss" else (2,)):
+                    jobs.append(dict(loss=name, shape=list(shape), provider=provider, threads=threads,
+                                     reps=7 if shape[2] >= 96 else 11, budget_s=60.0))
+    rows = []
+    for i, job in enumerate(jobs):
+        label = f"{job['loss']} {'x'.join(map(str, job['shape']))} {job['provider']} {job['threads']}t"
+        print(f"[{i + 1}/{len(jobs)}] {label}", flush=True)
+        if progress is not None:
+            progress(label)
+        r = _run_worker(job)
+        rows.append(common.stamp({
+            "bench": "cpu_loss", "loss": job["loss"], "shape": "x".join(map(str, job["shape"])),
+            "dtype": "float32", "provider": job["provider"], "threads": job["threads"],
+            "wall_median_ms": r["median_ms"], "wall_p20_ms": r["p20_ms"], "wall_p80_ms": r["p80_ms"],
+            "wall_reps": r["reps"], "peak_growth_mib": r["peak_growth_mib"], "value": r["value"],
+        }, "cpu"))
+    return rows
+
+
+def print_table(rows) -> None:
+    by = {(r["loss"], r["shape"], r["provider"], int(r["threads"])): r for r in rows}
+    head = (f"{'loss':10s} {'shape':16s} {'fastloss':>9s} {'baseline':>9s} {'speed':>7s} {'target':>6s} "
+            f"{'MiB fl/base':>13s} {'mem':>5s} {'1t/2t':>6s} agree")
+    print("CPU, float32 logits, integer labels, forward+backward, 2 threads; ms median (lower is better)")
+    print(head)
+    print("-" * len(head))
+    for (loss, shape, provider, threads), r in by.items():
+        if provider != "fastloss" or threads != 2:
+            continue
+        base_name = "torch" if loss == "CE" else "monai"
+        b = by.get((loss, shape, base_name, 2))
+        one = by.get((loss, shape, "fastloss", 1))
+        fl = float(r["wall_median_ms"])
+        speed = f"{float(b['wall_median_ms']) / fl:.2f}x" if b else "-"
+        mem = "-"
+        mems = f"{float(r['peak_growth_mib'] or 0):.0f}/-"
+        if b and r["peak_growth_mib"] not in (None, "") and b["peak_growth_mib"] not in (None, ""):
+            mems = f"{float(r['peak_growth_mib']):.0f}/{float(b['peak_growth_mib']):.0f}"
+            mem = f"{float(r['peak_growth_mib']) / max(float(b['peak_growth_mib']), 1e-9):.2f}"
+        scale = f"{float(one['wall_median_ms']) / fl:.2f}" if one else "-"
+        agree = "-"
+        if b:
+            v, w = float(r["value"]), float(b["value"])
+            agree = "yes" if abs(v - w) <= 1e-4 * max(1.0, abs(w)) else f"NO ({v:.6g} vs {w:.6g})"
+        flag = "~" if common.noisy(r, "wall_") or (b and common.noisy(b, "wall_")) else " "
+        print(f"{loss:10s} {shape:16s} {fl:9.2f} {float(b['wall_median_ms']) if b else float('nan'):9.2f} "
+              f"{speed:>7s}{flag}{SPEED_TARGET[loss]:5.1f}x {mems:>13s} {mem:>5s} {scale:>6s} {agree}")
+    print(f"speed: baseline ms / fastloss ms (target per loss); mem: peak growth ratio (target <= {MEMORY_TARGET}); "
+          "1t/2t: fastloss on 1 thread / 2 threads (target >= 1.7); ~: wide p20-p80 spread")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--full", action="store_true", help="both shapes of issue 9: (2, 9, 64^3) and (2, 14, 96^3)")
+    ap.add_argument("--losses", default=None, help=f"comma-separated subset of {','.join(LOSSES)}")
+    common.add_record_argument(ap)
+    args = ap.parse_args(argv)
+    common.set_record(args.record)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    rows = run(quick=not args.full, losses=args.losses.split(",") if args.losses else None)
+    print_table(rows)
+    print("->", common.append_csv("cpu_losses.csv", rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
