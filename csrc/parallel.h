@@ -1,4 +1,9 @@
-// A minimal thread pool-free parallel loop for the CPU kernels (edt_cpu.cpp, edt_query_cpu.cpp).
+// The parallel loop of every CPU kernel (EDT, metrics helpers, loss statistics).
+//
+// Built with OpenMP (FASTLOSS_OPENMP, the default where CMake finds it), the loop runs on the OpenMP
+// runtime's thread pool: the same libgomp and the same pool as torch's CPU ops in this process, so that
+// torch's workers, which spin for a while after each parallel op, pick up this work instead of competing
+// with threads of our own for the cores. Without OpenMP it starts std::threads per call.
 #pragma once
 
 #include <algorithm>
@@ -6,6 +11,10 @@
 #include <cstdint>
 #include <thread>
 #include <vector>
+
+#if defined(FASTLOSS_OPENMP)
+#include <omp.h>
+#endif
 
 namespace fastloss {
 
@@ -21,6 +30,14 @@ void parallel_for(int64_t n, int threads, Fn fn) {
     return;
   }
   const int64_t grain = std::max<int64_t>(1, n / (t * 16));
+#if defined(FASTLOSS_OPENMP)
+  if (!omp_in_parallel()) {
+    const int64_t chunks = (n + grain - 1) / grain;
+#pragma omp parallel for num_threads(static_cast<int>(t)) schedule(dynamic, 1)
+    for (int64_t i = 0; i < chunks; ++i) fn(i * grain, std::min(n, (i + 1) * grain));
+    return;
+  }
+#endif
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
     for (;;) {
