@@ -210,25 +210,37 @@ PYBIND11_MODULE(_C, m) {
       "class_stats_cpu_forward",
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
-         double log_eps, py::object ignore_index, std::uintptr_t out, int threads) {
-        const auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
-                                  log_eps, ignore_index);
+         double log_eps, py::object ignore_index, std::uintptr_t out, int threads, std::uintptr_t voxel_ce) {
+        auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
+                            log_eps, ignore_index);
         if (!out) throw std::invalid_argument("null data pointer");
+        if (voxel_ce) {
+          if (!fastloss::stats_fused_path(a))
+            throw std::invalid_argument("a per-voxel CE output needs softmax, labels and the fused columns only");
+          a.voxel_ce_out = reinterpret_cast<float*>(voxel_ce);
+        }
         py::gil_scoped_release release;
         fastloss::class_stats_cpu_forward(a, reinterpret_cast<void*>(out), threads);
       },
       py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
-      py::arg("log_eps"), py::arg("ignore_index"), py::arg("out_ptr"), py::arg("threads"),
-      "Per-(b, c) sums of the statistics columns into a contiguous (B, C, K) float32 (float64 for float64 x) tensor.");
+      py::arg("log_eps"), py::arg("ignore_index"), py::arg("out_ptr"), py::arg("threads"), py::arg("voxel_ce_ptr") = 0,
+      "Per-(b, c) sums of the statistics columns into a contiguous (B, C, K) float32 (float64 for float64 x) tensor; "
+      "with voxel_ce_ptr, also -log p_y per voxel into a contiguous (B, N) float32 tensor (fused path only).");
 
   m.def(
       "class_stats_cpu_backward",
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
-         double log_eps, py::object ignore_index, std::uintptr_t grad, py::object dx, int threads) {
-        const auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
-                                  log_eps, ignore_index);
+         double log_eps, py::object ignore_index, std::uintptr_t grad, py::object dx, int threads,
+         std::uintptr_t voxel_ce_grad) {
+        auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
+                            log_eps, ignore_index);
+        if (voxel_ce_grad) {
+          if (!fastloss::stats_fused_path(a))
+            throw std::invalid_argument("a per-voxel CE gradient needs softmax, labels and the fused columns only");
+          a.voxel_ce_grad = reinterpret_cast<const float*>(voxel_ce_grad);
+        }
         const fastloss::View d = tensor_view(dx);
         if (!grad || !d.data) throw std::invalid_argument("null data pointer");
         if (d.dtype != a.x.dtype) throw std::invalid_argument("dx must have the dtype of x");
@@ -238,7 +250,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
       py::arg("log_eps"), py::arg("ignore_index"), py::arg("grad_ptr"), py::arg("dx"), py::arg("threads"),
-      "dL/dx from dL/d(stats) (contiguous (B, C, K) in the compute dtype), recomputing the activation.");
+      py::arg("voxel_ce_grad_ptr") = 0,
+      "dL/dx from dL/d(stats) (contiguous (B, C, K) in the compute dtype), recomputing the activation; with "
+      "voxel_ce_grad_ptr, plus the gradient of the per-voxel CE output (contiguous (B, N) float32).");
 
   m.def(
       "voxel_ce_cpu_forward",

@@ -2,7 +2,9 @@
 // fixed-order reduction of the per-tile partial sums; and the radix TopK select.
 #include "stats_cpu.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -139,46 +141,44 @@ inline float key_value(uint32_t key) {
 
 }  // namespace
 
-// Three histogram passes over the keys' digits (11, 11 and 10 bits from the top), each over the values
-// whose higher digits equal the prefix chosen so far: after them the key of the k-th largest value is
-// known exactly, with #{key > it} and #{key == it}. Histograms are integers (merged in any order, same
-// result); the final sum adds fixed tiles' double partials in tile order: deterministic.
+// One histogram pass over the top 11 bits of the keys finds the bucket holding the k-th largest value;
+// the keys of that bucket (a small share of the values) are gathered and the exact one found among them
+// by selection; #{key > it} and #{key == it} follow from the histogram and the bucket. Histograms are
+// integers (merged in any order, same result); the final sum adds fixed tiles' double partials in tile
+// order: deterministic for any thread count.
 TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   if (m < 1 || k < 1 || k > m) throw std::invalid_argument("topk_select_cpu: expected 1 <= k <= m");
   const int nthreads = resolve_threads(threads);
-  const int shifts[3] = {21, 10, 0};
-  const int widths[3] = {11, 11, 10};
-  uint32_t prefix = 0;
-  int64_t krem = k, greater = 0, equal = 0;
+  constexpr int kShift = 21, kBins = 1 << 11;
+  std::vector<int64_t> hist(kBins, 0);
   std::mutex mu;
-  for (int pass = 0; pass < 3; ++pass) {
-    const int shift = shifts[pass], width = widths[pass];
-    const int nb = 1 << width;
-    const int hi_shift = shift + width;  // bits above this digit, compared with the prefix
-    std::vector<int64_t> hist(static_cast<size_t>(nb), 0);
-    parallel_for(m, nthreads, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> local(static_cast<size_t>(nb), 0);
-      for (int64_t i = begin; i < end; ++i) {
-        const uint32_t key = topk_key(v[i]);
-        const bool match = pass == 0 || (key >> hi_shift) == prefix;
-        if (match) ++local[(key >> shift) & static_cast<uint32_t>(nb - 1)];
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      for (int d = 0; d < nb; ++d) hist[static_cast<size_t>(d)] += local[static_cast<size_t>(d)];
-    });
-    // the digit d holding the krem-th largest: above(d) < krem <= above(d) + hist[d]
-    int64_t above = 0;
-    int d = nb - 1;
-    for (; d > 0; --d) {
-      if (above + hist[static_cast<size_t>(d)] >= krem) break;
-      above += hist[static_cast<size_t>(d)];
-    }
-    greater += above;
-    krem -= above;
-    equal = hist[static_cast<size_t>(d)];
-    prefix = (prefix << width) | static_cast<uint32_t>(d);
+  parallel_for(m, nthreads, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> local(kBins, 0);
+    for (int64_t i = begin; i < end; ++i) ++local[topk_key(v[i]) >> kShift];
+    std::lock_guard<std::mutex> lock(mu);
+    for (int d = 0; d < kBins; ++d) hist[static_cast<size_t>(d)] += local[static_cast<size_t>(d)];
+  });
+  // the bucket d holding the k-th largest: above(d) < k <= above(d) + hist[d]
+  int64_t above = 0;
+  int d = kBins - 1;
+  for (; d > 0; --d) {
+    if (above + hist[static_cast<size_t>(d)] >= k) break;
+    above += hist[static_cast<size_t>(d)];
   }
-  const uint32_t thr_key = prefix;
+  std::vector<uint32_t> cand;
+  cand.reserve(static_cast<size_t>(hist[static_cast<size_t>(d)]));
+  for (int64_t i = 0; i < m; ++i) {
+    const uint32_t key = topk_key(v[i]);
+    if (static_cast<int>(key >> kShift) == d) cand.push_back(key);
+  }
+  const int64_t krem = k - above;  // 1 <= krem <= cand.size()
+  std::nth_element(cand.begin(), cand.begin() + (krem - 1), cand.end(), std::greater<uint32_t>());
+  const uint32_t thr_key = cand[static_cast<size_t>(krem - 1)];
+  int64_t greater = above, equal = 0;
+  for (uint32_t key : cand) {
+    greater += key > thr_key;
+    equal += key == thr_key;
+  }
   const float thr = key_value(thr_key);
   const int64_t tile = 1 << 14;
   const int64_t tiles = (m + tile - 1) / tile;

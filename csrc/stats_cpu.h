@@ -45,7 +45,25 @@ struct StatsArgs {
   double gamma = 2.0, alpha = 0.0, ce_exponent = 0.3, log_eps = 0.0;
   bool has_alpha = false, has_ignore = false;
   int64_t ignore_index = 0;
+  // Per-voxel softmax CE beside the sums (DiceTopK's TopK part from the same pass; fast path only, see
+  // stats_fused_path): the forward writes −log p_y (0 at ignored voxels) into voxel_ce_out, the backward
+  // adds voxel_ce_grad·∂(−log p_y)/∂x. Both (B, N) contiguous float32, or nullptr.
+  float* voxel_ce_out = nullptr;
+  const float* voxel_ce_grad = nullptr;
 };
+
+// Whether a column outside the fused set (pg, p, pp, g, gg, ce, count) is requested.
+inline bool has_extra_columns(const StatsArgs& a) {
+  const int extra[8] = {kAbsDiff, kSqErrPos, kSqErrNeg, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr};
+  for (int k : extra)
+    if (a.col[k] >= 0) return true;
+  return false;
+}
+
+// The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, fused columns only.
+inline bool stats_fused_path(const StatsArgs& a) {
+  return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.mask.data && !has_extra_columns(a);
+}
 
 // Voxels per tile: the unit of work and of the fixed-order reduction (independent of the thread count).
 constexpr int kTile = 256;

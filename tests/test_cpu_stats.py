@@ -343,3 +343,68 @@ def test_paper_losses_equal_torch_backend(name, monkeypatch):
         out[be] = (v, gr)
     torch.testing.assert_close(out["auto"][0], out["torch"][0], rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(out["auto"][1], out["torch"][1], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_fused_voxel_ce_matches_separate_paths(ignore_index):
+    # the stats + per-voxel CE op (DiceTopK's single pass) against class_stats_torch and F.cross_entropy,
+    # and its one backward kernel against autograd through both
+    C = 5
+    x = _inputs(2, C, (7, 9, 11), "softmax", torch.float32).requires_grad_()
+    lab = torch.randint(0, C, (2, 1, 7, 9, 11), generator=torch.Generator().manual_seed(4))
+    if ignore_index is not None:
+        lab[:, :, ::3] = ignore_index
+    tgt = prepare_target(x, lab, ignore_index=ignore_index)
+    spec = StatsSpec("softmax", ("pg", "p", "g", "ce", "count"))
+    assert cpu_stats.fused_voxel_ce_supported(x, tgt, spec)
+    stats, ce = cpu_stats.class_stats_with_voxel_ce_cpu(x, tgt, spec)
+    x64 = x.detach().double().requires_grad_()
+    want = class_stats_torch(x64, prepare_target(x64, lab, ignore_index=ignore_index), spec)
+    ce_want = F.cross_entropy(x64, lab[:, 0].clamp(max=C - 1) if ignore_index is None else lab[:, 0],
+                              ignore_index=-100 if ignore_index is None else ignore_index, reduction="none").reshape(2, -1)
+    torch.testing.assert_close(stats.double(), want, rtol=2e-5, atol=1e-4)
+    torch.testing.assert_close(ce.double(), ce_want, rtol=1e-5, atol=1e-6)
+    w1 = torch.randn(want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w2 = torch.rand(ce_want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (ga,) = torch.autograd.grad((stats.double() * w1).sum() + (ce.double() * w2).sum(), x)
+    (gb,) = torch.autograd.grad((want * w1).sum() + (ce_want * w2).sum(), x64, retain_graph=True)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-4, atol=1e-6)
+    # only the CE used: the stats' gradient is zero, the CE's alone flows
+    (gc,) = torch.autograd.grad((cpu_stats.class_stats_with_voxel_ce_cpu(x, tgt, spec)[1].double() * w2).sum(), x)
+    (gd,) = torch.autograd.grad((ce_want * w2).sum(), x64)
+    torch.testing.assert_close(gc.double(), gd, rtol=1e-4, atol=1e-6)
+
+
+def test_dice_topk_reads_the_logits_once(monkeypatch):
+    calls = []
+    real = cpu_stats._voxel_ce_op
+
+    def spy(*args):
+        calls.append("voxel_ce")
+        return real(*args)
+
+    monkeypatch.setattr(cpu_stats, "_voxel_ce_op", spy)
+    x = _inputs(2, 4, (6, 7, 8), "softmax", torch.float32).requires_grad_()
+    y = torch.randint(0, 4, (2, 1, 6, 7, 8))
+    v = fastloss.get_loss("DiceTopK")(x, y)
+    (g,) = torch.autograd.grad(v, x)
+    assert calls == []  # the TopK part took the CE of the Dice part's pass
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    v2 = fastloss.get_loss("DiceTopK")(x, y)
+    (g2,) = torch.autograd.grad(v2, x)
+    torch.testing.assert_close(v, v2, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(g, g2, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["DiceCE", "DiceFocal", "DiceTopK", "Tversky"])
+def test_compiled_kernels_trace_under_torch_compile(name):
+    x = _inputs(2, 4, (6, 7, 8), "softmax", torch.float32).requires_grad_()
+    y = torch.randint(0, 4, (2, 1, 6, 7, 8))
+    loss = fastloss.get_loss(name)
+    eager = loss(x, y)
+    (ge,) = torch.autograd.grad(eager, x)
+    compiled = torch.compile(loss, fullgraph=True, backend="eager")
+    got = compiled(x, y)
+    (gc,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-9)

@@ -405,7 +405,9 @@ class DiceTopKLoss(nn.Module):
         self.lambda_topk = check_nonneg(lambda_topk, "lambda_topk")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with shared_statistics():  # the parts share the label check
+        # the parts share the label check and, on the compiled CPU path, one pass that yields the Dice sums
+        # and the per-voxel CE the TopK part selects from (one backward kernel for both)
+        with shared_statistics(voxel_ce=True):
             return self.lambda_dice * self.dice(input, target) + self.lambda_topk * self.topk(input, target)
 
 

@@ -109,6 +109,11 @@ def _voxel_ce_any(input: torch.Tensor, target: Target, weight: Optional[torch.Te
     C++ kernel (``ops.cpu_stats.voxel_ce_cpu``), when the backend says so."""
     if target.labels is not None and weight is None:
         from ..backend import use_compiled_cpu, use_triton
+        from ..ops.stats import shared_voxel_ce
+
+        shared = shared_voxel_ce(input, target)  # DiceTopK: computed by the Dice part's pass
+        if shared is not None:
+            return shared
 
         if use_compiled_cpu(input):
             from ..ops.cpu_stats import voxel_ce_cpu, voxel_ce_supported

@@ -25,7 +25,7 @@ to the torch backend.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -139,6 +139,71 @@ def _backward(ctx, grad):
 
 
 _class_stats_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The statistics and the per-voxel CE −log p_y from one pass (DiceTopK: the Dice sums and the CE the TopK
+# part selects from), and one backward kernel for both: the CE's upstream gradient w joins the class's
+# dL/d(Σ ce) in the same per-voxel term (d_c = −(G_ce + w)·g_c). Fused path only: softmax, integer labels,
+# the columns pg, p, pp, g, gg, ce, count, float32/float16/bfloat16 logits.
+@torch.library.custom_op("fastloss::cpu_class_stats_vce", mutates_args=(), device_types="cpu")
+def _class_stats_vce_op(
+    x: torch.Tensor, labels: torch.Tensor, columns: str, ignore_index: Optional[int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    B, C, N = x.shape
+    out = torch.empty((B, C, len(columns.split(","))), dtype=torch.float32)
+    ce = torch.empty((B, N), dtype=torch.float32)
+    _C.class_stats_cpu_forward(
+        _view(x), _view(labels), None, None, None, B, C, N, _ACT["softmax"], _columns(columns), 2.0, None, 0.3, 0.0,
+        ignore_index, out.data_ptr(), _threads(), ce.data_ptr(),
+    )
+    return out, ce
+
+
+@_class_stats_vce_op.register_fake
+def _(x, labels, columns, ignore_index):
+    B, C, N = x.shape
+    return (x.new_empty((B, C, len(columns.split(","))), dtype=torch.float32),
+            x.new_empty((B, N), dtype=torch.float32))
+
+
+@torch.library.custom_op("fastloss::cpu_class_stats_vce_backward", mutates_args=(), device_types="cpu")
+def _class_stats_vce_bwd_op(
+    grad: torch.Tensor, grad_ce: Optional[torch.Tensor], x: torch.Tensor, labels: torch.Tensor, columns: str,
+    ignore_index: Optional[int],
+) -> torch.Tensor:
+    B, C, N = x.shape
+    gs = grad.to(torch.float32).contiguous()
+    gce = None if grad_ce is None else grad_ce.to(torch.float32).contiguous()
+    dx = torch.empty_like(x)
+    _C.class_stats_cpu_backward(
+        _view(x), _view(labels), None, None, None, B, C, N, _ACT["softmax"], _columns(columns), 2.0, None, 0.3, 0.0,
+        ignore_index, gs.data_ptr(), _view(dx), _threads(), 0 if gce is None else gce.data_ptr(),
+    )
+    return dx
+
+
+@_class_stats_vce_bwd_op.register_fake
+def _(grad, grad_ce, x, labels, columns, ignore_index):
+    return torch.empty_like(x)
+
+
+def _vce_setup(ctx, inputs, output):
+    x, labels, columns, ignore_index = inputs
+    ctx.save_for_backward(x, labels)
+    ctx.config = (columns, ignore_index)
+
+
+def _vce_backward(ctx, grad, grad_ce):
+    x, labels = ctx.saved_tensors
+    dx = None
+    if ctx.needs_input_grad[0]:
+        if grad is None:
+            grad = torch.zeros((x.shape[0], x.shape[1], len(ctx.config[0].split(","))), dtype=torch.float32)
+        dx = torch.ops.fastloss.cpu_class_stats_vce_backward(grad, grad_ce, x, labels, *ctx.config)
+    return dx, None, None, None
+
+
+_class_stats_vce_op.register_autograd(_vce_backward, setup_context=_vce_setup)
 
 
 @torch.library.custom_op("fastloss::cpu_voxel_ce", mutates_args=(), device_types="cpu")
@@ -255,6 +320,32 @@ def class_stats_cpu(
         x, labels, soft, mask, vmap, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
         float(spec.ce_exponent), float(spec.log_eps), ignore,
     )
+
+
+_FUSED_COLUMNS = frozenset(("pg", "p", "pp", "g", "gg", "ce", "count"))
+
+
+def fused_voxel_ce_supported(input: torch.Tensor, target: Target, spec: StatsSpec) -> bool:
+    """Whether :func:`class_stats_with_voxel_ce_cpu` serves this call (the kernels' fused path)."""
+    return (
+        supports(input, target, spec)
+        and input.dtype != torch.float64
+        and spec.activation == "softmax"
+        and target.labels is not None
+        and input.shape[1] >= 2
+        and (target.mask is None or target.ignore_index is not None)
+        and set(spec.columns) <= _FUSED_COLUMNS
+    )
+
+
+def class_stats_with_voxel_ce_cpu(input: torch.Tensor, target: Target, spec: StatsSpec):
+    """``(stats, ce)``: the ``(B, C, K)`` sums of ``spec.columns`` and the ``(B, N)`` per-voxel softmax CE
+    ``−log p_y`` (0 at ignored voxels) from one pass over the logits, both differentiable with respect to
+    ``input`` through one backward kernel. Call :func:`fused_voxel_ce_supported` first."""
+    B, C = input.shape[:2]
+    x = input.reshape(B, C, -1)
+    labels = target.labels.reshape(B, x.shape[2])
+    return _class_stats_vce_op(x, labels, ",".join(spec.columns), target.ignore_index)
 
 
 def voxel_ce_cpu(input: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int] = None) -> torch.Tensor:

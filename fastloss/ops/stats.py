@@ -249,8 +249,15 @@ def _param_signature(spec: StatsSpec, columns) -> tuple:
 
 
 @contextlib.contextmanager
-def shared_statistics(columns: Tuple[str, ...] = (), voxel_map: Optional[torch.Tensor] = None, **params):
+def shared_statistics(
+    columns: Tuple[str, ...] = (), voxel_map: Optional[torch.Tensor] = None, voxel_ce: bool = False, **params
+):
     """Share one statistics pass between the parts of a compound loss (see above).
+
+    ``voxel_ce=True``: where the compiled CPU kernels serve the shared pass (softmax, integer labels, the
+    Dice/CE columns), the pass also yields the per-voxel CE ``−log p_y``, which a later part (DiceTopK's
+    TopK) takes with :func:`shared_voxel_ce` instead of reading the logits again; one backward kernel then
+    serves both parts.
 
     ``params`` (``gamma``, ``alpha``, ``ce_exponent``, ``log_eps``) are the :class:`StatsSpec`
     parameters the shared pass uses; a request whose columns need other values is computed on its own,
@@ -267,7 +274,9 @@ def shared_statistics(columns: Tuple[str, ...] = (), voxel_map: Optional[torch.T
     if _SHARED.get() is not None:
         yield
         return
-    token = _SHARED.set({"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}})
+    token = _SHARED.set(
+        {"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}, "voxel_ce": bool(voxel_ce)}
+    )
     try:
         with labels_checked_once():
             yield
@@ -283,6 +292,39 @@ def _tensor_key(t: Optional[torch.Tensor]):
     return (t.data_ptr(), t.numel(), t.dtype, t.device, t._version, stride)
 
 
+def _shared_key(input: torch.Tensor, target: Target, activation: str) -> tuple:
+    # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
+    return (
+        _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.labels), _tensor_key(target.soft),
+        target.ignore_index, target.num_classes, activation,
+    )
+
+
+def _compute_with_voxel_ce(input, target, spec):
+    """``(stats, voxel CE or None)``: both from one compiled pass where it applies, else the stats alone."""
+    from ..backend import use_compiled_cpu
+
+    if use_compiled_cpu(input):
+        from .cpu_stats import class_stats_with_voxel_ce_cpu, fused_voxel_ce_supported
+
+        if fused_voxel_ce_supported(input, target, spec):
+            return class_stats_with_voxel_ce_cpu(input, target, spec)
+    return _compute(input, target, spec, None), None
+
+
+def shared_voxel_ce(input: torch.Tensor, target: Target) -> Optional[torch.Tensor]:
+    """The ``(B, N)`` per-voxel softmax CE of ``input`` and ``target`` that the active
+    ``shared_statistics(voxel_ce=True)`` pass computed, or None (no context, another input, or a pass the
+    compiled kernels did not serve)."""
+    if _is_compiling():
+        return None
+    shared = _SHARED.get()
+    if shared is None:
+        return None
+    hit = shared["cache"].get(_shared_key(input, target, "softmax"))
+    return None if hit is None else hit[3]
+
+
 def class_stats(
     input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -294,11 +336,7 @@ def class_stats(
     shared = _SHARED.get()
     if shared is None:
         return _compute(input, target, spec, voxel_map)
-    # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
-    key = (
-        _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.labels), _tensor_key(target.soft),
-        target.ignore_index, target.num_classes, spec.activation,
-    )
+    key = _shared_key(input, target, spec.activation)
     hit = shared["cache"].get(key)
     if hit is None:
         base = dict(gamma=spec.gamma, alpha=spec.alpha, ce_exponent=spec.ce_exponent, log_eps=spec.log_eps)
@@ -313,9 +351,14 @@ def class_stats(
         if vmap is None:
             wanted = tuple(c for c in wanted if not c.startswith("map_"))
         full_spec = StatsSpec(spec.activation, wanted, **base)
-        hit = (full_spec, _compute(input, target, full_spec, vmap), _tensor_key(vmap))
+        vce = None
+        if shared.get("voxel_ce") and vmap is None:
+            full, vce = _compute_with_voxel_ce(input, target, full_spec)
+        else:
+            full = _compute(input, target, full_spec, vmap)
+        hit = (full_spec, full, _tensor_key(vmap), vce)
         shared["cache"][key] = hit
-    full_spec, full, map_key = hit
+    full_spec, full, map_key, _ = hit
     uses_map = any(c.startswith("map_") for c in spec.columns)
     if (
         not set(spec.columns) <= set(full_spec.columns)

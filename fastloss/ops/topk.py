@@ -30,6 +30,8 @@ from typing import Tuple
 
 import torch
 
+from .._validation import _is_compiling
+
 __all__ = ["topk_count", "topk_sum", "topk_ce_mean", "topk_select_mask", "topk_traced"]
 
 
@@ -99,7 +101,7 @@ def topk_sum(values: torch.Tensor, k: int) -> torch.Tensor:
         select = _triton_topk_select()
         if select is not None:
             return _TopkSumFn.apply(flat.contiguous(), k, select)
-    if flat.dtype == torch.float32 and use_compiled_cpu(flat):
+    if flat.dtype == torch.float32 and use_compiled_cpu(flat) and not _is_compiling():  # compile: torch.topk
         from .cpu_stats import topk_select_cpu
 
         return _TopkSumFn.apply(flat.contiguous(), k, topk_select_cpu)  # compiled radix select, same ties
