@@ -445,8 +445,9 @@ class FocalTverskyLoss(_TverskyFamily):
         self.per_class_power = check_bool(per_class_power, "per_class_power")
 
     def _focal_power(self, f: torch.Tensor) -> torch.Tensor:
-        # d(x^{1/γ})/dx = x^{1/γ−1}/γ; clamp_min passes no gradient where x <= 0 (the minimum).
-        pos = f > 0
+        # d(x^{1/γ})/dx = x^{1/γ−1}/γ; clamp_min passes no gradient where x <= 0 (the minimum). ~(f <= 0)
+        # rather than f > 0: a NaN class loss stays NaN (the NaN decision of the README), not 0.
+        pos = ~(f <= 0)
         f = torch.where(pos, f.clamp_min(torch.finfo(f.dtype).tiny), torch.ones_like(f)) ** (1.0 / self.gamma)
         return torch.where(pos, f, torch.zeros_like(f))
 
