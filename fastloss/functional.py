@@ -1,6 +1,6 @@
 """Functional forms of every loss: ``f(input, target, **kwargs) == Class(**kwargs)(input, target)``."""
 
-from .losses.boundary import boundary_loss, hausdorff_dt_loss
+from .losses.boundary import boundary_loss, hausdorff_dt_loss, log_hausdorff_dt_loss
 from .losses.compound import (
     dice_boundary_loss,
     dice_ce_loss,
@@ -17,6 +17,7 @@ from .losses.distribution import (
     weighted_cross_entropy_loss,
 )
 from .losses.lovasz import lovasz_softmax_loss
+from .losses.monai_extra import generalized_dice_focal_loss, masked_dice_loss
 from .losses.region import (
     asymmetric_similarity_loss,
     dice_loss,
@@ -31,7 +32,8 @@ from .losses.region import (
 __all__ = [
     "asymmetric_similarity_loss", "boundary_loss", "cross_entropy_loss", "dice_boundary_loss", "dice_ce_loss",
     "dice_focal_loss", "dice_hausdorff_dt_loss", "dice_loss", "dice_topk_loss", "distance_penalized_ce_loss",
-    "exp_log_loss", "focal_loss", "focal_tversky_loss", "generalized_dice_loss", "hausdorff_dt_loss", "iou_loss",
-    "lovasz_softmax_loss", "penalty_generalized_dice_loss", "sensitivity_specificity_loss", "topk_loss",
-    "tversky_loss", "weighted_cross_entropy_loss",
+    "exp_log_loss", "focal_loss", "focal_tversky_loss", "generalized_dice_focal_loss", "generalized_dice_loss",
+    "hausdorff_dt_loss", "iou_loss", "log_hausdorff_dt_loss", "lovasz_softmax_loss", "masked_dice_loss",
+    "penalty_generalized_dice_loss", "sensitivity_specificity_loss", "topk_loss", "tversky_loss",
+    "weighted_cross_entropy_loss",
 ]
