@@ -51,12 +51,9 @@ FL_INLINE float u2f(uint32_t u) {
 // e^x = 2^n · e^r with n = round(x·log2 e) and r = x − n·ln 2 ∈ [−ln2/2, ln2/2] (ln 2 split in two parts
 // so that n·ln2_hi is exact); e^r by a degree-7 polynomial (Taylor coefficients with the last two tuned
 // to the interval, the classic single-precision choice); 2^n built in the exponent field. n is rounded
-// with the 1.5·2^23 trick (round-to-nearest-even without a conversion instruction). Below −87.3 (where
-// 2^n would be subnormal) the result is 0, above 88.37 +inf, NaN stays NaN.
-FL_INLINE float exp_f(float x) {
-  const float lo = -87.33654f, hi = 88.3762626647949f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
+// with the 1.5·2^23 trick (round-to-nearest-even without a conversion instruction). For x already
+// clamped to [−87.3, 88.37], where 2^n is a normal float; a NaN propagates through the arithmetic.
+FL_INLINE float exp_clamped_f(float xc) {
   const float magic = 12582912.0f;  // 1.5·2^23
   const float t = xc * 1.44269504088896341f + magic;
   const float n = t - magic;
@@ -70,34 +67,25 @@ FL_INLINE float exp_f(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const float scale = u2f(static_cast<uint32_t>(ni + 127) << 23);
-  float y = p * scale;
-  y = x > hi ? std::numeric_limits<float>::infinity() : y;
-  y = x < lo ? 0.0f : y;
-  y = x != x ? x : y;
-  return y;
+  return p * u2f(static_cast<uint32_t>(ni + 127) << 23);
 }
 
-// e^x for x ≤ 0 (or NaN), as the softmax (x − max) and the sigmoid (−|x|) need it: exp_f without the
-// overflow branch; a NaN propagates through the arithmetic.
+constexpr float kExpLo = -87.33654f, kExpHi = 88.3762626647949f;
+
+// e^x: below −87.3 (where 2^n would be subnormal) 0, above 88.37 +inf, NaN stays NaN.
+FL_INLINE float exp_f(float x) {
+  float xc = x < kExpLo ? kExpLo : x;
+  xc = xc > kExpHi ? kExpHi : xc;
+  float y = exp_clamped_f(xc);
+  y = x > kExpHi ? std::numeric_limits<float>::infinity() : y;
+  y = x < kExpLo ? 0.0f : y;
+  return x != x ? x : y;
+}
+
+// e^x for x ≤ 0 (or NaN), as the softmax (x − max) and the sigmoid (−|x|) need it: no overflow branch.
 FL_INLINE float exp_nonpos_f(float x) {
-  const float lo = -87.33654f;
-  const float xc = x < lo ? lo : x;
-  const float magic = 12582912.0f;
-  const float t = xc * 1.44269504088896341f + magic;
-  const float n = t - magic;
-  const int32_t ni = static_cast<int32_t>(f2u(t)) - static_cast<int32_t>(f2u(magic));
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float y = p * u2f(static_cast<uint32_t>(ni + 127) << 23);
-  return x < lo ? 0.0f : y;
+  const float y = exp_clamped_f(x < kExpLo ? kExpLo : x);
+  return x < kExpLo ? 0.0f : y;
 }
 
 // log x = e·ln 2 + log m with x = m·2^e, m ∈ [√½, √2): z = m − 1 ∈ [−0.29, 0.41], log(1 + z) =

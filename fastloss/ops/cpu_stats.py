@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validation import Target
+from ._autograd import register_logits_autograd
 from .stats_spec import COLUMNS, StatsSpec
 
 try:
@@ -123,22 +124,8 @@ def _(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_e
     return torch.empty_like(x)
 
 
-def _setup_context(ctx, inputs, output):
-    x, labels, soft, mask, vmap = inputs[:5]
-    ctx.save_for_backward(x, labels, soft, mask, vmap)
-    ctx.config = inputs[5:]
-
-
-def _backward(ctx, grad):
-    x, labels, soft, mask, vmap = ctx.saved_tensors
-    dx = None
-    if ctx.needs_input_grad[0]:
-        dx = torch.ops.fastloss.cpu_class_stats_backward(grad, x, labels, soft, mask, vmap, *ctx.config)
-    # no gradient for targets, masks and voxel maps (supports() sends those cases to the torch backend)
-    return (dx,) + (None,) * 11
-
-
-_class_stats_op.register_autograd(_backward, setup_context=_setup_context)
+# no gradient for targets, masks and voxel maps (supports() sends those cases to the torch backend)
+register_logits_autograd(_class_stats_op, torch.ops.fastloss.cpu_class_stats_backward)
 
 
 # The statistics and the per-voxel CE −log p_y from one pass (DiceTopK: the Dice sums and the CE the TopK
@@ -233,21 +220,7 @@ def _(grad, x, labels, ignore_index):
     return torch.empty_like(x)
 
 
-def _ce_setup(ctx, inputs, output):
-    x, labels, ignore_index = inputs
-    ctx.save_for_backward(x, labels)
-    ctx.ignore_index = ignore_index
-
-
-def _ce_backward(ctx, grad):
-    x, labels = ctx.saved_tensors
-    dx = None
-    if ctx.needs_input_grad[0]:
-        dx = torch.ops.fastloss.cpu_voxel_ce_backward(grad, x, labels, ctx.ignore_index)
-    return dx, None, None
-
-
-_voxel_ce_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+register_logits_autograd(_voxel_ce_op, torch.ops.fastloss.cpu_voxel_ce_backward)
 
 
 # ----------------------------------------------------------------------------------------------------

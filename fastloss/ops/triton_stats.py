@@ -59,6 +59,7 @@ import triton.language as tl
 
 from .._validation import Target
 from ..backend import triton_interpreting
+from ._autograd import register_logits_autograd
 from .stats_spec import COLUMNS, StatsSpec
 
 _ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
@@ -581,25 +582,8 @@ def _(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_e
     return torch.empty_like(x)
 
 
-_CONFIG_ARGS = ("activation", "columns", "gamma", "alpha", "ce_exponent", "log_eps", "ignore_index")
-
-
-def _setup_context(ctx, inputs, output):
-    x, labels, soft, mask, vmap = inputs[:5]
-    ctx.save_for_backward(x, labels, soft, mask, vmap)
-    ctx.config = inputs[5:]
-
-
-def _backward(ctx, grad):
-    x, labels, soft, mask, vmap = ctx.saved_tensors
-    dx = None
-    if ctx.needs_input_grad[0]:
-        dx = torch.ops.fastloss.triton_class_stats_backward(grad, x, labels, soft, mask, vmap, *ctx.config)
-    # no gradient for targets, masks and voxel maps (supports() sends those cases to the torch backend)
-    return (dx,) + (None,) * 11
-
-
-_class_stats_op.register_autograd(_backward, setup_context=_setup_context)
+# no gradient for targets, masks and voxel maps (supports() sends those cases to the torch backend)
+register_logits_autograd(_class_stats_op, torch.ops.fastloss.triton_class_stats_backward)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from ..backend import triton_interpreting
+from ._autograd import register_logits_autograd
 from .triton_stats import _log1p
 
 _NB = 2048  # histogram bins (11-bit digits)
@@ -360,18 +361,7 @@ def _(grad, x, labels, ignore_index):
     return torch.empty_like(x)
 
 
-def _ce_setup(ctx, inputs, output):
-    x, labels, ignore_index = inputs
-    ctx.save_for_backward(x, labels)
-    ctx.ignore_index = ignore_index
-
-
-def _ce_backward(ctx, grad):
-    x, labels = ctx.saved_tensors
-    return torch.ops.fastloss.triton_voxel_ce_backward(grad, x, labels, ctx.ignore_index), None, None
-
-
-_voxel_ce_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+register_logits_autograd(_voxel_ce_op, torch.ops.fastloss.triton_voxel_ce_backward)
 
 
 def voxel_ce_triton(input: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int] = None) -> torch.Tensor:
