@@ -48,6 +48,8 @@ def serving(ext=None) -> dict:
             )
     else:
         out["losses on CPU tensors"] = "compiled C++ (fastloss._C)" if compiled else "torch"
+        if compiled and hasattr(ext, "cpu_isa"):
+            out["losses on CPU tensors"] += f", {ext.cpu_isa()} kernels"
     # CUDA tensors
     if name == "torch":
         cuda = "torch (FASTLOSS_BACKEND=torch)"
