@@ -324,9 +324,12 @@ class DiceFocalLoss(nn.Module):
         fused = fused_formula("fused_dice_focal", self, input, target)  # one statistics pass, one formula launch
         if fused is not None:
             return fused
-        # One statistics pass serves both parts when they share the activation (softmax Dice and focal).
+        # One statistics pass serves both parts when the focal term reads the same softmax as the Dice term
+        # (softmax focal over every channel); otherwise (MONAI's sigmoid focal, or a focal without channel 0,
+        # whose softmax is another one) asking the Dice pass for a focal column would only slow it down.
         alpha = self.focal.alpha if self.focal._alpha_is_number else None
-        with shared_statistics(("pg", "p", "g", "focal"), gamma=self.focal.gamma, alpha=alpha):
+        same_pass = self.focal.use_softmax and self.focal.include_background and self.dice.activation == "softmax"
+        with shared_statistics(("pg", "p", "g", "focal") if same_pass else (), gamma=self.focal.gamma, alpha=alpha):
             dice_loss = self.dice(input, target)
             focal_loss = self.focal(input, target)
         return self.lambda_dice * dice_loss + self.lambda_focal * focal_loss
