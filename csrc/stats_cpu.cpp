@@ -142,8 +142,8 @@ inline float key_value(uint32_t key) {
 }  // namespace
 
 // One histogram pass over the top 11 bits of the keys finds the bucket holding the k-th largest value;
-// the keys of that bucket (a small share of the values) are gathered and the exact one found among them
-// by selection; #{key > it} and #{key == it} follow from the histogram and the bucket. Histograms are
+// the keys of that bucket (a small share of the values) are gathered, and two more digits (11 and 10 bits)
+// of histogram over them give the exact key, #{key > it} and #{key == it}. Histograms are
 // integers (merged in any order, same result); the final sum adds fixed tiles' double partials in tile
 // order: deterministic for any thread count.
 TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
@@ -153,10 +153,16 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   std::vector<int64_t> hist(kBins, 0);
   std::mutex mu;
   parallel_for(m, nthreads, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> local(kBins, 0);
-    for (int64_t i = begin; i < end; ++i) ++local[topk_key(v[i]) >> kShift];
+    // four interleaved histograms: runs of equal keys do not wait on one counter's store
+    std::vector<int32_t> local(4 * kBins, 0);
+    int64_t i = begin;
+    for (; i + 4 <= end; i += 4)
+      for (int j = 0; j < 4; ++j) ++local[j * kBins + (topk_key(v[i + j]) >> kShift)];
+    for (; i < end; ++i) ++local[topk_key(v[i]) >> kShift];
     std::lock_guard<std::mutex> lock(mu);
-    for (int d = 0; d < kBins; ++d) hist[static_cast<size_t>(d)] += local[static_cast<size_t>(d)];
+    for (int d = 0; d < kBins; ++d)
+      hist[static_cast<size_t>(d)] += static_cast<int64_t>(local[d]) + local[kBins + d] + local[2 * kBins + d] +
+                                      local[3 * kBins + d];
   });
   // the bucket d holding the k-th largest: above(d) < k <= above(d) + hist[d]
   int64_t above = 0;
@@ -165,30 +171,55 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
     if (above + hist[static_cast<size_t>(d)] >= k) break;
     above += hist[static_cast<size_t>(d)];
   }
-  std::vector<uint32_t> cand;
-  cand.reserve(static_cast<size_t>(hist[static_cast<size_t>(d)]));
-  for (int64_t i = 0; i < m; ++i) {
-    const uint32_t key = topk_key(v[i]);
-    if (static_cast<int>(key >> kShift) == d) cand.push_back(key);
+  // gathered without a branch (a key is written at the end, which advances only on a match: exactly
+  // hist[d] keys match, so one spare slot bounds every write)
+  std::vector<uint32_t> cand(static_cast<size_t>(hist[static_cast<size_t>(d)]) + 1);
+  {
+    size_t n = 0;
+    uint32_t* out = cand.data();
+    for (int64_t i = 0; i < m; ++i) {
+      const uint32_t key = topk_key(v[i]);
+      out[n] = key;
+      n += static_cast<size_t>((key >> kShift) == static_cast<uint32_t>(d));
+    }
+    cand.resize(n);
   }
-  const int64_t krem = k - above;  // 1 <= krem <= cand.size()
-  std::nth_element(cand.begin(), cand.begin() + (krem - 1), cand.end(), std::greater<uint32_t>());
-  const uint32_t thr_key = cand[static_cast<size_t>(krem - 1)];
+  // the remaining 21 bits: two more digits (11 and 10 bits) over the bucket's keys only
+  int64_t krem = k - above;  // 1 <= krem <= cand.size()
   int64_t greater = above, equal = 0;
-  for (uint32_t key : cand) {
-    greater += key > thr_key;
-    equal += key == thr_key;
+  uint32_t prefix = static_cast<uint32_t>(d);
+  const int shifts[2] = {10, 0};
+  const int widths[2] = {11, 10};
+  for (int pass = 0; pass < 2; ++pass) {
+    const int shift = shifts[pass], nb = 1 << widths[pass];
+    std::vector<int64_t> h(static_cast<size_t>(nb), 0);
+    for (uint32_t key : cand)
+      if ((key >> (shift + widths[pass])) == prefix) ++h[(key >> shift) & static_cast<uint32_t>(nb - 1)];
+    int64_t ab = 0;
+    int dd = nb - 1;
+    for (; dd > 0; --dd) {
+      if (ab + h[static_cast<size_t>(dd)] >= krem) break;
+      ab += h[static_cast<size_t>(dd)];
+    }
+    greater += ab;
+    krem -= ab;
+    equal = h[static_cast<size_t>(dd)];
+    prefix = (prefix << widths[pass]) | static_cast<uint32_t>(dd);
   }
+  const uint32_t thr_key = prefix;
   const float thr = key_value(thr_key);
   const int64_t tile = 1 << 14;
   const int64_t tiles = (m + tile - 1) / tile;
   std::vector<double> part(static_cast<size_t>(tiles), 0.0);
   parallel_for(tiles, nthreads, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      double s = 0.0;
-      const int64_t hi = (t + 1) * tile < m ? (t + 1) * tile : m;
-      for (int64_t i = t * tile; i < hi; ++i) s += topk_key(v[i]) > thr_key ? static_cast<double>(v[i]) : 0.0;
-      part[static_cast<size_t>(t)] = s;
+      double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 lanes (i mod 8 from the tile start), added in a fixed order
+      const int64_t lo = t * tile, hi = (t + 1) * tile < m ? (t + 1) * tile : m;
+      int64_t i = lo;
+      for (; i + 8 <= hi; i += 8)
+        for (int j = 0; j < 8; ++j) s[j] += topk_key(v[i + j]) > thr_key ? static_cast<double>(v[i + j]) : 0.0;
+      for (int j = 0; i < hi; ++i, ++j) s[j] += topk_key(v[i]) > thr_key ? static_cast<double>(v[i]) : 0.0;
+      part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     }
   });
   double sum = 0.0;
