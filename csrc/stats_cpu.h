@@ -60,9 +60,14 @@ inline bool has_extra_columns(const StatsArgs& a) {
   return false;
 }
 
-// The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, fused columns only.
+// The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, the fused columns and
+// the focal column with γ = 2 (MONAI's and the paper's default).
 inline bool stats_fused_path(const StatsArgs& a) {
-  return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.mask.data && !has_extra_columns(a);
+  const int extra[7] = {kAbsDiff, kSqErrPos, kSqErrNeg, kCEPow, kMapCE, kMapP, kMapSqErr};
+  for (int k : extra)
+    if (a.col[k] >= 0) return false;
+  if (a.col[kFocal] >= 0 && a.gamma != 2.0) return false;
+  return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.mask.data;
 }
 
 // Voxels per tile: the unit of work and of the fixed-order reduction (independent of the thread count).

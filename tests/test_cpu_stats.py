@@ -27,6 +27,7 @@ COLUMN_SETS = {
     "dice": ("pg", "p", "g"),
     "dice_ce": ("pg", "p", "g", "ce"),
     "fused": FUSED,
+    "fused_focal": FUSED + ("focal",),  # the fused softmax path takes the focal column when gamma = 2
     "all": ALL,
 }
 # float32 sums of ~1e3 terms against float64: relative 1e-5; half inputs are rounded once on load on both sides
@@ -132,6 +133,20 @@ def test_ignore_index_and_masks(ignore_index, cols):
     # soft target with a fractional mask (MONAI's one-hot ignore convention: a class index masks its voxels)
     soft = _target("soft", x, C)
     _compare(x, prepare_target(x, soft, ignore_index=1), StatsSpec("softmax", COLUMN_SETS[cols]), vmap)
+
+
+@pytest.mark.parametrize("gamma, alpha", [(2.0, None), (2.0, 0.25), (1.5, None)])
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_focal_on_the_fused_path(gamma, alpha, ignore_index):
+    # gamma = 2 goes through the fused softmax path (closed-form backward), 1.5 through the generic one
+    C = 5
+    x = _inputs(2, C, (7, 9, 11), "softmax", torch.float32)
+    lab = _target("labels", x, C)
+    if ignore_index is not None:
+        lab[:, :, ::3] = ignore_index
+    tgt = prepare_target(x, lab, ignore_index=ignore_index)
+    _compare(x, tgt, StatsSpec("softmax", ("pg", "p", "g", "focal"), gamma=gamma, alpha=alpha))
+    _compare(x, tgt, StatsSpec("softmax", ("focal",), gamma=gamma, alpha=alpha))
 
 
 def test_every_voxel_ignored_gives_zero_sums_and_gradient():
