@@ -24,6 +24,7 @@ from fastloss.losses.distribution import (
     weighted_cross_entropy_loss,
 )
 from fastloss.ops.topk import topk_ce_mean, topk_count
+from _scaling import assert_upstream_gradient_scales, skip_unless_backend_runs
 
 DT = torch.float64
 SHAPES = [(2, 3, 7), (2, 3, 5, 6), (2, 3, 3, 4, 5)]
@@ -501,26 +502,10 @@ def test_loss_times_two_on_the_custom_backwards(edt_available, make, backend, mo
     """On the paths with custom backwards (triton under the interpreter; auto's compiled CPU kernels once
     they land), float32: 2·L doubles the gradient exactly and 0.37·L gives 0.37 times the float64 torch
     gradient. (On the torch backend autograd guarantees both, so the check is run where it can fail.)"""
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    skip_unless_backend_runs(backend)
     x, y = _data((2, 3, 4, 5), 19, scale=1.5)
     y[0, 0, 0] = 1
-    y = y.unsqueeze(1)
-    loss = make()
-    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
-    x64 = x.clone().requires_grad_(True)
-    (ref,) = torch.autograd.grad(loss(x64, y), x64)
-    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
-    g = {}
-    for factor in (1.0, 2.0, 0.37):
-        xx = x.float().requires_grad_(True)
-        (factor * loss(xx, y)).backward()
-        g[factor] = xx.grad
-    assert g[1.0].abs().sum() > 0
-    assert torch.equal(g[2.0], 2 * g[1.0])
-    torch.testing.assert_close(g[0.37].double(), 0.37 * ref, rtol=1e-4, atol=1e-6)
+    assert_upstream_gradient_scales(make(), x, y.unsqueeze(1), backend, monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -20,6 +20,7 @@ monai_losses = pytest.importorskip("monai.losses")
 
 from fastloss.losses import region as R  # noqa: E402
 from fastloss.losses._common import reduce_loss, select_classes  # noqa: E402
+from _scaling import assert_upstream_gradient_scales, skip_unless_backend_runs
 
 F64 = torch.float64
 SPATIAL = {1: (7,), 2: (5, 4), 3: (3, 4, 3)}
@@ -509,10 +510,7 @@ def test_low_precision_inputs_give_float32(backend, monkeypatch):
     """Half logits are read as they are and accumulated in float32: the result equals the float64 loss
     of the same rounded logits to float32's error (not merely the float32 input's loss to 2e-2). The
     ``other_act`` activation receives the float32-cast logits."""
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    skip_unless_backend_runs(backend)
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(2, 3, 4, 4, generator=gen) * 2
     y = torch.randint(0, 3, (2, 4, 4), generator=gen)
@@ -545,28 +543,13 @@ def test_loss_times_two_on_the_custom_backwards(cls, kw, backend, monkeypatch):
     """test_gradcheck's scaling check runs on the torch backend, where autograd guarantees it. Here the
     custom backwards (triton under the interpreter, auto's compiled CPU kernels once they land), in
     float32: 2·L doubles the gradient exactly, 0.37·L gives 0.37 times the float64 torch gradient."""
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    skip_unless_backend_runs(backend)
     gen = torch.Generator().manual_seed(14)
     x = torch.randn(2, 3, 3, 4, generator=gen, dtype=F64)
     y = torch.randint(0, 3, (2, 1, 3, 4), generator=gen)
     y[0, 0, 0, 0] = 255
     for act in (dict(softmax=True), dict(sigmoid=True, batch=True, include_background=False)):
-        loss = cls(ignore_index=255, **act, **kw)
-        monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
-        x64 = x.clone().requires_grad_(True)
-        (ref,) = torch.autograd.grad(loss(x64, y), x64)
-        monkeypatch.setenv("FASTLOSS_BACKEND", backend)
-        g = {}
-        for factor in (1.0, 2.0, 0.37):
-            xx = x.float().requires_grad_(True)
-            (factor * loss(xx, y)).backward()
-            g[factor] = xx.grad
-        assert g[1.0].abs().sum() > 0
-        assert torch.equal(g[2.0], 2 * g[1.0])
-        torch.testing.assert_close(g[0.37].double(), 0.37 * ref, rtol=1e-4, atol=1e-6)
+        assert_upstream_gradient_scales(cls(ignore_index=255, **act, **kw), x, y, backend, monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------ common helpers
