@@ -231,8 +231,8 @@ def test_bad_arguments_are_clear():
     p, y = _pair((6, 7), seed=15)
     with pytest.raises(ValueError, match="distance_metric"):
         M.compute_hausdorff_distance(p, y, distance_metric="cosine")
-    with pytest.raises(NotImplementedError, match="use_subvoxels"):
-        M.compute_surface_dice(p, y, [1, 1, 1], use_subvoxels=True)
+    with pytest.raises(ValueError, match="use_subvoxels"):  # surface elements exist in 2D and 3D only
+        M.compute_surface_dice(p[:, :, 0], y[:, :, 0], [1, 1, 1], use_subvoxels=True)
     with pytest.raises(ValueError, match="per_component"):
         M.compute_dice(p, y, per_component=True)  # 4 channels: MONAI wants (B, 2, ...) too
     with pytest.raises(ValueError, match="one entry per image"):
@@ -323,3 +323,112 @@ def test_per_component_dice_matches_monai(ignore_empty):
     _same(M.compute_dice(p2, y2, **kw), _monai(mm.compute_dice, p2, y2, **kw))
     ours, theirs = M.DiceMetric(per_component=True, reduction="none"), mm.DiceMetric(per_component=True, reduction="none")
     _same(ours(p2, y2), _monai(theirs, p2, y2))
+
+
+# ------------------------------------------------------------------------------------------------
+# NSD on surface elements (use_subvoxels=True)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.1), (3.0, 0.5, 1.0), (0.8, 1.2)])
+def test_surfel_area_tables_equal_monais_for_every_code(spacing):
+    """Every one of the 256 (3D) or 16 (2D) neighbour codes, anisotropic spacings included."""
+    from monai.metrics.utils import get_code_to_measure_table
+
+    want, _ = get_code_to_measure_table(spacing)
+    got = M._surfel_area_table(spacing, len(spacing), "cpu")
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.double(), rtol=1e-6, atol=0)  # MONAI's table is float32
+
+
+def _ellipsoids(shape, B=2, C=4, seed=0):
+    """Organ-like one-hot pairs: per class an ellipsoid of random centre and radii, the prediction's
+    shifted and rescaled a little; float32 (B, C, *shape), class 0 the background."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    out = []
+    for jitter in (0.0, 1.0):
+        lab = np.zeros((B,) + tuple(shape), dtype=np.int64)
+        rng_c = np.random.default_rng(seed)  # same organs for both, jitter moves the prediction's
+        for b in range(B):
+            for c in range(1, C):
+                centre = [rng_c.uniform(0.3, 0.7) * n for n in shape]
+                radii = [rng_c.uniform(0.12, 0.25) * n for n in shape]
+                centre = [x + jitter * rng.normal(0, 1.0) for x in centre]
+                radii = [r * (1 + jitter * rng.normal(0, 0.08)) for r in radii]
+                inside = sum(((g - x) / r) ** 2 for g, x, r in zip(grids, centre, radii)) <= 1
+                lab[b][inside] = c
+        out.append(F.one_hot(torch.from_numpy(lab), C).movedim(-1, 1).float())
+    y, p = out
+    return p, y
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "chessboard", "taxicab"])
+@pytest.mark.parametrize("shape", [(13, 17), (9, 11, 10)])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_compute_surface_dice_subvoxels_matches_monai(metric, shape, include_background):
+    """Random smooth maps with an empty prediction, an empty reference and both empty (NaN), every
+    spacing form (per-image lists too), both directions' distances and area weights."""
+    p, y = _pair(shape, seed=20)
+    nd = len(shape)
+    tol = [0.0, 1.0, 1.5, 2.5] if include_background else [1.0, 0.5, 2.5]
+    for spacing in (None, (0.7, 1.3, 2.0)[:nd], [(0.7, 1.3, 2.0)[:nd], (1.0, 2.0, 0.6)[:nd]]):
+        kw = dict(include_background=include_background, spacing=spacing, use_subvoxels=True, distance_metric=metric)
+        got = M.compute_surface_dice(p, y, tol, **kw)
+        want = _monai(mm.compute_surface_dice, p, y, tol, **kw)
+        assert torch.isnan(want).any() and (want == 0).any()  # the empty-mask conventions are exercised
+        _same(got, want)
+
+
+@pytest.mark.parametrize("shape, spacing", [((40, 36, 30), (0.8, 0.8, 2.5)), ((64, 56), (0.6, 1.1))])
+def test_surface_dice_subvoxels_organ_like_matches_monai(shape, spacing):
+    p, y = _ellipsoids(shape, seed=21)
+    tol = [1.0, 2.0, 0.5]
+    for metric in ("euclidean", "taxicab"):
+        kw = dict(spacing=spacing, use_subvoxels=True, distance_metric=metric)
+        got = M.compute_surface_dice(p, y, tol, **kw)
+        want = _monai(mm.compute_surface_dice, p, y, tol, **kw)
+        assert ((want > 0.05) & (want < 1)).sum() >= 4  # partial overlaps: the thresholds matter
+        _same(got, want)
+    # the area weighting differs from counting border voxels (use_subvoxels=False)
+    assert not torch.allclose(M.compute_surface_dice(p, y, tol, spacing=spacing), got)
+
+
+def test_surface_dice_subvoxels_monai_scenes():
+    """MONAI's own scenes: single voxels at spacing (3, 2, 1) and a half-space moved by one slice."""
+    g, p = torch.zeros(1, 1, 32, 32, 32), torch.zeros(1, 1, 32, 32, 32)
+    kw = dict(include_background=True, spacing=(3, 2, 1), use_subvoxels=True)
+    for gset, pset in (([(10, 12, 14)], []), ([], [(10, 12, 16)]), ([(10, 12, 14)], [(10, 12, 16)])):
+        g.zero_(), p.zero_()
+        for v in gset:
+            g[(0, 0) + v] = 1
+        for v in pset:
+            p[(0, 0) + v] = 1
+        _same(M.compute_surface_dice(p, g, [1.0], **kw), _monai(mm.compute_surface_dice, p, g, [1.0], **kw))
+    g, p = torch.zeros(1, 1, 40, 30, 30), torch.zeros(1, 1, 40, 30, 30)
+    g[0, 0, :20], p[0, 0, :21] = 1, 1
+    kw["spacing"] = (2, 1, 1)
+    _same(M.compute_surface_dice(p, g, [1.0], **kw), _monai(mm.compute_surface_dice, p, g, [1.0], **kw))
+    both_empty = M.compute_surface_dice(torch.zeros(1, 2, 5, 5), torch.zeros(1, 2, 5, 5), [1.0], use_subvoxels=True)
+    assert torch.isnan(both_empty).all()
+
+
+def test_surface_dice_subvoxels_batched_path_matches_monai(monkeypatch):
+    """The device path (masks checked by torch, full EDT of each box) run on CPU tensors."""
+    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    p, y = _pair((10, 9, 8), seed=22)
+    for metric in ("euclidean", "chessboard"):
+        kw = dict(spacing=(1.0, 2.0, 0.5), use_subvoxels=True, distance_metric=metric)
+        _same(M.compute_surface_dice(p, y, [1.0, 2.0, 0.5], **kw),
+              _monai(mm.compute_surface_dice, p, y, [1.0, 2.0, 0.5], **kw))
+
+
+def test_surface_dice_metric_subvoxels_accumulates_like_monai():
+    batches = [_pair((12, 11), seed=s) for s in (23, 24)]
+    ours = M.SurfaceDiceMetric([1.0, 2.0, 0.5], use_subvoxels=True, reduction="mean_batch", get_not_nans=True)
+    theirs = mm.SurfaceDiceMetric([1.0, 2.0, 0.5], use_subvoxels=True, reduction="mean_batch", get_not_nans=True)
+    for p, y in batches:
+        _same(ours(p, y, spacing=(0.9, 1.4)), _monai(theirs, p, y, spacing=(0.9, 1.4)))
+    _same(ours(list(p), list(y)), _monai(theirs, list(p), list(y)))
+    for a, b in zip(ours.aggregate(), _monai(theirs.aggregate)):
+        _same(a, b)
