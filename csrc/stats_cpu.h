@@ -20,7 +20,7 @@ enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kU8 = 4, kI8 = 5, kI
 // Columns of the statistics, in the order of fastloss.ops.stats.COLUMNS.
 enum Column : int {
   kPG = 0, kP, kPP, kG, kGG, kAbsDiff, kSqErrPos, kSqErrNeg, kCE, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr,
-  kCount, kNumColumns
+  kCount, kSigFocal, kNumColumns
 };
 
 enum Activation : int { kSoftmax = 0, kSigmoid = 1, kNone = 2 };
@@ -54,19 +54,19 @@ struct StatsArgs {
 
 // Whether a column outside the fused set (pg, p, pp, g, gg, ce, count) is requested.
 inline bool has_extra_columns(const StatsArgs& a) {
-  const int extra[8] = {kAbsDiff, kSqErrPos, kSqErrNeg, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr};
+  const int extra[9] = {kAbsDiff, kSqErrPos, kSqErrNeg, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr, kSigFocal};
   for (int k : extra)
     if (a.col[k] >= 0) return true;
   return false;
 }
 
-// The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, the fused columns and
-// the focal column with γ = 2 (MONAI's and the paper's default).
+// The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, the fused columns, and
+// the focal and sigmoid-focal columns with γ = 2 (MONAI's and the paper's default).
 inline bool stats_fused_path(const StatsArgs& a) {
   const int extra[7] = {kAbsDiff, kSqErrPos, kSqErrNeg, kCEPow, kMapCE, kMapP, kMapSqErr};
   for (int k : extra)
     if (a.col[k] >= 0) return false;
-  if (a.col[kFocal] >= 0 && a.gamma != 2.0) return false;
+  if ((a.col[kFocal] >= 0 || a.col[kSigFocal] >= 0) && a.gamma != 2.0) return false;
   return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.mask.data;
 }
 

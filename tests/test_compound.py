@@ -339,6 +339,46 @@ def test_compound_makes_one_statistics_pass(name, monkeypatch, torch_backend):
     torch.testing.assert_close(gx, gx2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("gamma, alpha", [(2.0, None), (2.0, 0.25), (1.5, None)])
+@pytest.mark.parametrize("ignore_index", [None, 2])
+def test_monai_dice_focal_on_the_compiled_cpu_path_is_one_pass(include_background, gamma, alpha, ignore_index,
+                                                               monkeypatch):
+    """MONAI's DiceFocal configuration (softmax Dice, *sigmoid* focal over the one-hot labels) in float32
+    on the compiled CPU kernels: one statistics pass serves both parts (the focal part reads the pass's
+    ``sigmoid_focal`` column), with MONAI's value and gradient (MONAI in float64 as the reference)."""
+    import fastloss.ops.stats as S
+    from fastloss.ops import cpu_stats
+
+    if not cpu_stats.available():
+        pytest.skip("fastloss._C has no CPU loss kernels")
+    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, 9, 7, 5, generator=g) * 3  # N = 315: one full tile and a partial one
+    y = torch.randint(0, 4, (2, 1, 9, 7, 5), generator=g)
+    kw = dict(to_onehot_y=True, softmax=True, include_background=include_background, gamma=gamma, alpha=alpha,
+              batch=True)
+    ours = DiceFocalLoss(ignore_index=ignore_index, **kw)
+    calls = []
+    real = S._compute
+    monkeypatch.setattr(S, "_compute", lambda *a: calls.append(a[2].columns) or real(*a))
+    xa = x.clone().requires_grad_()
+    v = ours(xa, y)
+    (ga,) = torch.autograd.grad(v, xa)
+    assert len(calls) == 1 and "sigmoid_focal" in calls[0], calls
+    xb = x.to(torch.float64).requires_grad_()
+    if ignore_index is not None:
+        # MONAI has no ignore_index: the reference is fastloss's float64 torch backend, the two parts
+        # computed separately (checked against MONAI's masked losses elsewhere)
+        monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+        want = ours.dice(xb, y) + ours.focal(xb, y)
+    else:
+        want = monai_losses.DiceFocalLoss(**kw)(xb, y)
+    (gb,) = torch.autograd.grad(want, xb)
+    torch.testing.assert_close(v.double(), want.detach(), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-4, atol=1e-7)
+
+
 def test_shared_statistics_never_changes_a_result_with_other_parameters(torch_backend):
     """A request whose parameters differ from the shared pass's (here the focal gamma) is computed on
     its own, not served from the shared pass."""

@@ -28,6 +28,8 @@ COLUMN_SETS = {
     "dice_ce": ("pg", "p", "g", "ce"),
     "fused": FUSED,
     "fused_focal": FUSED + ("focal",),  # the fused softmax path takes the focal column when gamma = 2
+    # ... and MONAI DiceFocal's sigmoid focal term of the logits beside the softmax columns
+    "fused_sigmoid_focal": ("pg", "p", "g", "focal", "sigmoid_focal"),
     "all": ALL,
 }
 # float32 sums of ~1e3 terms against float64: relative 1e-5; half inputs are rounded once on load on both sides
@@ -119,6 +121,7 @@ def test_dtypes(dtype, activation):
     x = _inputs(2, 5, (9, 11, 13), activation, dtype, scale=2.0)
     y = _target("labels", x, 5)
     _compare(x, prepare_target(x, y), StatsSpec(activation, ("pg", "p", "pp", "g", "ce", "focal")))
+    _compare(x, prepare_target(x, y), StatsSpec(activation, ("pg", "p", "g", "sigmoid_focal")))
 
 
 @pytest.mark.parametrize("ignore_index", [0, 255, -1])
@@ -147,6 +150,13 @@ def test_focal_on_the_fused_path(gamma, alpha, ignore_index):
     tgt = prepare_target(x, lab, ignore_index=ignore_index)
     _compare(x, tgt, StatsSpec("softmax", ("pg", "p", "g", "focal"), gamma=gamma, alpha=alpha))
     _compare(x, tgt, StatsSpec("softmax", ("focal",), gamma=gamma, alpha=alpha))
+    # MONAI DiceFocal's sigmoid focal part of the same logits, alone and beside the softmax columns
+    _compare(x, tgt, StatsSpec("softmax", ("pg", "p", "g", "sigmoid_focal"), gamma=gamma, alpha=alpha))
+    _compare(x, tgt, StatsSpec("softmax", ("sigmoid_focal", "focal", "ce"), gamma=gamma, alpha=alpha))
+    # with a sigmoid activation the column is the focal column itself
+    sig = StatsSpec("sigmoid", ("focal", "sigmoid_focal"), gamma=gamma, alpha=alpha)
+    s = cpu_stats.class_stats_cpu(x, tgt, sig)
+    assert torch.equal(s[..., 0], s[..., 1])
 
 
 def test_every_voxel_ignored_gives_zero_sums_and_gradient():
@@ -165,7 +175,7 @@ def test_odd_sizes_and_few_classes(spatial, C, activation):
     x = _inputs(3, C, spatial, activation, torch.float32, seed=5)
     y = _target("labels", x, C)
     _compare(x, prepare_target(x, y), StatsSpec(activation, ("pg", "p", "g", "ce", "count")))
-    _compare(x, prepare_target(x, y), StatsSpec(activation, ALL[:-1] + ("count",)), torch.randn((3, 1) + spatial))
+    _compare(x, prepare_target(x, y), StatsSpec(activation, ALL), torch.randn((3, 1) + spatial))
 
 
 def test_absent_classes():
@@ -186,7 +196,7 @@ def test_strided_inputs_read_in_place(layout):
     else:
         x = base.transpose(2, 4)
     y = _target("labels", x, C)
-    for cols in ("dice_ce", "all"):
+    for cols in ("dice_ce", "fused_sigmoid_focal", "all"):
         vmap = torch.randn((2, C) + tuple(x.shape[2:])) if cols == "all" else None
         _compare(x, prepare_target(x, y), StatsSpec("softmax", COLUMN_SETS[cols]), vmap)
 
@@ -254,7 +264,7 @@ def test_out_of_range_labels_are_ignored_voxels(monkeypatch):
     lab[0, 0, 0] = 10**6
     lab[0, 0, 1] = -(10**6)
     lab[0, 0, 2, 0, 0] = 2**40  # beyond int32
-    for cols in ("dice_ce", "all"):
+    for cols in ("dice_ce", "fused_sigmoid_focal", "all"):
         vmap = torch.randn(1, C, 6, 6, 6) if cols == "all" else None
         _compare(x, prepare_target(x, lab), StatsSpec("softmax", COLUMN_SETS[cols]), vmap)
 

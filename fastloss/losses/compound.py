@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import _is_compiling, check_reduction
+from ..backend import use_compiled_cpu
 from ..ops.stats import StatsSpec, class_stats, compute_dtype, shared_statistics
 from ._common import (
     LossBase,
@@ -325,11 +326,25 @@ class DiceFocalLoss(nn.Module):
         if fused is not None:
             return fused
         # One statistics pass serves both parts when the focal term reads the same softmax as the Dice term
-        # (softmax focal over every channel); otherwise (MONAI's sigmoid focal, or a focal without channel 0,
-        # whose softmax is another one) asking the Dice pass for a focal column would only slow it down.
-        alpha = self.focal.alpha if self.focal._alpha_is_number else None
-        same_pass = self.focal.use_softmax and self.focal.include_background and self.dice.activation == "softmax"
-        with shared_statistics(("pg", "p", "g", "focal") if same_pass else (), gamma=self.focal.gamma, alpha=alpha):
+        # (softmax focal over every channel), and on the compiled CPU kernels also for MONAI's own
+        # configuration, a softmax Dice with a sigmoid focal part: its column ``sigmoid_focal`` is the
+        # sigmoid focal term of the same logits, which the focal part then takes (with or without channel 0:
+        # the term is per element). Otherwise (a softmax focal without channel 0, whose softmax is another
+        # one) asking the Dice pass for a focal column would only slow it down.
+        focal = self.focal
+        alpha = focal.alpha if focal._alpha_is_number else None
+        columns = ()
+        if self.dice.activation == "softmax":
+            if focal.use_softmax and focal.include_background:
+                columns = ("pg", "p", "g", "focal")
+            elif (
+                not focal.use_softmax  # a per-class alpha asks for other sums (FocalLoss.forward)
+                and (focal._alpha_is_number or focal.alpha is None)
+                and focal.reduction != "none"
+                and use_compiled_cpu(input)
+            ):
+                columns = ("pg", "p", "g", "sigmoid_focal")
+        with shared_statistics(columns, gamma=focal.gamma, alpha=alpha):
             dice_loss = self.dice(input, target)
             focal_loss = self.focal(input, target)
         return self.lambda_dice * dice_loss + self.lambda_focal * focal_loss

@@ -627,14 +627,10 @@ class FocalLoss(nn.Module):
         N = tgt.labels.shape[1] if tgt.labels is not None else tgt.soft.shape[2]
         dt = compute_dtype(input)
         x = flatten_spatial(input)
-        if not self.include_background:
-            if C == 1:
-                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
-            else:
-                # MONAI slices input and target before the activation.
-                x = x[:, 1:]
-                tgt = Target(None, tgt.dense(dt)[:, 1:], tgt.mask, C - 1, spatial, tgt.ignore_index)
-        Ck = x.shape[1]
+        drop_background = not self.include_background and C > 1
+        if not self.include_background and C == 1:
+            warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
+        Ck = C - 1 if drop_background else C
 
         # alpha: scalar goes into the statistics spec; a sequence is a per-class factor (softmax) or a
         # factor on the positive voxels (sigmoid).
@@ -658,6 +654,17 @@ class FocalLoss(nn.Module):
         elementwise = self.reduction == "none" or (
             alpha_vec is not None and not self.use_softmax and tgt.soft is not None
         )
+        # Without the background, MONAI slices input and target before the activation. The sigmoid term
+        # is per element, so with labels the sums of every channel are taken and channel 0 dropped from
+        # them instead: no one-hot target, and the same logits and labels as a Dice part (DiceFocal's
+        # shared pass). The softmax of the kept channels is another softmax: sliced as MONAI.
+        first = 0
+        if drop_background:
+            if elementwise or self.use_softmax or tgt.labels is None:
+                x = x[:, 1:]
+                tgt = Target(None, tgt.dense(dt)[:, 1:], tgt.mask, C - 1, spatial, tgt.ignore_index)
+            else:
+                first = 1
         if elementwise:
             f = voxel_terms(x, tgt, spec)["focal"]  # (B, Ck, N), masked
             if alpha_vec is not None:
@@ -675,17 +682,24 @@ class FocalLoss(nn.Module):
             if alpha_vec is not None and not self.use_softmax:
                 # labels: g ∈ {0, 1}, so Σ [g=1]·α_c·f + [g≠1]·f = α_c·S(α=1) + S(α=0), the sigmoid
                 # scalar-alpha factor α g + (1−α)(1−g) giving g·f at α=1 and (1−g)·f at α=0.
-                pos = class_stats(x, tgt, StatsSpec(act, ("focal",), gamma=self.gamma, alpha=1.0))[..., 0]
-                neg = class_stats(x, tgt, StatsSpec(act, ("focal",), gamma=self.gamma, alpha=0.0))[..., 0]
+                pos = class_stats(x, tgt, StatsSpec(act, ("focal",), gamma=self.gamma, alpha=1.0))[:, first:, 0]
+                neg = class_stats(x, tgt, StatsSpec(act, ("focal",), gamma=self.gamma, alpha=0.0))[:, first:, 0]
                 sums = alpha_vec.view(1, Ck) * pos + neg
             else:
-                sums = class_stats(x, tgt, spec)[..., 0]  # (B, Ck)
+                sums = class_stats(x, tgt, spec)[:, first:, 0]  # (B, Ck)
                 if alpha_vec is not None:
                     sums = sums * alpha_vec.view(1, Ck)
             if cw is not None:
                 sums = sums * cw.view(1, -1)
 
         masked = tgt.mask is not None
+        if self.reduction == "sum" and not spatial:
+            # (B, C) input: MONAI's "sum" first averages over the spatial dims, an empty list, which
+            # torch.mean(x, dim=[]) reads as every dim: the mean over all elements (over the counted ones,
+            # each item's classes together, with ignore_index), then a sum of that scalar
+            if masked:
+                return sums.sum() / tgt.mask.to(dt).sum().clamp_min(_F32_EPS)
+            return sums.sum() / (B * Ck)
         if self.reduction == "sum":
             if masked:
                 cnt = tgt.mask.to(dt).sum(dim=1, keepdim=True).clamp_min(_F32_EPS)  # (B, 1)

@@ -21,6 +21,8 @@ column          per-voxel quantity summed (p: activated prediction, g: target, m
 ``map_p``       w·p               (boundary loss, w = signed distance φ)
 ``map_sqerr``   w·(p − g)²        (Hausdorff loss, w = d_G² + d_S²)
 ``count``       1                 (number of counted voxels, same in every class)
+``sigmoid_focal`` MONAI's sigmoid focal term of the logit x itself, whatever the activation (so that
+                a softmax Dice and MONAI's sigmoid focal part share one pass; equals ``focal`` for sigmoid)
 ============== ======================================================================
 
 Every quantity is multiplied by the ignore mask ``m`` (MONAI multiplies p and g by it; terms linear in
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from typing import Optional, Tuple
 
 import torch
@@ -118,6 +121,8 @@ def voxel_terms(
             out["ce_pow"] = g * nl ** spec.ce_exponent
         if "focal" in need:
             out["focal"] = _focal_term(x, g, m, logp, spec)
+    if "sigmoid_focal" in need:
+        out["sigmoid_focal"] = _focal_term(x, g, m, None, dataclasses.replace(spec, activation="sigmoid"))
     if "map_p" in need:
         out["map_p"] = pm * voxel_map.to(dt)
     if "map_sqerr" in need:
@@ -239,7 +244,7 @@ _LOG_COLUMNS = ("ce", "focal", "ce_pow", "map_ce")
 def _param_signature(spec: StatsSpec, columns) -> tuple:
     """The spec parameters that change the requested columns' values."""
     sig = []
-    if "focal" in columns:
+    if "focal" in columns or "sigmoid_focal" in columns:
         sig += [("gamma", spec.gamma), ("alpha", spec.alpha)]
     if "ce_pow" in columns:
         sig.append(("ce_exponent", spec.ce_exponent))
@@ -325,6 +330,22 @@ def shared_voxel_ce(input: torch.Tensor, target: Target) -> Optional[torch.Tenso
     return None if hit is None else hit[3]
 
 
+def _sigmoid_focal_from_shared(shared: dict, input: torch.Tensor, target: Target, spec: StatsSpec):
+    """A sigmoid focal request (MONAI DiceFocal's focal part) served by the ``sigmoid_focal`` column of a
+    shared pass over the same logits and target with another activation (its softmax Dice part), or None.
+    The column is the sigmoid focal term of the logits whatever the pass's activation, so it is this
+    request's ``focal`` column."""
+    for activation in ("softmax", "none"):
+        hit = shared["cache"].get(_shared_key(input, target, activation))
+        if hit is None:
+            continue
+        full_spec, full = hit[0], hit[1]
+        if "sigmoid_focal" in full_spec.columns and (full_spec.gamma, full_spec.alpha) == (spec.gamma, spec.alpha):
+            k = full_spec.columns.index("sigmoid_focal")
+            return full[..., k : k + 1]
+    return None
+
+
 def class_stats(
     input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -338,6 +359,10 @@ def class_stats(
         return _compute(input, target, spec, voxel_map)
     key = _shared_key(input, target, spec.activation)
     hit = shared["cache"].get(key)
+    if hit is None and spec.activation == "sigmoid" and spec.columns == ("focal",):
+        aliased = _sigmoid_focal_from_shared(shared, input, target, spec)
+        if aliased is not None:
+            return aliased
     if hit is None:
         base = dict(gamma=spec.gamma, alpha=spec.alpha, ce_exponent=spec.ce_exponent, log_eps=spec.log_eps)
         base.update(shared["params"])

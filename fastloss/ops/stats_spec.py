@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 COLUMNS = (
     "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
-    "ce", "focal", "ce_pow", "map_ce", "map_p", "map_sqerr", "count",
+    "ce", "focal", "ce_pow", "map_ce", "map_p", "map_sqerr", "count", "sigmoid_focal",
 )
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 

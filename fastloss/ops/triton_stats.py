@@ -598,12 +598,14 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
 
     Not handled: float64 (or other non-half/float32) input, an activation other than
     softmax/sigmoid/none, a target whose class count differs from the input's, tensors on different
-    devices, a map column without a map (or a map of the wrong size), and soft targets, masks or maps that
-    require grad (the kernels give no gradient to those).
+    devices, a map column without a map (or a map of the wrong size), soft targets, masks or maps that
+    require grad (the kernels give no gradient to those), and the ``sigmoid_focal`` column.
     """
     if not isinstance(input, torch.Tensor) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
     if input.ndim < 2 or input.numel() == 0 or spec.activation not in _ACT or not spec.columns:
+        return False
+    if "sigmoid_focal" in spec.columns:  # a column of the compiled CPU kernels only
         return False
     B, C = input.shape[:2]
     N = input.numel() // (B * C)
