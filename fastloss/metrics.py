@@ -57,7 +57,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ._validation import check_spacing
+from ._validation import ShapeMismatchError, check_spacing
 
 __all__ = [
     # fastloss's own functions
@@ -68,6 +68,31 @@ __all__ = [
 ]
 
 Spacing = Union[None, float, Sequence[float]]
+
+
+class _ShapeRuntimeError(ShapeMismatchError, RuntimeError):
+    """Shapes that do not match where MONAI's function fails in a broadcast (a RuntimeError): a
+    :class:`~fastloss._validation.ShapeMismatchError` (ValueError and AssertionError) and a RuntimeError,
+    so that code catching either library's error keeps working."""
+
+
+class _ChannelIndexError(ShapeMismatchError, IndexError):
+    """Channel counts that do not match where MONAI indexes a missing channel (an IndexError): a
+    :class:`~fastloss._validation.ShapeMismatchError` and an IndexError."""
+
+
+class _NotATensorError(TypeError, AttributeError):
+    """An input that is no tensor or array: a TypeError, and an AttributeError as MONAI's functions raise
+    (they read ``.shape`` of whatever they get)."""
+
+
+class _EmptyListError(ValueError, IndexError):
+    """A metric object called with empty lists: a ValueError, and an IndexError as MONAI raises."""
+
+
+class _ValueAttributeError(ValueError, AttributeError):
+    """A metric object called without ``y``, or with lists of items that are no tensors: a ValueError, and
+    an AttributeError as MONAI raises (it reads tensor attributes of whatever it gets)."""
 
 # Voxels (both directions, all rows of a chunk) given to one EDT call; bounds the float32
 # distance buffer at 4 bytes per voxel (1 GiB). Larger problems are processed in row chunks.
@@ -88,7 +113,9 @@ def _to_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (B, C, *spatial), got {type(x).__name__}")
+        raise _NotATensorError(
+            f"{name} must be a torch.Tensor or numpy array of shape (B, C, *spatial), got {type(x).__name__}"
+        )
     return x
 
 
@@ -1099,7 +1126,13 @@ def compute_dice(
 
     Raises:
         TypeError / ValueError: as :func:`dice`; for ``per_component``, inputs that are not matching
-            ``(B, 2, *spatial)`` maps with 2 or 3 spatial dims (ValueError, as MONAI).
+            ``(B, 2, *spatial)`` maps with 2 or 3 spatial dims (ValueError, as MONAI). Where MONAI fails on
+            mismatched shapes by accident, the error is also MONAI's type: batch or spatial shapes that
+            differ raise a ShapeMismatchError (ValueError, AssertionError) that is a RuntimeError too,
+            channel counts that fit neither one-hot nor index maps one that is an IndexError too.
+            ``num_classes`` not an int: TypeError (as MONAI); below 1: ValueError (MONAI computes channel 1).
+
+    ``(B, C)`` maps (no spatial dims) and maps with more than 3 spatial dims are taken, as MONAI takes them.
 
     Example:
         >>> y = torch.tensor([[[[0, 1], [2, 2]]]])  # (1, 1, 2, 2) class indices
@@ -1109,13 +1142,33 @@ def compute_dice(
     y_pred, y = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
     if per_component:
         return _per_component_dice(y_pred, y, ignore_empty)
-    if y_pred.ndim < 3 or y.ndim < 3:
+    if y_pred.ndim < 2 or y.ndim < 2:
         raise ValueError(
-            f"y_pred and y must have shape (B, C, *spatial), got {tuple(y_pred.shape)} and {tuple(y.shape)}"
+            f"y_pred and y must have shape (B, C, *spatial) or (B, C), got {tuple(y_pred.shape)} and {tuple(y.shape)}"
         )
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes must be a positive int or None, got {type(num_classes).__name__}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    if y_pred.ndim != y.ndim or y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[2:]:
+        # MONAI fails in a broadcast here (RuntimeError); this error is also a ValueError and an AssertionError
+        raise _ShapeRuntimeError(
+            f"y_pred and y must have the same batch size and spatial shape, got {tuple(y_pred.shape)} (y_pred) and "
+            f"{tuple(y.shape)} (y)"
+        )
     n = num_classes if num_classes is not None else y_pred.shape[1]
+    for x, name in ((y_pred, "y_pred"), (y, "y")):
+        if x.shape[1] not in (1, n):
+            # MONAI indexes a channel that is not there (IndexError); this error is also a ValueError
+            raise _ChannelIndexError(
+                f"{name} must have 1 channel (class indices) or {n} (one-hot; num_classes or y_pred's channels), "
+                f"got shape {tuple(x.shape)}"
+            )
+    if y_pred.ndim == 2:  # (B, C) without spatial dims (classification), as MONAI takes them
+        y_pred, y = y_pred[..., None], y[..., None]
+    elif y_pred.ndim > 5:  # more than 3 spatial dims: Dice only counts, so the voxels may be one axis
+        y_pred, y = y_pred.flatten(2), y.flatten(2)
     keep = _keep_mask(y, ignore_index)  # from y as given (labels or one-hot), as MONAI
     if n > 1:  # index maps become one-hot masks; a single channel stays a binary mask
         if y_pred.shape[1] == 1:
@@ -1195,7 +1248,11 @@ def compute_hausdorff_distance(
 
 def _nan_ignored_class(out: torch.Tensor, ignore_index, include_background: bool, C: int) -> torch.Tensor:
     off = 0 if include_background or C == 1 else 1
-    if ignore_index is not None and 0 <= ignore_index - off < out.shape[1]:
+    if isinstance(ignore_index, (float, np.floating)) and float(ignore_index).is_integer():
+        ignore_index = int(ignore_index)
+    elif not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        return out  # no class has this index (MONAI's function only compares it with class indices)
+    if 0 <= ignore_index - off < out.shape[1]:
         out = out.clone()
         out[:, ignore_index - off] = float("nan")
     return out
@@ -1329,21 +1386,31 @@ class _CumulativeMetric:
 
     def __call__(self, y_pred, y=None, **kwargs) -> torch.Tensor:
         if y is None:
-            raise ValueError(f"{type(self).__name__} needs both y_pred and y")
+            raise _ValueAttributeError(f"{type(self).__name__} needs both y_pred and y")
+        kinds = "y_pred and y must be batch-first torch Tensors or lists/tuples of channel-first torch Tensors"
         if isinstance(y_pred, (list, tuple)) or isinstance(y, (list, tuple)):
-            if not isinstance(y_pred, (list, tuple)) or not isinstance(y, (list, tuple)) or len(y_pred) != len(y):
-                raise ValueError("y_pred and y must both be lists of channel-first tensors of the same length")
+            # MONAI pairs the items up; a batch-first tensor on one side gives its batch items
+            if not all(isinstance(x, (list, tuple, torch.Tensor)) for x in (y_pred, y)):
+                raise ValueError(f"{kinds}, got {type(y_pred).__name__} and {type(y).__name__}")
+            if len(y_pred) != len(y):
+                raise ValueError(f"y_pred and y must hold the same number of items, got {len(y_pred)} and {len(y)}")
             if len(y_pred) == 0:
-                raise ValueError("y_pred and y must not be empty lists")
+                raise _EmptyListError("y_pred and y must not be empty lists")
+            if not all(isinstance(t, torch.Tensor) for t in list(y_pred) + list(y)):
+                raise _ValueAttributeError(f"{kinds}; the lists hold {sorted({type(t).__name__ for t in list(y_pred) + list(y)})}")
             # items of one shape are evaluated as one batch (no per-item loop); others one at a time
-            items_p = [_to_tensor(p, "y_pred").detach() for p in y_pred]
-            items_y = [_to_tensor(t, "y").detach() for t in y]
+            items_p = [p.detach() for p in y_pred]
+            items_y = [t.detach() for t in y]
             if all(p.shape == items_p[0].shape for p in items_p) and all(t.shape == items_y[0].shape for t in items_y):
                 ret = self._compute(torch.stack(items_p), torch.stack(items_y), **kwargs)
             else:
                 ret = torch.cat([self._compute(p[None], t[None], **kwargs) for p, t in zip(items_p, items_y)])
         else:
-            y_pred, y = _to_tensor(y_pred, "y_pred").detach(), _to_tensor(y, "y").detach()
+            if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)):
+                # MONAI: ValueError for y_pred; a y that is no tensor reaches its functions as None
+                err = ValueError if not isinstance(y_pred, torch.Tensor) else _ValueAttributeError
+                raise err(f"{kinds}, got {type(y_pred).__name__} and {type(y).__name__}")
+            y_pred, y = y_pred.detach(), y.detach()
             if y_pred.ndim < 3:
                 raise ValueError(
                     f"y_pred must have at least 3 dimensions (batch, channel, spatial), got shape {tuple(y_pred.shape)}"

@@ -432,3 +432,150 @@ def test_surface_dice_metric_subvoxels_accumulates_like_monai():
     _same(ours(list(p), list(y)), _monai(theirs, list(p), list(y)))
     for a, b in zip(ours.aggregate(), _monai(theirs.aggregate)):
         _same(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad arguments: the exception MONAI raises, or a class of ours that is also MONAI's type
+# ------------------------------------------------------------------------------------------------
+
+
+def _bad_argument_cases():
+    p, y = _pair((6, 7), C=3, seed=25)
+    t2 = [1.0, 1.0]  # thresholds of the two evaluated classes
+    fns = {
+        "compute_dice": lambda L, a, b, **kw: L.compute_dice(a, b, **kw),
+        "compute_hausdorff_distance": lambda L, a, b, **kw: L.compute_hausdorff_distance(a, b, **kw),
+        "compute_average_surface_distance": lambda L, a, b, **kw: L.compute_average_surface_distance(a, b, **kw),
+        "compute_surface_dice": lambda L, a, b, **kw: L.compute_surface_dice(a, b, t2, **kw),
+    }
+    cases = {}
+    for name, fn in fns.items():
+        cases[f"{name}: spatial shapes differ"] = lambda L, fn=fn: fn(L, p, y[:, :, :5])
+        cases[f"{name}: channels differ"] = lambda L, fn=fn: fn(L, p, y[:, :2])
+        cases[f"{name}: a list, not a tensor"] = lambda L, fn=fn: fn(L, p.tolist(), y.tolist())
+        if name != "compute_dice":
+            cases[f"{name}: unknown distance_metric"] = lambda L, fn=fn: fn(L, p, y, distance_metric="cosine")
+            cases[f"{name}: spacing of the wrong length"] = lambda L, fn=fn: fn(L, p, y, spacing=(1.0, 1.0, 1.0))
+            cases[f"{name}: per-image spacing, wrong count"] = lambda L, fn=fn: fn(L, p, y, spacing=[(1.0, 1.0)] * 3)
+            cases[f"{name}: per-image spacing, wrong length"] = lambda L, fn=fn: fn(L, p, y, spacing=[(1.0, 1.0, 1.0)] * 2)
+            cases[f"{name}: spacing mixing numbers and sequences"] = lambda L, fn=fn: fn(L, p, y, spacing=[1.0, (1.0, 1.0)])
+    cases.update({
+        "compute_dice: num_classes not an int": lambda L: L.compute_dice(p, y, num_classes=2.5),
+        "compute_dice: num_classes above the channels": lambda L: L.compute_dice(p, y, num_classes=5),
+        "compute_dice: per_component with 3 channels": lambda L: L.compute_dice(p, y, per_component=True),
+        "compute_hausdorff_distance: percentile 101": lambda L: L.compute_hausdorff_distance(p, y, percentile=101),
+        "compute_hausdorff_distance: percentile -1": lambda L: L.compute_hausdorff_distance(p, y, percentile=-1),
+        "compute_surface_dice: one threshold for two classes": lambda L: L.compute_surface_dice(p, y, [1.0]),
+        "compute_surface_dice: three thresholds": lambda L: L.compute_surface_dice(p, y, [1.0, 1.0, 1.0]),
+        "compute_surface_dice: negative threshold": lambda L: L.compute_surface_dice(p, y, [1.0, -0.2]),
+        "compute_surface_dice: infinite threshold": lambda L: L.compute_surface_dice(p, y, [np.inf, 1.0]),
+        "compute_surface_dice: NaN threshold": lambda L: L.compute_surface_dice(p, y, [np.nan, 1.0]),
+        "compute_surface_dice: threshold not a list": lambda L: L.compute_surface_dice(p, y, 1.0),
+        "compute_surface_dice: subvoxels of 1D maps": lambda L: L.compute_surface_dice(
+            p[:, :, 0], y[:, :, 0], t2, use_subvoxels=True),
+        "compute_surface_dice: subvoxels, 3 thresholds": lambda L: L.compute_surface_dice(
+            p, y, [1.0] * 3, use_subvoxels=True),
+        "do_metric_reduction: unknown reduction": lambda L: L.do_metric_reduction(torch.ones(2, 2), "median"),
+    })
+    classes = {"DiceMetric": {}, "HausdorffDistanceMetric": {}, "SurfaceDistanceMetric": {},
+               "SurfaceDiceMetric": {"class_thresholds": t2}}
+    for name, ctor in classes.items():
+        def call(*args, name=name, ctor=ctor, init=None, aggregate=False, **kw):
+            def run(L):
+                m = getattr(L, name)(**dict(ctor, **(init or {})))
+                if args:
+                    m(*args, **kw)
+                if aggregate:
+                    m.aggregate()
+            return run
+        cases.update({
+            f"{name}: numpy batch": call(p.numpy(), y.numpy()),
+            f"{name}: numpy reference": call(p, y.numpy()),
+            f"{name}: no reference": call(p),
+            f"{name}: (B, C) maps": call(p[:, :, 0, 0], y[:, :, 0, 0]),
+            f"{name}: spatial shapes differ": call(p, y[:, :, :5]),
+            f"{name}: empty lists": call([], []),
+            f"{name}: lists of numpy arrays": call([a.numpy() for a in p], [a.numpy() for a in y]),
+            f"{name}: aggregate before any call": call(aggregate=True),
+            f"{name}: unknown reduction, aggregated": call(p, y, init={"reduction": "median"}, aggregate=True),
+        })
+        if name != "DiceMetric":
+            cases[f"{name}: unknown distance_metric, called"] = call(p, y, init={"distance_metric": "cosine"})
+            cases[f"{name}: spacing of the wrong length"] = call(p, y, spacing=(1.0, 1.0, 1.0))
+    cases["HausdorffDistanceMetric: percentile 101"] = lambda L: L.HausdorffDistanceMetric(percentile=101)(p, y)
+    cases["SurfaceDiceMetric: three thresholds"] = lambda L: L.SurfaceDiceMetric([1.0] * 3)(p, y)
+    cases["SurfaceDiceMetric: negative threshold"] = lambda L: L.SurfaceDiceMetric([1.0, -1.0])(p, y)
+    cases["SurfaceDiceMetric: subvoxels, 3 thresholds"] = lambda L: L.SurfaceDiceMetric([1.0] * 3, use_subvoxels=True)(p, y)
+    return cases
+
+
+_BAD = _bad_argument_cases()
+
+
+def _raised(fn):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn()
+    except Exception as exc:  # noqa: BLE001 - the type is what is compared
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+def test_bad_arguments_raise_monais_exception_type(case):
+    """Each bad argument: MONAI 1.6.1 raises, and ours raises MONAI's exception class (or a class of ours
+    derived from it, e.g. a ValueError that is also the RuntimeError MONAI's broadcast gives)."""
+    theirs = _raised(lambda: _BAD[case](mm))
+    ours = _raised(lambda: _BAD[case](M))
+    assert theirs is not None, f"MONAI accepts {case!r}: not a parity case"
+    assert ours is not None, f"fastloss accepts {case!r}, MONAI raises {type(theirs).__name__}: {theirs}"
+    assert isinstance(ours, type(theirs)), (
+        f"{case}: MONAI raises {type(theirs).__name__} ({theirs}), fastloss {type(ours).__mro__} ({ours})"
+    )
+    if isinstance(theirs, AssertionError) or type(theirs) in (RuntimeError, IndexError, AttributeError):
+        assert isinstance(ours, (ValueError, TypeError))  # ours stays a ValueError/TypeError too
+
+
+def test_shape_errors_are_value_and_assertion_errors():
+    """Shape mismatches are fastloss.ShapeMismatchError (ValueError and AssertionError) everywhere."""
+    from fastloss._validation import ShapeMismatchError
+
+    p, y = _pair((6, 7), C=3, seed=26)
+    for fn in (lambda: M.compute_dice(p, y[:, :, :5]), lambda: M.compute_dice(p, y[:, :2]),
+               lambda: M.DiceMetric()(p, y[:, :, :5])):
+        with pytest.raises(ShapeMismatchError):
+            fn()
+    with pytest.raises(AssertionError):
+        M.compute_dice(p, y[:, :, :5])
+
+
+def test_deliberate_differences_from_monai():
+    """Inputs MONAI lets through (silently computing something else) that fastloss rejects, and the two
+    it rejects that fastloss takes; each documented in the function's docstring."""
+    p, y = _pair((6, 7), C=3, seed=27)
+    with pytest.raises(ValueError, match="binary"):
+        M.compute_dice(p * 0.5, y)  # MONAI thresholds with .bool()
+    with pytest.raises(ValueError, match="positive"):
+        M.compute_hausdorff_distance(p, y, spacing=-1.0)
+    with pytest.raises(ValueError, match="same number of items"):
+        M.DiceMetric()(list(p), list(y)[:1])  # MONAI's zip drops the unpaired item
+    with pytest.raises(ValueError, match="reduction"):
+        M.DiceMetric(reduction="median")  # MONAI raises at aggregate() only
+    # numpy maps into the functions, and an isotropic number as the subvoxel spacing (MONAI: TypeError)
+    _same(M.compute_surface_dice(p.numpy(), y.numpy(), [1.0, 1.0]), _monai(mm.compute_surface_dice, p, y, [1.0, 1.0]))
+    _same(M.compute_surface_dice(p, y, [1.0, 1.0], spacing=2.0, use_subvoxels=True),
+          _monai(mm.compute_surface_dice, p, y, [1.0, 1.0], spacing=(2.0, 2.0), use_subvoxels=True))
+
+
+def test_compute_dice_takes_what_monai_takes():
+    """(B, C) maps without spatial dims, more than 3 spatial dims, a batch item list mixed with a tensor."""
+    g = torch.Generator().manual_seed(28)
+    p, y = (torch.rand(3, 4, generator=g) > 0.5).float(), (torch.rand(3, 4, generator=g) > 0.5).float()
+    for kw in ({}, {"include_background": False, "ignore_empty": False}):
+        _same(M.compute_dice(p, y, **kw), _monai(mm.compute_dice, p, y, **kw))
+    p6, y6 = (torch.rand(2, 2, 3, 4, 3, 2, generator=g) > 0.5).float(), (torch.rand(2, 2, 3, 4, 3, 2, generator=g) > 0.5).float()
+    _same(M.compute_dice(p6, y6), _monai(mm.compute_dice, p6, y6))
+    p, y = _pair((8, 9), seed=29)
+    ours, theirs = M.DiceMetric(reduction="none"), mm.DiceMetric(reduction="none")
+    _same(ours(list(p), y), _monai(theirs, list(p), y))
