@@ -3,15 +3,20 @@
 Cases, each with the same inputs for both providers (one-hot float32 maps ``(2, 9, n, n, n)`` of
 organ-like ellipsoids from ``bench_metrics.label_pair``, prediction = reference + smooth noise):
 
-- ``compute_dice`` and ``DiceMetric`` (one ``__call__`` + ``aggregate()``), on the channels-last layout
-  that ``one_hot(...).movedim(-1, 1)`` gives and on contiguous maps;
+- ``compute_dice`` and ``DiceMetric`` (one ``__call__`` + ``aggregate()`` of a new object), on the
+  channels-last layout that ``one_hot(...).movedim(-1, 1)`` gives and on contiguous maps;
 - ``compute_hausdorff_distance(percentile=95)`` / ``HausdorffDistanceMetric``,
-  ``compute_surface_dice([1.0] * 8)`` / ``SurfaceDiceMetric``,
-  ``compute_average_surface_distance(symmetric=True)`` / ``SurfaceDistanceMetric`` (contiguous maps).
+  ``compute_surface_dice([1.0] * 8)`` / ``SurfaceDiceMetric`` (voxel borders, and surface elements with
+  ``use_subvoxels=True``), ``compute_average_surface_distance(symmetric=True)`` /
+  ``SurfaceDistanceMetric`` (contiguous maps).
 
-The providers run alternately, one call each per round (this 2-core machine is shared, so its load
-changes during a run): each row's median, p20 and p80 are over the rounds, and ``speedup`` is the
-median of the per-round ratios MONAI / fastloss. Results are checked to agree before timing.
+A function and the class that wraps it are timed together: each round calls all four (fastloss and
+MONAI, function and class) back to back in a rotating order, since this 2-core machine is shared and its
+load changes during a run (the rows of run 20261129T201723-b3b45c timed the Dice function and class nine
+rounds apart and so put a 10x load swing between them). Each row's median, p20 and p80 are over the
+rounds; ``speedup`` is the median of the per-round ratios MONAI / fastloss; class rows carry
+``class_over_function``, the median per-round ratio class / function of the same provider. Results are
+checked to agree before timing.
 
     python benchmarks/bench_monai_metrics.py              # n = 128, 2 threads; rows to results/local/
     python benchmarks/bench_monai_metrics.py --n 64 --record   # rows to the committed results/
@@ -39,42 +44,45 @@ import fastloss.metrics as fm  # noqa: E402
 CSV = "monai_metrics.csv"
 
 
-def _cases(y, p):
-    """(case, layout, fastloss fn, MONAI fn) for the maps y (reference) and p (prediction)."""
+def _groups(y, p):
+    """(function case, class case, layout, {(kind, provider): callable}) for the maps y (reference) and p
+    (prediction); kind is "function" or "class" (one ``__call__`` + ``aggregate()`` of a new object)."""
     import monai.metrics as mm
 
     yc, pc = y.contiguous(), p.contiguous()
     tol = [1.0] * (y.shape[1] - 1)
 
-    def metric_call(cls_ours, cls_theirs, a, b, *args, **kw):
-        def run(cls):
-            def f():
-                m = cls(*args, **kw)
+    def group(fn_case, cls_case, layout, fn_name, cls_name, a, b, args=(), fn_kw=None, cls_kw=None):
+        calls = {}
+        for provider, lib in (("fastloss", fm), ("monai", mm)):
+            fn, cls = getattr(lib, fn_name), getattr(lib, cls_name)
+
+            def f(fn=fn):
+                return fn(a, b, *args, **(fn_kw or {}))
+
+            def c(cls=cls):
+                m = cls(*args, **(cls_kw or {}))
                 m(a, b)
                 return m.aggregate()
 
-            return f
-
-        return run(cls_ours), run(cls_theirs)
+            calls[("function", provider)], calls[("class", provider)] = f, c
+        return fn_case, cls_case, layout, calls
 
     out = []
     for layout, a, b in (("channels_last", p, y), ("contiguous", pc, yc)):
-        out.append(("compute_dice", layout, lambda a=a, b=b: fm.compute_dice(a, b), lambda a=a, b=b: mm.compute_dice(a, b)))
-        out.append(("DiceMetric", layout, *metric_call(fm.DiceMetric, mm.DiceMetric, a, b, reduction="mean_batch")))
+        out.append(group("compute_dice", "DiceMetric", layout, "compute_dice", "DiceMetric", a, b))
     out += [
-        ("compute_hausdorff_distance(p95)", "contiguous",
-         lambda: fm.compute_hausdorff_distance(pc, yc, percentile=95),
-         lambda: mm.compute_hausdorff_distance(pc, yc, percentile=95)),
-        ("HausdorffDistanceMetric(p95)", "contiguous",
-         *metric_call(fm.HausdorffDistanceMetric, mm.HausdorffDistanceMetric, pc, yc, percentile=95)),
-        ("compute_surface_dice(1.0)", "contiguous",
-         lambda: fm.compute_surface_dice(pc, yc, tol), lambda: mm.compute_surface_dice(pc, yc, tol)),
-        ("SurfaceDiceMetric(1.0)", "contiguous", *metric_call(fm.SurfaceDiceMetric, mm.SurfaceDiceMetric, pc, yc, tol)),
-        ("compute_average_surface_distance(sym)", "contiguous",
-         lambda: fm.compute_average_surface_distance(pc, yc, symmetric=True),
-         lambda: mm.compute_average_surface_distance(pc, yc, symmetric=True)),
-        ("SurfaceDistanceMetric(sym)", "contiguous",
-         *metric_call(fm.SurfaceDistanceMetric, mm.SurfaceDistanceMetric, pc, yc, symmetric=True)),
+        group("compute_hausdorff_distance(p95)", "HausdorffDistanceMetric(p95)", "contiguous",
+              "compute_hausdorff_distance", "HausdorffDistanceMetric", pc, yc,
+              fn_kw={"percentile": 95}, cls_kw={"percentile": 95}),
+        group("compute_surface_dice(1.0)", "SurfaceDiceMetric(1.0)", "contiguous",
+              "compute_surface_dice", "SurfaceDiceMetric", pc, yc, args=(tol,)),
+        group("compute_surface_dice(1.0, subvoxels)", "SurfaceDiceMetric(1.0, subvoxels)", "contiguous",
+              "compute_surface_dice", "SurfaceDiceMetric", pc, yc, args=(tol,),
+              fn_kw={"use_subvoxels": True}, cls_kw={"use_subvoxels": True}),
+        group("compute_average_surface_distance(sym)", "SurfaceDistanceMetric(sym)", "contiguous",
+              "compute_average_surface_distance", "SurfaceDistanceMetric", pc, yc,
+              fn_kw={"symmetric": True}, cls_kw={"symmetric": True}),
     ]
     return out
 
@@ -89,31 +97,47 @@ def run(n: int, rounds: int, slow_rounds: int, only=None) -> list[dict]:
     y, p = label_pair(n)
     B, C = y.shape[:2]
     rows = []
-    for case, layout, ours, theirs in _cases(y, p):
-        if only and not any(o in case for o in only):
+    for fn_case, cls_case, layout, calls in _groups(y, p):
+        if only and not any(o in fn_case or o in cls_case for o in only):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            a, b = ours(), theirs()  # warm-up, and the check that both agree
-            torch.testing.assert_close(torch.as_tensor(a).float(), torch.as_tensor(b).float(), rtol=1e-4, atol=1e-5,
-                                       equal_nan=True)
-            r = rounds if "ice" in case and "urface" not in case else slow_rounds  # dice cases are cheap
-            t_ours, t_theirs = [], []
-            for _ in range(r):  # alternate the providers so that both see the same load
-                t_ours.append(common.time_wall(ours, "cpu", reps=1, warmup=0)["median_ms"])
-                t_theirs.append(common.time_wall(theirs, "cpu", reps=1, warmup=0)["median_ms"])
-        speedup = statistics.median(m / o for m, o in zip(t_theirs, t_ours))
-        for provider, t in (("fastloss", t_ours), ("monai", t_theirs)):
-            med, p20, p80 = _summary(t)
-            row = {
-                "bench": "monai_metrics", "case": case, "shape": f"{B}x{C}x{n}x{n}x{n}", "layout": layout,
-                "provider": provider, "threads": torch.get_num_threads(), "median_ms": round(med, 3),
-                "p20_ms": round(p20, 3), "p80_ms": round(p80, 3), "reps": len(t),
-                "speedup_vs_monai": round(speedup, 3) if provider == "fastloss" else 1.0,
-            }
-            rows.append(common.stamp(row, "cpu"))
-        print(f"{case:40s} {layout:14s} fastloss {statistics.median(t_ours):9.1f} ms   MONAI "
-              f"{statistics.median(t_theirs):9.1f} ms   speed-up {speedup:6.2f}x (median of {r} rounds)", flush=True)
+            results = {key: f() for key, f in calls.items()}  # warm-up, and the check that all four agree
+            for key, res in results.items():
+                torch.testing.assert_close(torch.as_tensor(res).float().reshape(-1),
+                                           torch.as_tensor(results[("class", "monai")]).float().reshape(-1)
+                                           if key[0] == "class" else
+                                           torch.as_tensor(results[("function", "monai")]).float().reshape(-1),
+                                           rtol=1e-4, atol=1e-5, equal_nan=True)
+            r = rounds if fn_case == "compute_dice" else slow_rounds  # the Dice cases are cheap
+            # One round times all four callables back to back, in a rotating order, so that a change of
+            # the machine's load hits the function and the class (and both providers) alike.
+            times = {key: [] for key in calls}
+            keys = list(calls)
+            for i in range(r):
+                for key in keys[i % 4 :] + keys[: i % 4]:
+                    times[key].append(common.time_wall(calls[key], "cpu", reps=1, warmup=0)["median_ms"])
+        for kind, case in (("function", fn_case), ("class", cls_case)):
+            ours, theirs = times[(kind, "fastloss")], times[(kind, "monai")]
+            speedup = statistics.median(m / o for m, o in zip(theirs, ours))
+            for provider, t in (("fastloss", ours), ("monai", theirs)):
+                med, p20, p80 = _summary(t)
+                row = {
+                    "bench": "monai_metrics", "case": case, "shape": f"{B}x{C}x{n}x{n}x{n}", "layout": layout,
+                    "provider": provider, "threads": torch.get_num_threads(), "median_ms": round(med, 3),
+                    "p20_ms": round(p20, 3), "p80_ms": round(p80, 3), "reps": len(t),
+                    "speedup_vs_monai": round(speedup, 3) if provider == "fastloss" else 1.0,
+                }
+                if kind == "class":  # the class against the function it wraps, same provider, same rounds
+                    fn_t = times[("function", provider)]
+                    row["class_over_function"] = round(statistics.median(c / f for c, f in zip(t, fn_t)), 3)
+                rows.append(common.stamp(row, "cpu"))
+            extra = ""
+            if kind == "class":
+                extra = f"   class/function {rows[-2]['class_over_function']:.2f} (MONAI {rows[-1]['class_over_function']:.2f})"
+            print(f"{case:40s} {layout:14s} fastloss {statistics.median(ours):9.1f} ms   MONAI "
+                  f"{statistics.median(theirs):9.1f} ms   speed-up {speedup:6.2f}x{extra} (median of {r} rounds)",
+                  flush=True)
     return rows
 
 
