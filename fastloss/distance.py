@@ -470,12 +470,14 @@ def cdt(mask: Array, metric: str = "chessboard", *, spatial_dims: Optional[int] 
     """Exact chessboard (L∞) or taxicab (L1) distance transform: for each non-zero voxel the number of
     steps to the nearest zero voxel, in grid units (spacing plays no part, as in MONAI).
 
-    Both metrics are separable, so three 1D passes give the exact answer (as :func:`edt`'s passes do for
-    the squared Euclidean distance): along axis k, ``h(i) = min_j f(j) ⊕ |i - j|`` with ``⊕`` the sum
+    Both metrics are separable, so one 1D pass per axis gives the exact answer (as :func:`edt`'s passes do
+    for the squared Euclidean distance): along axis k, ``h(i) = min_j f(j) ⊕ |i - j|`` with ``⊕`` the sum
     (taxicab) or the maximum (chessboard), ``f`` the previous pass, 0 at zero voxels and ``inf`` elsewhere
-    before the first. The taxicab pass is two running minima, ``i + cummin_j≤i(f(j) − j)`` and its mirror;
-    the chessboard pass tries the offsets ``d = 1, 2, ...`` while some ``h`` still exceeds ``d`` (a
-    neighbour ``d`` away can only help a voxel whose distance exceeds ``d``).
+    before the first (where both metrics give the distance along the line). The sum pass doubles its
+    reach: ``h(i) = min(h(i), h(i ∓ s) + s)`` for ``s = 1, 2, 4, ...`` (``log2 n`` steps over the whole
+    tensor, in place). The maximum pass tries the offsets ``d = 1, 2, ...`` on the lines that still hold
+    a value above ``d`` (a neighbour ``d`` away can only help a voxel whose distance exceeds ``d``); lines
+    that are done leave the working set every 8 offsets.
 
     Args:
         mask: torch tensor or numpy array; non-zero is foreground. The last ``spatial_dims`` dims are
@@ -504,35 +506,59 @@ def cdt(mask: Array, metric: str = "chessboard", *, spatial_dims: Optional[int] 
     m, was_numpy = _as_tensor(mask)
     inf = float("inf")
     f = torch.where(m != 0, torch.full((), inf, device=m.device), torch.zeros((), device=m.device))
-    for axis in range(m.ndim - sd, m.ndim):
-        f = f.movedim(axis, -1)
-        f = _taxicab_pass(f) if metric == "taxicab" else _chessboard_pass(f)
-        f = f.movedim(-1, axis)
+    for k, axis in enumerate(range(m.ndim - sd, m.ndim)):
+        # the first pass sees only 0 and inf: both metrics are the distance along the line there
+        f = _taxicab_pass(f, axis) if metric == "taxicab" or k == 0 else _chessboard_pass(f, axis)
     f = f.contiguous()
     return f.numpy() if was_numpy else f
 
 
-def _taxicab_pass(f: torch.Tensor) -> torch.Tensor:
-    """``min_j f(j) + |i − j|`` along the last axis: ``i + cummin(f − j)`` from the left, the mirror from
-    the right (float32 holds every grid distance exactly; ``inf`` stays ``inf``)."""
-    n = f.shape[-1]
-    idx = torch.arange(n, dtype=f.dtype, device=f.device)
-    left = torch.cummin(f - idx, dim=-1).values + idx
-    right = torch.cummin((f + idx).flip(-1), dim=-1).values.flip(-1) - idx
-    return torch.minimum(left, right)
-
-
-def _chessboard_pass(f: torch.Tensor) -> torch.Tensor:
-    """``min_j max(f(j), |i − j|)`` along the last axis, by offsets ``d`` while any value exceeds ``d``."""
-    n = f.shape[-1]
+def _taxicab_pass(f: torch.Tensor, axis: int) -> torch.Tensor:
+    """``min_j f(j) + |i − j|`` along ``axis``, by doubling: after the shifts ``s = 1, 2, ..., 2^k`` (each
+    from both sides, ``h(i) = min(h(i), h(i ∓ s) + s)`` with ``h(i ∓ s)`` read before the step) every voxel
+    has seen each ``j`` within ``2^(k+1) − 1``, with the cost ``|i − j|`` summed along the way; extra
+    candidates that a step picks up are costs of real paths, so never below the answer. Float32 holds
+    every grid distance exactly; ``inf`` stays ``inf``."""
+    n = f.shape[axis]
     h = f.clone()
-    has_zero = torch.isfinite(f).any(-1, keepdim=True)  # lines with nothing to reach stay inf
-    for d in range(1, n):
-        if not bool(((h > d) & has_zero).any()):
-            break
-        # neighbours d to the left and to the right: max(f(j), d)
-        cand = torch.full_like(h, float("inf"))
-        cand[..., d:] = f[..., :-d]
-        cand[..., :-d] = torch.minimum(cand[..., :-d], f[..., d:])
-        h = torch.minimum(h, cand.clamp_min(d))
+    tmp = torch.empty_like(h)
+    s = 1
+    while s < n:
+        for dst, src in ((s, 0), (0, s)):  # from the left, then from the right
+            t = tmp.narrow(axis, 0, n - s)
+            torch.add(h.narrow(axis, src, n - s), s, out=t)
+            h.narrow(axis, dst, n - s).clamp_max_(t)
+        s *= 2
     return h
+
+
+def _chessboard_pass(f: torch.Tensor, axis: int) -> torch.Tensor:
+    """``min_j max(f(j), |i − j|)`` along ``axis``: the offsets ``d = 1, 2, ...`` on the lines that can
+    still change. A line changes at offset ``d`` only while it holds a value above ``d`` (``inf``
+    included) and a finite ``f``; every 8 offsets the lines that are done leave the working set."""
+    n = f.shape[axis]
+    shape = f.movedim(axis, -1).shape
+    lines = f.movedim(axis, -1).reshape(-1, n).contiguous()  # (L, n), one row per line
+    out = lines.clone()
+    fa, ha = lines, out  # the working set: all lines, then the rows ``active`` of them
+    active = None
+    tmp = torch.empty_like(fa)
+    for d in range(1, n):
+        if d % 8 == 1:
+            keep = (ha.amax(1) > d) & torch.isfinite(fa).any(1)
+            if not bool(keep.all()):
+                idx = keep.nonzero()[:, 0]
+                if active is not None:
+                    out[active] = ha
+                active = idx if active is None else active[idx]
+                fa, ha = fa[idx], ha[idx]
+                tmp = tmp[: fa.shape[0]]
+                if fa.shape[0] == 0:
+                    break
+        for dst, src in ((d, 0), (0, d)):  # the neighbour d to the left, then to the right
+            t = tmp[:, : n - d]
+            torch.clamp_min(fa[:, src : src + n - d], d, out=t)
+            ha[:, dst : dst + n - d].clamp_max_(t)
+    if active is not None:
+        out[active] = ha
+    return out.view(shape).movedim(-1, axis)

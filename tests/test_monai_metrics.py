@@ -579,3 +579,22 @@ def test_compute_dice_takes_what_monai_takes():
     p, y = _pair((8, 9), seed=29)
     ours, theirs = M.DiceMetric(reduction="none"), mm.DiceMetric(reduction="none")
     _same(ours(list(p), y), _monai(theirs, list(p), y))
+
+
+@pytest.mark.parametrize("metric", ["chessboard", "taxicab"])
+def test_cdt_far_zeros_match_scipy(metric):
+    """Distances far above the 8 offsets after which the chessboard pass drops finished lines, lines that
+    hold inf next to finite values (one zero voxel per volume), thin shells (a surface's border)."""
+    from fastloss.distance import cdt
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    one = np.ones((3, 41, 37), dtype=bool)
+    one[0, 0, 0] = one[1, 40, 18] = one[2, 20, 36] = False  # one zero each, in a corner, on an edge, a side
+    want = np.stack([ndimage.distance_transform_cdt(v, metric=metric) for v in one])
+    np.testing.assert_array_equal(cdt(one, metric, spatial_dims=2), want)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in (30, 34, 28)], indexing="ij")
+    r = np.sqrt((zz - 12.0) ** 2 + ((yy - 20.0) / 1.5) ** 2 + (xx - 10.0) ** 2)
+    shell = ~((r > 5) & (r < 6.5))  # zero on a thin ellipsoidal shell, far from most of the volume
+    want = ndimage.distance_transform_cdt(shell, metric=metric)
+    assert want.max() > 12  # well past the first working-set update
+    np.testing.assert_array_equal(cdt(torch.from_numpy(shell), metric).numpy(), want.astype(np.float32))
