@@ -1530,7 +1530,8 @@ class HausdorffDistanceMetric(_CumulativeMetric):
 
 
 class SurfaceDiceMetric(_CumulativeMetric):
-    """``monai.metrics.SurfaceDiceMetric``: :func:`compute_surface_dice` per batch, accumulated.
+    """``monai.metrics.SurfaceDiceMetric``: :func:`compute_surface_dice` per batch, accumulated
+    (``use_subvoxels=True``: the area-weighted NSD on surface elements; ``spacing`` goes to ``__call__``).
 
     Example:
         >>> p = torch.zeros(1, 2, 6, 6); p[0, 1, 1:4, 1:4] = 1
