@@ -23,7 +23,16 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 class ShapeMismatchError(ValueError, AssertionError):
     """A target whose shape does not match the input: a ``ValueError``, and an ``AssertionError`` too,
-    because MONAI's losses ``assert`` there, so code written to catch either keeps working."""
+    because MONAI's losses ``assert`` there, so code written to catch either keeps working. The message
+    starts with MONAI's words ("input and target shapes do not match")."""
+
+
+class FloatLabelsError(ShapeMismatchError, TypeError):
+    """A one-channel float target (a label map loaded as floats) without ``to_onehot_y=True``: a
+    ``TypeError`` to us (labels must be integers), and to MONAI, which compares shapes before looking at
+    dtypes, a target of the wrong shape (its region losses ``assert``, its ``FocalLoss`` raises
+    ``ValueError``): so it is all three."""
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -212,12 +221,13 @@ def prepare_target(
         labels = target.reshape(B, N)
     else:
         raise ShapeMismatchError(
-            f"{name} must be labels of shape {(B, 1) + spatial} or {(B,) + spatial}, or one-hot/soft of shape "
-            f"{(B, C) + spatial}, to match input of shape {tuple(input.shape)}; got {tuple(target.shape)}"
+            f"input and target shapes do not match: {name} must be labels of shape {(B, 1) + spatial} or "
+            f"{(B,) + spatial}, or one-hot/soft of shape {(B, C) + spatial}, to match input of shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)}"
         )
     if is_float:
         if not to_onehot_y:
-            raise TypeError(
+            raise FloatLabelsError(
                 f"{name} holds labels (one channel) but has float dtype {target.dtype}: expected integer labels "
                 f"(torch.long), or to_onehot_y=True to convert integral float labels, or a one-hot target "
                 f"of shape {(B, C) + spatial}"

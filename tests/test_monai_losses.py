@@ -193,3 +193,33 @@ def test_masked_dice_traces_fullgraph_with_a_mask():
     loss = MaskedDiceLoss(softmax=True, to_onehot_y=True)
     compiled = torch.compile(loss, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, y, m), loss(x, y, m))
+
+
+# --------------------------------------------------------------------------------- MONAI's exception types
+def test_focal_float_target_of_the_wrong_shape_is_monai_s_value_error():
+    """MONAI's test_focal_loss.test_ill_shape: (1, 2, 3) logits with a (1, 3) float target -> ValueError.
+    To us a one-channel float target is float labels without to_onehot_y: a TypeError as before, and now
+    also MONAI's ValueError (and AssertionError, as its region losses raise)."""
+    x, y = torch.ones((1, 2, 3)), torch.ones((1, 3))
+    with pytest.raises(ValueError):
+        monai_losses.FocalLoss(reduction="mean")(x, y)
+    for exc in (ValueError, TypeError, AssertionError):
+        with pytest.raises(exc, match="float dtype"):
+            fastloss.FocalLoss(reduction="mean")(x, y)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "TverskyLoss", "DiceCELoss", "DiceFocalLoss"])
+def test_float_labels_without_to_onehot_y_assert_as_monai(name):
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 1, 4, 4)).float()
+    with pytest.raises(AssertionError):
+        getattr(monai_losses, name)(softmax=True)(x, y)
+    with pytest.raises(AssertionError, match="float dtype"):
+        getattr(fastloss, name)(softmax=True)(x, y)
+
+
+def test_shape_mismatch_message_has_monai_s_words():
+    """MONAI's BoundaryLoss test matches "shapes do not match" in the AssertionError."""
+    x, y = torch.ones((1, 1, 2, 3)), torch.ones((1, 4, 5, 6))
+    for loss in (monai_losses.BoundaryLoss(), fastloss.BoundaryLoss(), fastloss.DiceLoss()):
+        with pytest.raises(AssertionError, match="shapes do not match"):
+            loss(x, y)
