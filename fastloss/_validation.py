@@ -47,15 +47,19 @@ def label_checks_enabled() -> bool:
     return os.environ.get("FASTLOSS_CHECK_LABELS", "1") != "0" and not _is_compiling()
 
 
-def check_logits(input: torch.Tensor, name: str = "input") -> None:
-    """``input`` must be a floating tensor ``(B, C, *spatial)`` with 1 to 3 spatial dims, non-empty."""
+def check_logits(input: torch.Tensor, name: str = "input", *, allow_flat: bool = False) -> None:
+    """``input`` must be a floating tensor ``(B, C, *spatial)`` with 1 to 3 spatial dims, non-empty.
+
+    ``allow_flat``: ``(B, C)`` (no spatial dim, classification) is accepted too; the losses whose MONAI
+    namesakes take it (Dice, Tversky, Focal, DiceCE, DiceFocal) pass it."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, *spatial), got {type(input).__name__}")
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 logits, got dtype {input.dtype}")
-    if input.ndim not in (3, 4, 5):
+    if input.ndim not in ((2, 3, 4, 5) if allow_flat else (3, 4, 5)):
+        also = " or (B, C) without spatial dims" if allow_flat else ""
         raise ValueError(
-            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims (3 to 5 dims in all), "
+            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims (3 to 5 dims in all){also}, "
             f"got {input.ndim} dims: shape {tuple(input.shape)}"
         )
     if input.numel() == 0:

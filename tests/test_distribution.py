@@ -545,8 +545,11 @@ def test_bad_forward_inputs(cls, edt_available):
         cls()(x, torch.full((1, 1, 4, 4), -1))  # negative label
     with pytest.raises(ValueError, match="shape"):
         cls()(x, torch.zeros(1, 1, 4, 5, dtype=torch.long))
+    if cls in (TopKLoss, DistancePenalizedCELoss):  # CE and Focal take (B, C) logits (MONAI's Focal, torch's CE)
+        with pytest.raises(ValueError, match="dims"):
+            cls()(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="dims"):
-        cls()(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+        cls()(torch.randn(1, 3, 2, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         cls()(torch.randn(0, 3, 4), torch.zeros(0, 1, 4, dtype=torch.long))
 

@@ -195,6 +195,132 @@ def test_masked_dice_traces_fullgraph_with_a_mask():
     torch.testing.assert_close(compiled(x, y, m), loss(x, y, m))
 
 
+# ------------------------------------------------------------------ (B, C) inputs: no spatial dims, as MONAI
+# MONAI's Dice and Tversky losses sum over ``range(2, ndim)``, an empty list for a (B, C) input, and
+# torch.sum(x, dim=[]) sums over every dim: one pooled ratio over batch and classes (per class with batch=True);
+# its FocalLoss "sum" takes the mean over that empty list, i.e. over everything. Values, shapes and gradients
+# are compared with MONAI's on the same float64 data, on the torch backend and the Triton one (interpreter).
+def _flat(B=6, C=3, seed=11, onehot=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (B, 1), generator=g)
+    if onehot:
+        y = torch.nn.functional.one_hot(y[:, 0], C).double()
+    return x, y
+
+
+FLAT_CASES = [
+    ("DiceLoss", dict(softmax=True)),
+    ("DiceLoss", dict(softmax=True, to_onehot_y=True)),
+    ("DiceLoss", dict(sigmoid=True, reduction="none")),
+    ("DiceLoss", dict(softmax=True, batch=True, reduction="none")),
+    ("DiceLoss", dict(softmax=True, include_background=False, weight=[1.0, 3.0], reduction="none")),
+    ("DiceLoss", dict(softmax=True, weight=[0.5, 1.0, 2.0])),
+    ("DiceLoss", dict(softmax=True, weight=[0.5, 1.0, 2.0], reduction="sum")),
+    ("DiceLoss", dict(sigmoid=True, batch=True, weight=[0.5, 1.0, 2.0], reduction="sum")),
+    ("DiceLoss", dict(softmax=True, squared_pred=True, reduction="sum")),
+    ("DiceLoss", dict(softmax=True, jaccard=True, include_background=False)),
+    ("DiceLoss", dict(other_act=torch.tanh, soft_label=True, reduction="none")),
+    ("DiceLoss", dict(softmax=True, to_onehot_y=True, ignore_index=1, reduction="sum")),
+    ("TverskyLoss", dict(softmax=True, alpha=0.3, beta=0.7)),
+    ("TverskyLoss", dict(sigmoid=True, reduction="none")),
+    ("TverskyLoss", dict(softmax=True, batch=True, reduction="none", include_background=False)),
+    ("TverskyLoss", dict(softmax=True, to_onehot_y=True, reduction="sum")),
+    ("DiceCELoss", dict(softmax=True)),
+    ("DiceCELoss", dict(softmax=True, to_onehot_y=True, reduction="sum", batch=True)),
+    ("DiceCELoss", dict(sigmoid=True, include_background=False, lambda_ce=0.5)),
+]
+FLAT_CASES_F32 = [  # MONAI's focal term computes in float32 whatever the input dtype: float32 agreement
+    ("FocalLoss", dict()),
+    ("FocalLoss", dict(reduction="none")),
+    ("FocalLoss", dict(reduction="sum")),
+    ("FocalLoss", dict(use_softmax=True, to_onehot_y=True, reduction="sum")),
+    ("FocalLoss", dict(use_softmax=True, include_background=False, alpha=0.25, weight=2.0)),
+    ("FocalLoss", dict(alpha=[0.2, 0.5, 0.9], weight=[1.0, 2.0, 0.5], reduction="sum")),
+    ("FocalLoss", dict(to_onehot_y=True, ignore_index=2, reduction="sum")),
+    ("DiceFocalLoss", dict(softmax=True)),
+    ("DiceFocalLoss", dict(softmax=True, reduction="none")),
+    ("DiceFocalLoss", dict(sigmoid=True, batch=True, reduction="none", gamma=1.5)),
+    ("DiceFocalLoss", dict(softmax=True, to_onehot_y=True, reduction="sum", weight=[0.5, 1.0, 2.0])),
+]
+
+
+# "auto" on CPU tensors is the compiled C++ statistics (float64 included); the Triton kernels take float32
+# and below (float64 goes to torch), so test_flat_inputs_triton_kernels runs them in float32
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("name, kw", FLAT_CASES + FLAT_CASES_F32, ids=lambda v: v if isinstance(v, str) else None)
+def test_flat_inputs_match_monai(name, kw, backend, monkeypatch):
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+    x, y = _flat(onehot=not kw.get("to_onehot_y", False))
+    tol = F32 if (name, kw) in FLAT_CASES_F32 else {}
+    ours, theirs = getattr(fastloss, name)(**kw), getattr(monai_losses, name)(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours(x, y).shape == theirs(x, y).shape  # reduction="none" shapes too: () / (C,) / (B, C)
+    _compare(ours, theirs, x, y, **tol)
+
+
+@pytest.mark.parametrize("name, kw", FLAT_CASES + FLAT_CASES_F32, ids=lambda v: v if isinstance(v, str) else None)
+def test_flat_inputs_triton_kernels(name, kw, triton_backend, monkeypatch):
+    """float32 through the Triton statistics kernel (interpreter), which must run, against MONAI in float32."""
+    from fastloss.ops import triton_stats
+
+    calls = []
+    kernel = triton_stats.class_stats_triton
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(triton_stats, "class_stats_triton", counted)
+    x, y = _flat(onehot=not kw.get("to_onehot_y", False))
+    x, y = x.float(), (y.float() if y.is_floating_point() else y)
+    _compare(getattr(fastloss, name)(**kw), getattr(monai_losses, name)(**kw), x, y, rtol=1e-5, atol=1e-6)
+    elementwise = name == "FocalLoss" and (kw.get("reduction") == "none" or isinstance(kw.get("alpha"), list))
+    if not elementwise:  # per-voxel focal maps (reduction="none", sigmoid alpha sequences) need no class sums
+        assert calls, "the Triton statistics kernel did not run"
+
+
+def test_flat_pooling_is_monai_s_not_per_item():
+    """The trap: MONAI's (B, C) Dice is one ratio pooled over batch and classes, not the mean of B·C ratios."""
+    x, y = _flat()
+    pooled = fastloss.DiceLoss(softmax=True)(x, y)
+    per_item = fastloss.DiceLoss(softmax=True, reduction="none")(x.unsqueeze(-1), y.unsqueeze(-1)).mean()
+    assert not torch.allclose(pooled, per_item)
+    torch.testing.assert_close(pooled, monai_losses.DiceLoss(softmax=True)(x, y))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        fastloss.DiceLoss(softmax=True, weight=[0.5, 1.0, 2.0]),
+        fastloss.DiceLoss(sigmoid=True, batch=True, reduction="sum"),
+        fastloss.DiceLoss(softmax=True, soft_label=True, squared_pred=True),
+        fastloss.TverskyLoss(softmax=True, alpha=0.3, beta=0.7),
+        fastloss.FocalLoss(reduction="sum", alpha=0.25),
+        fastloss.FocalLoss(use_softmax=True, reduction="none"),
+        fastloss.DiceCELoss(softmax=True),
+        fastloss.DiceFocalLoss(softmax=True, reduction="none"),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_flat_gradcheck(loss):
+    x, y = _flat(B=4, seed=12)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: loss(t, y).sum(), (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["GeneralizedDiceLoss", "HausdorffDTLoss", "BoundaryLoss", "LogHausdorffDTLoss"])
+def test_flat_inputs_refused_where_monai_refuses(name):
+    x, y = _flat()
+    with pytest.raises(Exception):  # MONAI: IndexError (GeneralizedDice) or ValueError (distance losses)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            getattr(monai_losses, name)(softmax=True)(x, y)
+    with pytest.raises(ValueError, match="spatial dims"):
+        getattr(fastloss, name)(softmax=True)(x, y)
+
+
 # --------------------------------------------------------------------------------- MONAI's exception types
 def test_focal_float_target_of_the_wrong_shape_is_monai_s_value_error():
     """MONAI's test_focal_loss.test_ill_shape: (1, 2, 3) logits with a (1, 3) float target -> ValueError.

@@ -46,8 +46,10 @@ __all__ = [
     "flatten_spatial",
     "functional_form",
     "fused_formula",
+    "pool_flat",
     "prepare_inputs",
     "reduce_loss",
+    "reduce_pooled",
     "resolve_activation",
     "select_classes",
     "sum_batch",
@@ -116,14 +118,22 @@ class Prepared:
     """What :func:`prepare_inputs` returns.
 
     ``input``: the tensor to hand to ``class_stats`` (the logits, or ``other_act`` of them in the compute
-    dtype); ``target``: the normalised :class:`fastloss._validation.Target`; ``activation``: the
-    ``StatsSpec`` activation; ``spatial_ndim``: number of spatial dims (for ``reduction="none"`` shapes).
+    dtype; ``(B, C, 1)`` for a ``(B, C)`` input); ``target``: the normalised
+    :class:`fastloss._validation.Target`; ``activation``: the ``StatsSpec`` activation; ``spatial_ndim``:
+    number of spatial dims (for ``reduction="none"`` shapes; 0 for a ``(B, C)`` input, see :attr:`flat`).
     """
 
     input: torch.Tensor
     target: Target
     activation: str
     spatial_ndim: int
+
+    @property
+    def flat(self) -> bool:
+        """A ``(B, C)`` input without spatial dims (classification). MONAI's Dice and Tversky losses then
+        sum over the empty list of spatial dims, which ``torch.sum(x, dim=[])`` reads as *all* dims: one
+        pooled ratio over batch and classes (with ``batch=True``, one per class); see :func:`pool_flat`."""
+        return self.spatial_ndim == 0
 
 
 def prepare_inputs(
@@ -135,11 +145,16 @@ def prepare_inputs(
     to_onehot_y: bool = False,
     ignore_index: Optional[int] = None,
     multiclass: Optional[str] = None,
+    allow_flat: bool = False,
 ) -> Prepared:
     """Validate ``input``/``target`` and resolve the activation, as MONAI's region losses do.
 
     ``multiclass``: the name of a loss that takes a softmax over classes and so needs ``C >= 2``
     (checked before the target is looked at).
+
+    ``allow_flat``: accept ``(B, C)`` inputs (no spatial dim), as MONAI's Dice, Tversky and Focal losses do;
+    targets are then ``(B, C)`` one-hot/soft or ``(B, 1)``/``(B,)`` labels, and the returned ``input`` is
+    ``(B, C, 1)`` (one voxel) with ``spatial_ndim == 0``, so the statistics run unchanged.
 
     ``activation`` is :func:`fastloss._validation.check_activation`'s answer (``sigmoid``/``softmax``/
     ``other``/``none``). ``other_act`` is applied to the input (cast to the compute dtype) and the statistics
@@ -150,7 +165,7 @@ def prepare_inputs(
         TypeError/ValueError: bad logits or target (see ``check_logits`` / ``prepare_target``), or an
             ``other_act`` that changes the shape.
     """
-    check_logits(input)
+    check_logits(input, allow_flat=allow_flat)
     C = input.shape[1]
     if multiclass is not None and C < 2:
         raise ValueError(f"{multiclass} needs at least 2 channels (softmax over classes), got C={C}")
@@ -164,6 +179,8 @@ def prepare_inputs(
         if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(input.shape):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"other_act must keep the input's shape {tuple(input.shape)}, got {got}")
+    if input.ndim == 2:
+        x = x.unsqueeze(-1)  # one voxel per (batch, class): the Target is (B, N=1) already
     return Prepared(x, tgt, act, input.ndim - 2)
 
 
@@ -186,6 +203,32 @@ def select_classes(stats: torch.Tensor, include_background: bool, *, warn: bool 
 def sum_batch(stats: torch.Tensor, batch: bool) -> torch.Tensor:
     """MONAI's ``batch=True``: the sums over voxels become sums over batch and voxels, ``(B, C, K)`` -> ``(C, K)``."""
     return stats.sum(dim=0) if batch else stats
+
+
+def pool_flat(*terms: torch.Tensor, batch: bool):
+    """MONAI's sums for a ``(B, C)`` input (no spatial dims): its reduce-axis list is then empty without
+    ``batch``, and ``torch.sum(x, dim=[])`` sums over *every* dim, so each per-(batch, class) term (``tp``,
+    ``fp``, ``fn``: linear in the statistics, so summing them is summing the statistics) becomes one pooled
+    scalar; with ``batch=True`` MONAI reduces dim 0 only, which :func:`sum_batch` did already."""
+    if batch:
+        return terms
+    return tuple(t.sum() for t in terms)
+
+
+def reduce_pooled(f: torch.Tensor, weight: Optional[torch.Tensor], reduction: str) -> torch.Tensor:
+    """MONAI's weighting and reduction of the pooled scalar loss of a ``(B, C')`` input (:func:`pool_flat`),
+    ``f`` given as ``(C',)`` copies of the scalar (so the number of classes travels with it): a class weight
+    (when ``C' > 1``) turns the scalar into ``f·w``, ``(C',)``; ``"none"`` returns the scalar, or ``f·w``."""
+    weighted = weight is not None and f.shape[0] != 1
+    if weighted:
+        f = f * expand_class_weight(weight, f.shape[0]).to(device=f.device, dtype=f.dtype)
+    if reduction == "mean":
+        return f.mean()
+    if reduction == "sum":
+        return f.sum() if weighted else f[0]
+    if reduction == "none":
+        return f if weighted else f[0]
+    raise ValueError(f'Unsupported reduction: {reduction}, available options are ["mean", "sum", "none"].')
 
 
 def expand_class_weight(weight: Optional[torch.Tensor], num_classes: int) -> Optional[torch.Tensor]:
@@ -287,6 +330,10 @@ class LossBase(nn.Module):
                 weight = weight.to(torch.get_default_dtype())
         self.register_buffer("class_weight", weight)
 
+    # True in the losses whose MONAI namesakes take (B, C) inputs (Dice, Tversky): their formulas then pool
+    # the statistics as MONAI does (pool_flat); the others keep asking for spatial dims.
+    _accepts_flat = False
+
     def prepare(self, input: torch.Tensor, target: torch.Tensor) -> Prepared:
         """:func:`prepare_inputs` with this loss's flags."""
         return prepare_inputs(
@@ -296,6 +343,7 @@ class LossBase(nn.Module):
             other_act=self.other_act,
             to_onehot_y=self.to_onehot_y,
             ignore_index=self.ignore_index,
+            allow_flat=self._accepts_flat,
         )
 
     # Set by fastloss.distributed.sync_batch_statistics: with batch=True the summed statistics are
@@ -344,6 +392,8 @@ def fused_formula(name: str, loss, input, target):
     evaluates the formula and its derivative) when the Triton backend serves ``input`` and that function
     covers the loss's configuration; None otherwise, and the caller runs its torch formula."""
     if not isinstance(input, torch.Tensor) or not use_triton(input):
+        return None
+    if input.ndim == 2:  # (B, C): one voxel per class, MONAI's pooled formulas; the statistics path serves it
         return None
     if getattr(loss, "_ddp_sync", False):  # the statistics path all-reduces the sums; the fused one would not
         return None

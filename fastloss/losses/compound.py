@@ -168,7 +168,8 @@ class DiceCELoss(nn.Module):
     def bce(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One channel: ``BCEWithLogitsLoss(pos_weight=weight, reduction)`` on the counted voxels."""
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
+            allow_flat=True,  # (B, 1) logits, as MONAI's DiceCELoss
         )
         dt = compute_dtype(input)
         x = input.reshape(input.shape[0], 1, -1).to(dt)
@@ -193,7 +194,8 @@ class DiceCELoss(nn.Module):
         # torch: loss = (1 − ε)·CE + ε/C · Σ_c w_c (−log p_c) per voxel, over the same denominator as CE
         # (Σ_i w_{y_i} for weighted labels, the counted voxels otherwise); autograd differentiates it.
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index,
+            allow_flat=True,  # (B, C) logits, as MONAI's DiceCELoss
         )
         dt = compute_dtype(input)
         B, C = input.shape[:2]
@@ -554,7 +556,7 @@ class ExpLogLoss(LossBase):
 # ------------------------------------------------------------------------------------------------- DiceBD
 def _dice_part(include_background, to_onehot_y, sigmoid, softmax, other_act, squared_pred, smooth_nr, smooth_dr,
                batch, ignore_index) -> DiceLoss:
-    return DiceLoss(
+    dice = DiceLoss(
         include_background=include_background,
         to_onehot_y=to_onehot_y,
         sigmoid=sigmoid,
@@ -566,6 +568,9 @@ def _dice_part(include_background, to_onehot_y, sigmoid, softmax, other_act, squ
         batch=batch,
         ignore_index=ignore_index,
     )
+    # the distance-map partner needs spatial dims: refuse (B, C) inputs even while the Dice part runs alone
+    dice._accepts_flat = False
+    return dice
 
 
 def _check_steps(value, name: str, zero_ok: bool = False) -> Optional[int]:

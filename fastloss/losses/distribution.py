@@ -200,7 +200,12 @@ class CrossEntropyLoss(nn.Module):
         if fused is not None:
             return fused
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input,
+            target,
+            activation="none",
+            to_onehot_y=self.to_onehot_y,
+            ignore_index=self.ignore_index,
+            allow_flat=True,  # (B, C) logits with (B,) labels or (B, C) probabilities, as torch's CE
         )
         weight = self._weight_for(prep.target, input)
         return _cross_entropy(input, prep.target, weight, self.reduction, self.sigmoid)
@@ -216,6 +221,8 @@ def _cross_entropy(
 ) -> torch.Tensor:
     B, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
+    if not spatial:
+        input = input.unsqueeze(-1)  # (B, C): one voxel per item
     dt = compute_dtype(input)
     if reduction == "none":
         x = flatten_spatial(input)
@@ -619,7 +626,12 @@ class FocalLoss(nn.Module):
         if fused is not None:
             return fused
         prep = prepare_inputs(
-            input, target, activation="none", to_onehot_y=self.to_onehot_y, ignore_index=self.ignore_index
+            input,
+            target,
+            activation="none",
+            to_onehot_y=self.to_onehot_y,
+            ignore_index=self.ignore_index,
+            allow_flat=True,  # (B, C) as MONAI: one voxel per item, "sum" as MONAI's below
         )
         tgt = prep.target
         B, C = input.shape[:2]

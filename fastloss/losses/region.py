@@ -33,7 +33,9 @@ from ._common import (
     check_nonneg,
     functional_form,
     fused_formula,
+    pool_flat,
     reduce_loss,
+    reduce_pooled,
 )
 
 __all__ = [
@@ -200,14 +202,23 @@ class DiceLoss(_OverlapLoss):
         self.squared_pred = check_bool(squared_pred, "squared_pred")
         self.jaccard = check_bool(jaccard, "jaccard")
 
+    _accepts_flat = True  # (B, C) inputs, as MONAI's DiceLoss: see forward
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fused = fused_formula("fused_dice", self, input, target)
         if fused is not None:
             return fused
         tp, fp, fn, _, nsp = self.overlap_terms(input, target, squared=self.squared_pred)
+        pooled = nsp == 0 and not self.batch
+        if pooled:
+            # (B, C) input without batch=True: MONAI's sums over no spatial dim pool batch and classes
+            ncls = tp.shape[-1]
+            tp, fp, fn = pool_flat(tp, fp, fn, batch=False)
         # Dice: 2tp + fp + fn = Σp + Σg (or Σp² + Σg²); Jaccard: 2(tp + fp + fn) = 2·|union|.
         union = tp + fp + fn if self.jaccard else tp + 0.5 * (fp + fn)
         f = 1.0 - (2.0 * tp + self.smooth_nr) / (2.0 * union + self.smooth_dr)
+        if pooled:
+            return reduce_pooled(f.expand(ncls), self.class_weight, self.reduction)
         f = apply_class_weight(f, self.class_weight)
         return reduce_loss(f, self.reduction, nsp, broadcast=True)
 
@@ -350,11 +361,17 @@ class TverskyLoss(_TverskyFamily):
             soft_label=soft_label,
         )
 
+    _accepts_flat = True  # (B, C) inputs, as MONAI's TverskyLoss: see forward
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fused = fused_formula("fused_tversky", self, input, target)
         if fused is not None:
             return fused
-        f, nsp = self.per_class(input, target)
+        tp, fp, fn, _, nsp = self.overlap_terms(input, target)
+        if nsp == 0 and not self.batch:
+            # (B, C) input without batch=True: MONAI pools batch and classes into one Tversky index (pool_flat)
+            tp, fp, fn = pool_flat(tp, fp, fn, batch=False)
+        f = 1.0 - _tversky_index(tp, fp, fn, self.alpha, self.beta, self.smooth_nr, self.smooth_dr)
         return reduce_loss(f, self.reduction, nsp, broadcast=False)
 
 
