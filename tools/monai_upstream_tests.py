@@ -22,9 +22,10 @@ Getting a MONAI checkout (the stored mirror is a bare git repository)::
     mkdir -p /tmp/monai_src
     git --git-dir=/work/.mirror/Project-MONAI+MONAI/repo archive HEAD tests | tar -x -C /tmp/monai_src
 
-Usage::
+Usage (the committed table: the mirror's tests, plus the two 1.6 files written out from the stored index
+into /tmp/monai_src_index/tests/losses/)::
 
-    python tools/monai_upstream_tests.py --monai-src /tmp/monai_src \
+    python tools/monai_upstream_tests.py --monai-src /tmp/monai_src --monai-src /tmp/monai_src_index \
         --csv benchmarks/results/monai_upstream_tests.csv --md benchmarks/results/monai_upstream_tests.md
 
 A later checkout can overlay files of an earlier one (``--monai-src`` repeated; the first must hold
