@@ -281,6 +281,15 @@ def test_flat_inputs_triton_kernels(name, kw, triton_backend, monkeypatch):
         assert calls, "the Triton statistics kernel did not run"
 
 
+@pytest.mark.parametrize("kw", [dict(softmax=True), dict(sigmoid=True, reduction="none"),
+                                dict(softmax=True, batch=True, reduction="none")])
+def test_flat_masked_dice_matches_monai(kw):
+    """MaskedDiceLoss is Dice of the masked input and target: (B, C) input with a (B, 1) mask, as MONAI."""
+    x, y = _flat(seed=13)
+    mask = (torch.rand(x.shape[0], 1, generator=torch.Generator().manual_seed(14)) > 0.3).double()
+    _compare(MaskedDiceLoss(**kw), monai_losses.MaskedDiceLoss(**kw), x, y, mask)
+
+
 def test_flat_pooling_is_monai_s_not_per_item():
     """The trap: MONAI's (B, C) Dice is one ratio pooled over batch and classes, not the mean of B·C ratios."""
     x, y = _flat()
