@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "edt.h"
+#include "lovasz_cpu.h"
 #include "stats_cpu.h"
 
 namespace py = pybind11;
@@ -301,6 +302,21 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values_ptr"), py::arg("m"), py::arg("k"), py::arg("threads"),
       "(sum of the k largest, k-th largest, #greater, #equal) of m contiguous float32 values.");
+
+  m.def(
+      "lovasz_cpu",
+      [](std::uintptr_t errors, std::uintptr_t fg, std::uintptr_t valid, int64_t R, int64_t P, int elem,
+         std::uintptr_t loss, std::uintptr_t d, int threads) {
+        if (!errors || !fg || !loss || (!d && R * P > 0)) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::lovasz_cpu(reinterpret_cast<const void*>(errors), reinterpret_cast<const void*>(fg),
+                             reinterpret_cast<const uint8_t*>(valid), R, P, elem, reinterpret_cast<void*>(loss),
+                             reinterpret_cast<void*>(d), threads);
+      },
+      py::arg("errors_ptr"), py::arg("fg_ptr"), py::arg("valid_ptr"), py::arg("R"), py::arg("P"), py::arg("elem"),
+      py::arg("loss_ptr"), py::arg("d_ptr"), py::arg("threads"),
+      "Lovász-Jaccard loss of R contiguous rows of P errors (float32: elem 4, float64: elem 8) and its "
+      "subgradient d (R, P); valid: uint8 (R, P) or 0.");
 
   m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
         "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");

@@ -169,6 +169,21 @@ def test_rows_gt_dtypes_agree():
 # ----------------------------------------------------------------------------------------------------
 # lovasz_extension_triton: sort + fused gather/scatter, autograd
 # ----------------------------------------------------------------------------------------------------
+def _torch_extension(e, g, valid):
+    """The torch backend's lovasz_extension (torch.sort, as the Triton path uses it, so that tied errors
+    take the same order; CPU tensors would otherwise go to the compiled kernel, whose radix sort is
+    stable)."""
+    old = os.environ.get("FASTLOSS_BACKEND")
+    os.environ["FASTLOSS_BACKEND"] = "torch"
+    try:
+        return lovasz_extension(e, g, valid)
+    finally:
+        if old is None:
+            del os.environ["FASTLOSS_BACKEND"]
+        else:
+            os.environ["FASTLOSS_BACKEND"] = old
+
+
 def _value_and_grad(fn, e, g, valid, upstream):
     x = e.clone().requires_grad_()
     out = fn(x, g, valid)
@@ -197,7 +212,7 @@ def test_extension_matches_naive_and_torch_backend(N, with_valid, blocks):
     torch.testing.assert_close(grad.cpu().double(), ref_d * upstream.cpu().double().unsqueeze(1), rtol=2e-6,
                                atol=1e-12)
     # the torch backend, in float64 (same sort call, so the same tie-breaking)
-    tv, tgrad = _value_and_grad(lovasz_extension, e.double(), g.double(), valid, upstream.double())
+    tv, tgrad = _value_and_grad(_torch_extension, e.double(), g.double(), valid, upstream.double())
     torch.testing.assert_close(val.cpu().double(), tv.cpu(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.cpu().double(), tgrad.cpu(), rtol=2e-6, atol=1e-12)
     if with_valid:
@@ -211,7 +226,7 @@ def test_extension_soft_foreground_vs_torch_backend(blocks):
     upstream = torch.tensor([1.0, -0.5, 2.0, 0.25])
     e, g, upstream = e.to(DEV), g.to(DEV), upstream.to(DEV)
     val, grad = _value_and_grad(lovasz_extension_triton, e, g, None, upstream)
-    tv, tgrad = _value_and_grad(lovasz_extension, e.double(), g.double(), None, upstream.double())
+    tv, tgrad = _value_and_grad(_torch_extension, e.double(), g.double(), None, upstream.double())
     torch.testing.assert_close(val.double(), tv, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.double(), tgrad, rtol=2e-5, atol=1e-9)
 

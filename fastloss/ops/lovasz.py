@@ -50,13 +50,19 @@ def lovasz_extension(
         raise ValueError(f"errors and fg must both be (R, P), got {tuple(errors.shape)} and {tuple(fg.shape)}")
     if errors.shape[1] == 0:
         return errors.sum(dim=1) * 0.0
-    from ..backend import use_triton
+    from ..backend import use_compiled_cpu, use_triton
 
     if errors.dtype == torch.float32 and use_triton(errors):
         # Same sort, then the cumulative sums, d_i and the row sums fused in two Triton passes.
         from .triton_lovasz import lovasz_extension_triton
 
         return lovasz_extension_triton(errors, fg, valid)
+    if use_compiled_cpu(errors):
+        # A radix sort and one pass per row in C++ (csrc/lovasz_cpu.cpp), rows over the threads.
+        from . import cpu_lovasz
+
+        if cpu_lovasz.supports(errors, fg, valid):
+            return cpu_lovasz.lovasz_extension_cpu(errors, fg, valid)
     fg = fg.detach().to(errors.dtype)
     if valid is None:
         key = errors.detach()
