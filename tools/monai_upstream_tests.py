@@ -316,6 +316,12 @@ def run_pytest(tree: Path, files: list[str], impl: str, extra: list[str], timeou
     return json.loads(results.read_text())
 
 
+def _clean(message: str) -> str:
+    """One line, object addresses and temporary paths left out, so reruns give the same table."""
+    message = re.sub(r"0x[0-9a-fA-F]+", "0x...", " ".join(message.split()))
+    return re.sub(r"/\S*/monai_upstream_[^/\s]+/", "", message)
+
+
 def is_jit(nodeid: str, message: str) -> bool:
     text = (nodeid + " " + message).lower()
     return "script" in nodeid.lower().split("::")[-1] or "torch.jit" in text or "torchscript" in text
@@ -387,8 +393,8 @@ def main(argv=None) -> int:
             "fastloss": f["outcome"],
             "touches_shared": int(touched),
             "status": status,
-            "fastloss_failure": " ".join(f["message"].split())[:300] if f["outcome"] in ("failed", "error") else "",
-            "monai_failure": " ".join(m["message"].split())[:300] if m["outcome"] in ("failed", "error") else "",
+            "fastloss_failure": _clean(f["message"])[:300] if f["outcome"] in ("failed", "error") else "",
+            "monai_failure": _clean(m["message"])[:300] if m["outcome"] in ("failed", "error") else "",
         })
 
     counted = [r for r in rows if r["monai"] == "passed" and r["touches_shared"]]
