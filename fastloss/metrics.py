@@ -1289,14 +1289,28 @@ def compute_surface_dice(
         raise TypeError(f"class_thresholds must be a list of numbers, got {type(class_thresholds).__name__}")
     y_pred, y = _apply_ignore_mask(y_pred, y, ignore_index)
     tol = list(class_thresholds.reshape(-1).tolist() if isinstance(class_thresholds, (np.ndarray, torch.Tensor)) else class_thresholds)
-    first = _to_tensor(y_pred, "y_pred")
-    if first.ndim >= 2:  # MONAI: one threshold per evaluated class, no broadcasting of a single value
-        n_class = first.shape[1] - (0 if include_background or first.shape[1] == 1 else 1)
-        if len(tol) != n_class:
-            raise ValueError(
-                f"number of classes ({n_class}, after dropping the background channel when include_background="
-                f"False) does not match number of class thresholds ({len(tol)}): {tol}"
-            )
+    # MONAI's checks, in MONAI's order and words (its unit tests compare the messages); the shapes are those
+    # after the background channel is dropped
+    a, b = _to_tensor(y_pred, "y_pred"), _to_tensor(y, "y")
+    if a.ndim not in (4, 5) or b.ndim not in (4, 5):
+        raise ValueError("y_pred and y should be one-hot encoded: [B,C,H,W] or [B,C,H,W,D].")
+    drop = lambda s: s if include_background or s[1] == 1 else s[:1] + torch.Size([s[1] - 1]) + s[2:]  # noqa: E731
+    if a.shape != b.shape:
+        raise ShapeMismatchError(
+            f"y_pred and y should have same shape, but instead, shapes are {drop(a.shape)} (y_pred) and "
+            f"{drop(b.shape)} (y)."
+        )
+    n_class = drop(a.shape)[1]
+    if n_class != len(tol):  # one threshold per evaluated class, no broadcasting of a single value
+        raise ValueError(f"number of classes ({n_class}) does not match number of class thresholds ({len(tol)}).")
+    try:
+        tol = [float(t) for t in tol]
+    except (TypeError, ValueError):
+        raise TypeError(f"class_thresholds must be numbers, got {tol!r}") from None
+    if not all(math.isfinite(t) for t in tol):
+        raise ValueError("All class thresholds need to be finite.")
+    if any(t < 0 for t in tol):
+        raise ValueError("All class thresholds need to be >= 0.")
 
     def nsd(a, b, spacing):
         if use_subvoxels:
@@ -1387,17 +1401,18 @@ class _CumulativeMetric:
     def __call__(self, y_pred, y=None, **kwargs) -> torch.Tensor:
         if y is None:
             raise _ValueAttributeError(f"{type(self).__name__} needs both y_pred and y")
-        kinds = "y_pred and y must be batch-first torch Tensors or lists/tuples of channel-first torch Tensors"
+        # MONAI's words where its unit tests compare them
+        kinds = "y_pred or y must be a list/tuple of `channel-first` Tensors or a `batch-first` Tensor."
         if isinstance(y_pred, (list, tuple)) or isinstance(y, (list, tuple)):
             # MONAI pairs the items up; a batch-first tensor on one side gives its batch items
             if not all(isinstance(x, (list, tuple, torch.Tensor)) for x in (y_pred, y)):
-                raise ValueError(f"{kinds}, got {type(y_pred).__name__} and {type(y).__name__}")
+                raise ValueError(kinds)
             if len(y_pred) != len(y):
                 raise ValueError(f"y_pred and y must hold the same number of items, got {len(y_pred)} and {len(y)}")
             if len(y_pred) == 0:
                 raise _EmptyListError("y_pred and y must not be empty lists")
             if not all(isinstance(t, torch.Tensor) for t in list(y_pred) + list(y)):
-                raise _ValueAttributeError(f"{kinds}; the lists hold {sorted({type(t).__name__ for t in list(y_pred) + list(y)})}")
+                raise _ValueAttributeError(f"{kinds} The lists hold {sorted({type(t).__name__ for t in list(y_pred) + list(y)})}.")
             # items of one shape are evaluated as one batch (no per-item loop); others one at a time
             items_p = [p.detach() for p in y_pred]
             items_y = [t.detach() for t in y]
@@ -1408,8 +1423,9 @@ class _CumulativeMetric:
         else:
             if not (isinstance(y_pred, torch.Tensor) and isinstance(y, torch.Tensor)):
                 # MONAI: ValueError for y_pred; a y that is no tensor reaches its functions as None
-                err = ValueError if not isinstance(y_pred, torch.Tensor) else _ValueAttributeError
-                raise err(f"{kinds}, got {type(y_pred).__name__} and {type(y).__name__}")
+                if not isinstance(y_pred, torch.Tensor):
+                    raise ValueError(kinds)
+                raise _ValueAttributeError("y_pred and y must be PyTorch Tensor.")
             y_pred, y = y_pred.detach(), y.detach()
             if y_pred.ndim < 3:
                 raise ValueError(

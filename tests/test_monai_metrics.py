@@ -231,7 +231,7 @@ def test_bad_arguments_are_clear():
     p, y = _pair((6, 7), seed=15)
     with pytest.raises(ValueError, match="distance_metric"):
         M.compute_hausdorff_distance(p, y, distance_metric="cosine")
-    with pytest.raises(ValueError, match="use_subvoxels"):  # surface elements exist in 2D and 3D only
+    with pytest.raises(ValueError, match="one-hot encoded"):  # 2D and 3D only, as MONAI (surface_dice takes 1D)
         M.compute_surface_dice(p[:, :, 0], y[:, :, 0], [1, 1, 1], use_subvoxels=True)
     with pytest.raises(ValueError, match="per_component"):
         M.compute_dice(p, y, per_component=True)  # 4 channels: MONAI wants (B, 2, ...) too
@@ -598,3 +598,26 @@ def test_cdt_far_zeros_match_scipy(metric):
     want = ndimage.distance_transform_cdt(shell, metric=metric)
     assert want.max() > 12  # well past the first working-set update
     np.testing.assert_array_equal(cdt(torch.from_numpy(shell), metric).numpy(), want.astype(np.float32))
+
+
+def test_surface_dice_messages_are_monais():
+    """MONAI's unit tests compare these messages word for word (its test_surface_dice test_asserts)."""
+    p = torch.zeros(1, 2, 20, 20)
+    p[0, 1, 2:6, 2:6] = 1
+    p[0, 0] = 1 - p[0, 1]
+    y = p.roll(3, -1)
+    calls = [
+        lambda L: L.SurfaceDiceMetric([1, 1], include_background=True)(p.numpy(), y),
+        lambda L: L.SurfaceDiceMetric([1, 1], include_background=True)(p, y.numpy()),
+        lambda L: L.SurfaceDiceMetric([1, 1], include_background=True)(p[:, 1], y),
+        lambda L: L.SurfaceDiceMetric([1, 1], include_background=True)(p, y[:, :, :, :12]),
+        lambda L: L.SurfaceDiceMetric([1, 1], include_background=False)(p, y[:, :, :, :12]),
+        lambda L: L.SurfaceDiceMetric([1, 1, 1], include_background=True)(p, y),
+        lambda L: L.SurfaceDiceMetric([np.inf, 1], include_background=True)(p, y),
+        lambda L: L.SurfaceDiceMetric([np.nan, 1], include_background=True)(p, y),
+        lambda L: L.SurfaceDiceMetric([-0.22, 1], include_background=True)(p, y),
+    ]
+    for call in calls:
+        theirs, ours = _raised(lambda: call(mm)), _raised(lambda: call(M))
+        assert theirs is not None and isinstance(ours, type(theirs))
+        assert str(ours) == str(theirs)
