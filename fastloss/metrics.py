@@ -1276,7 +1276,9 @@ def compute_surface_dice(
     weighted by its surface area (3D) or contour length (2D) for the spacing; distances between cells as
     between voxels (``distance_metric`` as MONAI: Euclidean with spacing, or chessboard/taxicab grid
     steps). ``spacing`` may be a number (MONAI's subvoxel path takes sequences only), a sequence, or a
-    per-image list. ``class_thresholds``: one per evaluated class (ValueError otherwise, as MONAI).
+    per-image list. ``class_thresholds``: one per evaluated class (ValueError otherwise, as MONAI). Maps
+    must be 2D or 3D ``(B, C, H, W[, D])``, as MONAI's (:func:`surface_dice` takes 1D too); the argument
+    checks raise MONAI's errors with MONAI's messages.
     Conventions: both masks empty -> NaN; one empty -> 0.
 
     Example:
