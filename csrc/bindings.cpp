@@ -318,6 +318,17 @@ PYBIND11_MODULE(_C, m) {
       "Lovász-Jaccard loss of R contiguous rows of P errors (float32: elem 4, float64: elem 8) and its "
       "subgradient d (R, P); valid: uint8 (R, P) or 0.");
 
+  m.def(
+      "topk_weights_cpu",
+      [](std::uintptr_t values, int64_t m, float thr, float share, float grad, std::uintptr_t out, int threads) {
+        if (!values || !out || m < 0) throw std::invalid_argument("bad arguments");
+        py::gil_scoped_release release;
+        fastloss::topk_weights_cpu(reinterpret_cast<const float*>(values), m, thr, share, grad,
+                                   reinterpret_cast<float*>(out), threads);
+      },
+      py::arg("values_ptr"), py::arg("m"), py::arg("thr"), py::arg("share"), py::arg("grad"), py::arg("out_ptr"),
+      py::arg("threads"), "grad * (1 if v > thr, share if v == thr, else 0) of m contiguous float32 values.");
+
   m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
         "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");
 

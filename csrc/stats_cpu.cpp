@@ -141,6 +141,17 @@ inline float key_value(uint32_t key) {
 
 }  // namespace
 
+void topk_weights_cpu(const float* v, int64_t m, float thr, float share, float grad, float* w, int threads) {
+  const int64_t chunk = 1 << 16;
+  parallel_for((m + chunk - 1) / chunk, resolve_threads(threads), [&](int64_t begin, int64_t end) {
+    const int64_t lo = begin * chunk, hi = std::min(m, end * chunk);
+    for (int64_t i = lo; i < hi; ++i) {
+      const float x = v[i];
+      w[i] = grad * (x > thr ? 1.0f : (x == thr ? share : 0.0f));
+    }
+  });
+}
+
 // One histogram pass over the top 11 bits of the keys finds the bucket holding the k-th largest value;
 // the keys of that bucket (a small share of the values) are gathered, and two more digits (11 and 10 bits)
 // of histogram over them give the exact key, #{key > it} and #{key == it}. Histograms are
@@ -150,20 +161,24 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   if (m < 1 || k < 1 || k > m) throw std::invalid_argument("topk_select_cpu: expected 1 <= k <= m");
   const int nthreads = resolve_threads(threads);
   constexpr int kShift = 21, kBins = 1 << 11;
-  std::vector<int64_t> hist(kBins, 0);
-  std::mutex mu;
-  parallel_for(m, nthreads, [&](int64_t begin, int64_t end) {
-    // four interleaved histograms: runs of equal keys do not wait on one counter's store
-    std::vector<int32_t> local(4 * kBins, 0);
-    int64_t i = begin;
-    for (; i + 4 <= end; i += 4)
-      for (int j = 0; j < 4; ++j) ++local[j * kBins + (topk_key(v[i + j]) >> kShift)];
-    for (; i < end; ++i) ++local[topk_key(v[i]) >> kShift];
-    std::lock_guard<std::mutex> lock(mu);
-    for (int d = 0; d < kBins; ++d)
-      hist[static_cast<size_t>(d)] += static_cast<int64_t>(local[d]) + local[kBins + d] + local[2 * kBins + d] +
-                                      local[3 * kBins + d];
+  // one contiguous range per thread (counts are integers: merged in any order, the same result)
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nthreads, m / 4096));
+  auto range = [&](int64_t p) { return std::make_pair(m * p / parts, m * (p + 1) / parts); };
+  std::vector<int32_t> local(static_cast<size_t>(parts) * 4 * kBins, 0);
+  parallel_for(parts, nthreads, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      // four interleaved histograms: runs of equal keys do not wait on one counter's store
+      int32_t* h = local.data() + p * 4 * kBins;
+      const auto [begin, end] = range(p);
+      int64_t i = begin;
+      for (; i + 4 <= end; i += 4)
+        for (int j = 0; j < 4; ++j) ++h[j * kBins + (topk_key(v[i + j]) >> kShift)];
+      for (; i < end; ++i) ++h[topk_key(v[i]) >> kShift];
+    }
   });
+  std::vector<int64_t> hist(kBins, 0);
+  for (int64_t p = 0; p < parts * 4; ++p)
+    for (int b = 0; b < kBins; ++b) hist[static_cast<size_t>(b)] += local[static_cast<size_t>(p * kBins + b)];
   // the bucket d holding the k-th largest: above(d) < k <= above(d) + hist[d]
   int64_t above = 0;
   int d = kBins - 1;
@@ -171,19 +186,27 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
     if (above + hist[static_cast<size_t>(d)] >= k) break;
     above += hist[static_cast<size_t>(d)];
   }
-  // gathered without a branch (a key is written at the end, which advances only on a match: exactly
-  // hist[d] keys match, so one spare slot bounds every write)
-  std::vector<uint32_t> cand(static_cast<size_t>(hist[static_cast<size_t>(d)]) + 1);
-  {
-    size_t n = 0;
-    uint32_t* out = cand.data();
-    for (int64_t i = 0; i < m; ++i) {
-      const uint32_t key = topk_key(v[i]);
-      out[n] = key;
-      n += static_cast<size_t>((key >> kShift) == static_cast<uint32_t>(d));
+  // the bucket's keys, gathered per range without a branch (a key is written at the end, which advances
+  // only on a match; one spare slot per range bounds every write), then concatenated
+  std::vector<std::vector<uint32_t>> gathered(static_cast<size_t>(parts));
+  parallel_for(parts, nthreads, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto [begin, end] = range(p);
+      std::vector<uint32_t>& out = gathered[static_cast<size_t>(p)];
+      out.resize(static_cast<size_t>(end - begin) + 1);
+      size_t n = 0;
+      uint32_t* o = out.data();
+      for (int64_t i = begin; i < end; ++i) {
+        const uint32_t key = topk_key(v[i]);
+        o[n] = key;
+        n += static_cast<size_t>((key >> kShift) == static_cast<uint32_t>(d));
+      }
+      out.resize(n);
     }
-    cand.resize(n);
-  }
+  });
+  std::vector<uint32_t> cand;
+  cand.reserve(static_cast<size_t>(hist[static_cast<size_t>(d)]));
+  for (const auto& g : gathered) cand.insert(cand.end(), g.begin(), g.end());
   // the remaining 21 bits: two more digits (11 and 10 bits) over the bucket's keys only
   int64_t krem = k - above;  // 1 <= krem <= cand.size()
   int64_t greater = above, equal = 0;

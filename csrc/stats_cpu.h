@@ -114,6 +114,10 @@ struct TopkResult {
 };
 TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads);
 
+// The TopK sum's (sub)gradient: w_i = grad·(1 if v_i > thr, share if v_i == thr, else 0), float32, as
+// ops/topk.py's torch expression computes it (IEEE comparisons), in one parallel pass.
+void topk_weights_cpu(const float* v, int64_t m, float thr, float share, float grad, float* w, int threads);
+
 // The kernels' float16/bfloat16 conversions, for tests: kind 0 half->float, 1 float->half,
 // 2 bfloat16->float, 3 float->bfloat16 (16-bit values as uint16).
 void convert_halves_cpu(const void* src, void* dst, int64_t n, int kind);

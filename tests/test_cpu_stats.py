@@ -433,3 +433,19 @@ def test_compiled_kernels_trace_under_torch_compile(name):
     (gc,) = torch.autograd.grad(got, x)
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-9)
+
+
+def test_topk_weights_match_the_torch_expression_bitwise():
+    """The compiled TopK subgradient equals ops/topk.py's torch expression bit for bit (ties at the
+    threshold share k - count_greater slots; -0.0 equals 0.0; NaN compares false)."""
+    g = torch.Generator().manual_seed(3)
+    v = (torch.randint(0, 50, (200_003,), generator=g).float() / 7)  # many ties
+    v[:5] = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf")])
+    thr = torch.tensor(v[1000].item())
+    share = torch.tensor(0.37)
+    grad = torch.tensor(-1.25)
+    got = cpu_stats.topk_weights_cpu(v, thr, share, grad)
+    w = torch.where(v > thr, torch.ones_like(v), torch.where(v == thr, share, torch.zeros_like(v)))
+    assert torch.equal(got, grad * w)
+    zero = cpu_stats.topk_weights_cpu(v, torch.tensor(0.0), share, grad)
+    assert zero[1].item() == zero[2].item() == (grad * share).item() and zero[0].item() == 0.0

@@ -367,3 +367,16 @@ def topk_select_cpu(values: torch.Tensor, k: int):
         torch.tensor(s, dtype=torch.float32), torch.tensor(thr, dtype=torch.float32),
         torch.tensor(cg, dtype=torch.int64), torch.tensor(ce, dtype=torch.int64),
     )
+
+
+def _topk_weights(values: torch.Tensor, thr: torch.Tensor, share: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad·(1 if v > thr, share if v == thr, else 0)`` for contiguous float32 CPU ``values``: the TopK
+    sum's (sub)gradient (``ops/topk.py``), the torch expression's float32 arithmetic in one compiled pass."""
+    w = torch.empty_like(values)
+    _C.topk_weights_cpu(
+        values.data_ptr(), values.numel(), float(thr), float(share), float(grad), w.data_ptr(), _threads()
+    )
+    return w
+
+
+topk_weights_cpu = _topk_weights if available() and hasattr(_C, "topk_weights_cpu") else None
