@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <limits>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -328,6 +331,28 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values_ptr"), py::arg("m"), py::arg("thr"), py::arg("share"), py::arg("grad"), py::arg("out_ptr"),
       py::arg("threads"), "grad * (1 if v > thr, share if v == thr, else 0) of m contiguous float32 values.");
+
+  m.def(
+      "advise_huge_pages",
+      [](std::uintptr_t ptr, int64_t bytes) {
+        // A fresh buffer of many MiB (glibc maps every allocation over 32 MiB anew) is faulted in 4 KiB
+        // pages as the kernels first write it: on this project's machine 99 MiB took 26 ms that way and
+        // 7 ms with transparent huge pages, which Linux grants in "madvise" mode only to ranges that ask.
+        // Advice on the whole 2 MiB pages inside [ptr, ptr + bytes); a no-op elsewhere. Returns whether
+        // the advice was taken.
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        const std::uintptr_t huge = std::uintptr_t(1) << 21;
+        const std::uintptr_t lo = (ptr + huge - 1) & ~(huge - 1), hi = (ptr + static_cast<std::uintptr_t>(bytes)) & ~(huge - 1);
+        if (bytes <= 0 || hi <= lo) return false;
+        return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) == 0;
+#else
+        (void)ptr;
+        (void)bytes;
+        return false;
+#endif
+      },
+      py::arg("ptr"), py::arg("bytes"),
+      "madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a buffer (Linux; False where not taken).");
 
   m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
         "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");

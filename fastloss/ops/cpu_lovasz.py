@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .cpu_stats import new_output_like
+
 try:
     from .. import _C
 except ImportError:  # pragma: no cover - exercised only on a broken install
@@ -42,7 +44,7 @@ def _lovasz_op(errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Ten
     g = fg.to(errors.dtype).contiguous()
     v = None if valid is None else valid.to(torch.uint8).contiguous()
     loss = torch.empty(R, dtype=errors.dtype)
-    d = torch.empty(R, P, dtype=errors.dtype)
+    d = new_output_like(e)
     _C.lovasz_cpu(
         e.data_ptr(), g.data_ptr(), 0 if v is None else v.data_ptr(), R, P, e.element_size(), loss.data_ptr(),
         d.data_ptr(), max(1, torch.get_num_threads()),

@@ -76,6 +76,21 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+_HUGE_PAGE_MIN_BYTES = 8 << 20
+
+
+def new_output_like(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``torch.empty_like(x)`` (same layout) for a kernel to fill; a buffer of 8 MiB or more is first
+    advised to use transparent huge pages (Linux), so that the kernel's first writes fault it in 2 MiB
+    pages, not 4 KiB ones: for a (2, 14, 96³) float32 gradient 7 ms instead of 26 ms on this project's
+    machine (glibc maps such buffers afresh on every allocation)."""
+    out = torch.empty_like(x, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if nbytes >= _HUGE_PAGE_MIN_BYTES and available() and hasattr(_C, "advise_huge_pages"):
+        _C.advise_huge_pages(out.data_ptr(), nbytes)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # custom ops
 # ----------------------------------------------------------------------------------------------------
@@ -111,7 +126,7 @@ def _class_stats_bwd_op(
     B, C, N = x.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     gs = grad.to(compute).contiguous()
-    dx = torch.empty_like(x)  # same layout as x (channels-last stays channels-last)
+    dx = new_output_like(x)  # same layout as x (channels-last stays channels-last)
     _C.class_stats_cpu_backward(
         _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], _columns(columns),
         float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, gs.data_ptr(), _view(dx), _threads(),
@@ -161,7 +176,7 @@ def _class_stats_vce_bwd_op(
     B, C, N = x.shape
     gs = grad.to(torch.float32).contiguous()
     gce = None if grad_ce is None else grad_ce.to(torch.float32).contiguous()
-    dx = torch.empty_like(x)
+    dx = new_output_like(x)
     _C.class_stats_cpu_backward(
         _view(x), _view(labels), None, None, None, B, C, N, _ACT["softmax"], _columns(columns), 2.0, None, 0.3, 0.0,
         ignore_index, gs.data_ptr(), _view(dx), _threads(), 0 if gce is None else gce.data_ptr(),
@@ -210,7 +225,7 @@ def _(x, labels, ignore_index):
 def _voxel_ce_bwd_op(grad: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int]) -> torch.Tensor:
     B, C, N = x.shape
     gce = grad.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-    dx = torch.empty_like(x)
+    dx = new_output_like(x)
     _C.voxel_ce_cpu_backward(_view(x), _view(labels), B, C, N, ignore_index, gce.data_ptr(), _view(dx), _threads())
     return dx
 
