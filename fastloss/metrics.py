@@ -858,6 +858,8 @@ def _chunk_hausdorff(E: torch.Tensor, D: torch.Tensor, counts: torch.Tensor, q: 
 # with the seven small integers (A, B01, B02, B12, G0, G1, G2) below, one group of seven digits per code
 # 0..127; code c >= 128 has the area of 255 - c (a cell and its complement share their surface).
 # tests/test_monai_metrics.py checks all 256 areas against MONAI's table for anisotropic spacings.
+# The digits are facts read from that table (DeepMind surface-distance, Apache License 2.0; MONAI,
+# Apache License 2.0), re-encoded here; no code of either project is used.
 _SURFEL_COEFFS = (
     "00000001000000100000002000001000000002000020000003000100100000020000000020000300010002000003000100"
     "30001000000200100000000020002000000300001020000003000001300000060000002000000100200010200004011000"
