@@ -73,7 +73,8 @@ class _TopkSumFn(torch.autograd.Function):
         # d(Σ_{i∈K} v_i)/dv_i: 1 above the threshold; the k − count_greater tied slots are shared equally
         # by the count_equal values at the threshold; 0 below.
         share = (ctx.k - cg).to(values.dtype) / ce.clamp_min(1).to(values.dtype)
-        if values.device.type == "cpu" and values.dtype == torch.float32 and values.is_contiguous():
+        on_cpu = values.device.type == "cpu" and values.dtype == torch.float32 and values.is_contiguous()
+        if on_cpu and not _is_compiling():
             from .cpu_stats import topk_weights_cpu
 
             if topk_weights_cpu is not None:  # the same expression in one compiled pass
