@@ -1,14 +1,18 @@
 """The Dice/CE-family losses on the CPU: fastloss's compiled kernels against what users run today.
 
-Issue 9's measurement: float32 logits and integer labels, forward + backward, each provider in its own
-process (so that one's allocator state and caches do not colour another's), 2 threads (and fastloss on 1
-thread too, for the scaling), MONAI 1.6.1 in the same run. Per row:
+Issue 9's measurement: float32 logits and integer labels, forward + backward, MONAI 1.6.1 in the same run.
+Per (loss, shape):
 
-- wall time of one forward + backward: median, p20, p80 of the timed steps (after 2 warm-up steps);
-- peak memory growth of one step: the process's resident-set high-water mark during one step minus the
-  resident set before it (the gradient of the logits included, for every provider alike), measured after
-  the timing with glibc told to serve every allocation over 64 KiB by mmap, so that freed tensors leave the
-  resident set at once and the high-water mark is the step's real peak;
+- **time**: one process runs fastloss on 2 threads, the baseline on 2 threads and fastloss on 1 thread
+  round by round (the order rotating each round), after 2 warm-up steps each. Per row the median, p20 and
+  p80 of its steps; and, on the fastloss 2-thread row, the medians of the per-round ratios (baseline /
+  fastloss, and 1 thread / 2 threads). On a shared 2-core machine a 2-thread step swings up to 2x with
+  the other load; steps of the same round see the same load, so the per-round ratios hold where the
+  times alone do not;
+- **peak memory growth of one step**, each provider in its own process (so that one's allocator state does
+  not colour another's): the resident-set high-water mark during one step minus the resident set before
+  it (the gradient of the logits included, for every provider alike), with glibc told to serve every
+  allocation over 64 KiB by mmap, so that freed tensors leave the resident set at once;
 - the loss value, so that the table can show the providers agree.
 
 Providers: ``fastloss`` (the class with MONAI's arguments, or the paper's configuration where MONAI has no
@@ -114,33 +118,46 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(spec: dict) -> dict:
+def _data(shape):
     import torch
 
-    torch.set_num_threads(int(spec["threads"]))
-    fn = _make(spec["provider"], spec["loss"])
-    shape = tuple(spec["shape"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).requires_grad_()
-    y = torch.randint(0, shape[1], (shape[0], 1) + shape[2:], generator=g)
+    y = torch.randint(0, shape[1], (shape[0], 1) + tuple(shape[2:]), generator=g)
+    return x, y
+
+
+def _stepper(provider: str, name: str, x, y):
+    """One forward + backward of ``provider``'s loss; Lovász's torch provider runs on the torch backend."""
+    fn = _make(provider, name)
+    torch_backend = provider == "torch" and name == "Lovasz"
 
     def step():
-        loss = fn(x, y)
-        loss.backward()
+        if torch_backend:
+            os.environ["FASTLOSS_BACKEND"] = "torch"
+        try:
+            loss = fn(x, y)
+            loss.backward()
+        finally:
+            if torch_backend:
+                os.environ.pop("FASTLOSS_BACKEND", None)
         x.grad = None
         return loss
 
+    return step
+
+
+def memory_worker(spec: dict) -> dict:
+    """Loss value and peak memory growth of one step of one provider (its own process)."""
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    x, y = _data(tuple(spec["shape"]))
+    step = _stepper(spec["provider"], spec["loss"], x, y)
     value = float(step().detach())
     step()
-    # time with the allocator as users have it (glibc reuses freed blocks once its mmap threshold adapts)
-    samples = []
-    t_end = time.perf_counter() + float(spec["budget_s"])
-    while len(samples) < int(spec["reps"]) and (len(samples) < 3 or time.perf_counter() < t_end):
-        t0 = time.perf_counter()
-        step()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    # then the peak memory of one step: every allocation over 64 KiB an mmap of its own (mallopt
-    # M_MMAP_THRESHOLD), freed memory handed back, so the resident set follows the live tensors
+    # every allocation over 64 KiB an mmap of its own (mallopt M_MMAP_THRESHOLD), freed memory handed
+    # back, so the resident set follows the live tensors
     peak_mib = None
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -153,15 +170,47 @@ def worker(spec: dict) -> dict:
         before = _status_kib("VmRSS")
         step()
         peak_mib = max(0, _status_kib("VmHWM") - before) / 1024.0
-    out = common.summarize(samples)
-    return {"value": value, "peak_growth_mib": peak_mib, **out}
+    return {"value": value, "peak_growth_mib": peak_mib}
+
+
+def timing_worker(spec: dict) -> dict:
+    """Step times of every (provider, threads) of one loss and shape, round by round in one process."""
+    import statistics
+
+    import torch
+
+    x, y = _data(tuple(spec["shape"]))
+    jobs = [tuple(j) for j in spec["jobs"]]  # (provider, threads)
+    steps = {j: _stepper(j[0], spec["loss"], x, y) for j in jobs}
+    for j in jobs:  # warm-up: first-call costs (allocator, thread pool, caches)
+        torch.set_num_threads(j[1])
+        steps[j]()
+        steps[j]()
+    samples = {j: [] for j in jobs}
+    t_end = time.perf_counter() + float(spec["budget_s"])
+    rounds = 0
+    while rounds < int(spec["rounds"]) and (rounds < 3 or time.perf_counter() < t_end):
+        for k in range(len(jobs)):
+            j = jobs[(rounds + k) % len(jobs)]
+            torch.set_num_threads(j[1])
+            t0 = time.perf_counter()
+            steps[j]()
+            samples[j].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {f"{p}:{t}": common.summarize(v) for (p, t), v in samples.items()}
+    fl2, base2, fl1 = ("fastloss", 2), (spec["baseline"], 2), ("fastloss", 1)
+    if fl2 in samples and base2 in samples:
+        out["speedup_median_of_rounds"] = statistics.median(b / f for b, f in zip(samples[base2], samples[fl2]))
+    if fl2 in samples and fl1 in samples:
+        out["scaling_median_of_rounds"] = statistics.median(o / f for o, f in zip(samples[fl1], samples[fl2]))
+    return out
 
 
 def _run_worker(spec: dict) -> dict:
     env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(spec["threads"])
+    env["OMP_NUM_THREADS"] = str(spec.get("threads", 2))
     env.pop("FASTLOSS_BACKEND", None)  # fastloss rows: the default (compiled CPU kernels)
-    if spec["provider"] == "torch" and spec["loss"] == "Lovasz":
+    if spec.get("provider") == "torch" and spec["loss"] == "Lovasz":
         env["FASTLOSS_BACKEND"] = "torch"  # the same loss on the torch backend: the torch.sort algorithm
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -172,7 +221,8 @@ def _run_worker(spec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- run
 def run(quick: bool = True, losses=None, progress=None) -> list:
-    """Measure every (loss, shape, provider, threads) in its own process; returns stamped rows."""
+    """Time every loss and shape round by round in one process, then each provider's memory in its own;
+    returns stamped rows (one per provider and thread count)."""
     if _make("monai", "Dice") is None:
         print("bench_cpu_losses: MONAI is not installed (pip install -e '.[bench]'): fastloss rows only")
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
@@ -180,28 +230,32 @@ def run(quick: bool = True, losses=None, progress=None) -> list:
     unknown = [n for n in names if n not in LOSSES]
     if unknown:
         raise ValueError(f"unknown losses {unknown}; known: {LOSSES}")
-    jobs = []
-    for shape in shapes:
-        for name in names:
-            for provider in _providers(name):
-                if _make(provider, name) is None:
-                    continue
-                for threads in ((2, 1) if provider == "fastloss" else (2,)):
-                    jobs.append(dict(loss=name, shape=list(shape), provider=provider, threads=threads,
-                                     reps=7 if shape[2] >= 96 else 11, budget_s=60.0))
     rows = []
-    for i, job in enumerate(jobs):
-        label = f"{job['loss']} {'x'.join(map(str, job['shape']))} {job['provider']} {job['threads']}t"
-        print(f"[{i + 1}/{len(jobs)}] {label}", flush=True)
+    cases = [(shape, name) for shape in shapes for name in names]
+    for i, (shape, name) in enumerate(cases):
+        baseline = _providers(name)[1]
+        jobs = [("fastloss", 2)] + ([(baseline, 2)] if _make(baseline, name) is not None else []) + [("fastloss", 1)]
+        label = f"{name} {'x'.join(map(str, shape))}"
+        print(f"[{i + 1}/{len(cases)}] {label}: time ({', '.join(f'{p} {t}t' for p, t in jobs)}), then memory",
+              flush=True)
         if progress is not None:
             progress(label)
-        r = _run_worker(job)
-        rows.append(common.stamp({
-            "bench": "cpu_loss", "loss": job["loss"], "shape": "x".join(map(str, job["shape"])),
-            "dtype": "float32", "provider": job["provider"], "threads": job["threads"],
-            "wall_median_ms": r["median_ms"], "wall_p20_ms": r["p20_ms"], "wall_p80_ms": r["p80_ms"],
-            "wall_reps": r["reps"], "peak_growth_mib": r["peak_growth_mib"], "value": r["value"],
-        }, "cpu"))
+        big = shape[2] >= 96
+        t = _run_worker(dict(mode="time", loss=name, shape=list(shape), jobs=[list(j) for j in jobs],
+                             baseline=baseline, rounds=7 if big else 11, budget_s=90.0))
+        for provider, threads in jobs:
+            m = _run_worker(dict(mode="memory", loss=name, shape=list(shape), provider=provider, threads=threads))
+            w = t[f"{provider}:{threads}"]
+            row = {
+                "bench": "cpu_loss", "loss": name, "shape": "x".join(map(str, shape)), "dtype": "float32",
+                "provider": provider, "threads": threads, "timing": "interleaved",
+                "wall_median_ms": w["median_ms"], "wall_p20_ms": w["p20_ms"], "wall_p80_ms": w["p80_ms"],
+                "wall_reps": w["reps"], "peak_growth_mib": m["peak_growth_mib"], "value": m["value"],
+            }
+            if (provider, threads) == ("fastloss", 2):
+                row["speedup_median_of_rounds"] = t.get("speedup_median_of_rounds", "")
+                row["scaling_median_of_rounds"] = t.get("scaling_median_of_rounds", "")
+            rows.append(common.stamp(row, "cpu"))
     return rows
 
 
@@ -220,12 +274,16 @@ def print_table(rows) -> None:
         one = by.get((loss, shape, "fastloss", 1))
         fl = float(r["wall_median_ms"])
         speed = f"{float(b['wall_median_ms']) / fl:.2f}x" if b else "-"
+        if r.get("speedup_median_of_rounds") not in (None, ""):
+            speed = f"{float(r['speedup_median_of_rounds']):.2f}x"
         mem = "-"
         mems = f"{float(r['peak_growth_mib'] or 0):.0f}/-"
         if b and r["peak_growth_mib"] not in (None, "") and b["peak_growth_mib"] not in (None, ""):
             mems = f"{float(r['peak_growth_mib']):.0f}/{float(b['peak_growth_mib']):.0f}"
             mem = f"{float(r['peak_growth_mib']) / max(float(b['peak_growth_mib']), 1e-9):.2f}"
         scale = f"{float(one['wall_median_ms']) / fl:.2f}" if one else "-"
+        if r.get("scaling_median_of_rounds") not in (None, ""):
+            scale = f"{float(r['scaling_median_of_rounds']):.2f}"
         agree = "-"
         if b:
             v, w = float(r["value"]), float(b["value"])
@@ -234,8 +292,8 @@ def print_table(rows) -> None:
         target = f"{SPEED_TARGET[loss]:5.1f}x" if SPEED_TARGET[loss] else "    - "
         print(f"{loss:10s} {shape:16s} {fl:9.2f} {float(b['wall_median_ms']) if b else float('nan'):9.2f} "
               f"{speed:>7s}{flag}{target} {mems:>13s} {mem:>5s} {scale:>6s} {agree}")
-    print(f"speed: baseline ms / fastloss ms (target per loss); mem: peak growth ratio (target <= {MEMORY_TARGET}); "
-          "1t/2t: fastloss on 1 thread / 2 threads (target >= 1.7); ~: wide p20-p80 spread")
+    print(f"speed: median over rounds of baseline ms / fastloss ms (target per loss); mem: peak growth ratio (target <= {MEMORY_TARGET}); "
+          "1t/2t: median over rounds of fastloss 1 thread / 2 threads (target >= 1.7); ~: wide p20-p80 spread")
 
 
 def main(argv=None) -> int:
@@ -247,7 +305,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     common.set_record(args.record)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(timing_worker(spec) if spec["mode"] == "time" else memory_worker(spec)))
         return 0
     rows = run(quick=not args.full, losses=args.losses.split(",") if args.losses else None)
     print_table(rows)
