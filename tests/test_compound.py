@@ -383,18 +383,32 @@ def test_monai_dice_focal_on_the_compiled_cpu_path_is_one_pass(include_backgroun
 
 
 @pytest.mark.parametrize("include_background", [False, True])
-def test_monai_dice_focal_equals_its_parts_to_the_bit(include_background, monkeypatch):
-    """MONAI's own DiceFocal test asserts DiceFocal == Dice + Focal at float32's resolution: the focal part
-    read from the shared pass and FocalLoss alone are formed by the same compiled code, so they agree to
-    the bit (they did not when FocalLoss alone took the sigmoid path: one ulp in a quarter of inputs)."""
+@pytest.mark.parametrize("compound", ["DiceFocal", "GeneralizedDiceFocal", "GeneralizedDiceFocal_sigmoid"])
+def test_monai_focal_compounds_equal_their_parts_to_the_bit(include_background, compound, monkeypatch):
+    """MONAI's own DiceFocal and GeneralizedDiceFocal tests assert compound == region part + λ·focal part at
+    float32's resolution. The focal term is formed by one compiled routine whether FocalLoss runs alone (the
+    sigmoid path), inside DiceFocal's softmax pass (its sigmoid_focal column) or inside GeneralizedDiceFocal's
+    shared sigmoid pass, so the two sides agree to the bit (one ulp apart in a quarter of inputs when each
+    path had its own loop)."""
+    import fastloss
+
     monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
-    kw = dict(include_background=include_background, softmax=True, to_onehot_y=True)
-    for seed in range(40):
+    for seed in range(30):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(2, 3, 8, 9, generator=g)
         y = torch.randint(0, 3, (2, 1, 8, 9), generator=g)
-        whole = DiceFocalLoss(**kw)(x, y)
-        parts = DiceLoss(**kw)(x, y) + FocalLoss(include_background=include_background, to_onehot_y=True)(x, y)
+        if compound == "DiceFocal":
+            kw = dict(include_background=include_background, softmax=True, to_onehot_y=True)
+            whole = DiceFocalLoss(lambda_focal=1.5, **kw)(x, y)
+            region = DiceLoss(**kw)(x, y)
+        else:
+            act = {"sigmoid": True} if compound.endswith("sigmoid") else {}
+            kw = dict(include_background=include_background, to_onehot_y=True)
+            whole = fastloss.GeneralizedDiceFocalLoss(lambda_focal=1.5, weight=2.0, **kw, **act)(x, y)
+            region = fastloss.GeneralizedDiceLoss(**kw, **act)(x, y)
+        weight = 2.0 if compound != "DiceFocal" else None
+        focal = FocalLoss(include_background=include_background, to_onehot_y=True, weight=weight)(x, y)
+        parts = region + 1.5 * focal
         assert torch.equal(whole, parts), (seed, whole.item(), parts.item())
 
 

@@ -305,12 +305,6 @@ def class_stats_cpu(
         soft = soft.to(torch.uint8)
     ignore = target.ignore_index if labels is not None else None
     alpha = None if spec.alpha is None else float(spec.alpha)
-    if _sigmoid_focal_on_fused_path(x, labels, mask, spec):
-        # MONAI's sigmoid FocalLoss with labels: its term is the kernels' sigmoid_focal column, which the
-        # fused path forms with the code that serves DiceFocal's shared pass, so FocalLoss alone and the
-        # focal part of DiceFocal give the same bits (MONAI's tests compare DiceFocal with Dice + Focal at
-        # float32's resolution); the softmax it also forms costs what the sigmoid path's second exp did.
-        spec = StatsSpec("softmax", ("sigmoid_focal",), gamma=spec.gamma, alpha=spec.alpha)
     return _class_stats_op(
         x, labels, soft, mask, vmap, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
         float(spec.ce_exponent), float(spec.log_eps), ignore,
@@ -318,15 +312,6 @@ def class_stats_cpu(
 
 
 _FUSED_COLUMNS = frozenset(("pg", "p", "pp", "g", "gg", "ce", "count"))
-
-
-def _sigmoid_focal_on_fused_path(x, labels, mask, spec: StatsSpec) -> bool:
-    """A sigmoid focal request the kernels' fused path serves (csrc stats_fused_path: γ = 2, integer
-    labels, no mask tensor, float32/16/bf16, and C ≥ 2, where the label of class c is c)."""
-    return (
-        spec.activation == "sigmoid" and spec.columns == ("focal",) and spec.gamma == 2.0 and labels is not None
-        and mask is None and x.dtype != torch.float64 and x.shape[1] >= 2
-    )
 
 
 def fused_voxel_ce_supported(input: torch.Tensor, target: Target, spec: StatsSpec) -> bool:
