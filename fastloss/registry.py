@@ -75,7 +75,7 @@ PAPER_LOSSES["BatchSquareDice"] = (L.DiceLoss, dict(_REGION, squared_pred=True))
 PAPER_LOSSES["SampleDice (no square)"] = (L.DiceLoss, dict(_REGION, batch=False))
 PAPER_LOSSES["SampleSquareDice"] = (L.DiceLoss, dict(_REGION, batch=False, squared_pred=True))
 # ---- Eqs. (20), (21): the boundary terms on their own (the paper trains them only inside DiceBD/DiceHD)
-PAPER_LOSSES["BD"] = (L.BoundaryLoss, dict(softmax=True, include_background=False))
+PAPER_LOSSES["BD"] = (L.BoundaryLoss, dict(softmax=True, include_background=False, allow_1d=True))
 PAPER_LOSSES["HD"] = (L.HausdorffDTLoss, dict(softmax=True, include_background=False))
 
 # Other spellings accepted by get_loss (looked up after normalisation, see _key).

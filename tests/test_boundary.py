@@ -187,7 +187,8 @@ def test_boundary_signature_is_monais():
         assert p.default == getattr(q.default, "value", q.default), p.name  # reduction: LossReduction.MEAN
     extra = ours[len(ref):]
     assert [(p.name, p.kind, p.default) for p in extra] == [
-        ("spacing", inspect.Parameter.KEYWORD_ONLY, None), ("ignore_index", inspect.Parameter.KEYWORD_ONLY, None)]
+        ("spacing", inspect.Parameter.KEYWORD_ONLY, None), ("ignore_index", inspect.Parameter.KEYWORD_ONLY, None),
+        ("allow_1d", inspect.Parameter.KEYWORD_ONLY, False)]
     assert list(inspect.signature(BoundaryLoss.forward).parameters) == ["self", "input", "target", "distance_map"]
 
 
@@ -208,12 +209,30 @@ def test_boundary_matches_naive(ndim, batch):
     y[1] = 2  # a full mask
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
-    ours = BoundaryLoss(softmax=True, include_background=False, batch=batch)(x1, y)
+    ours = BoundaryLoss(softmax=True, include_background=False, batch=batch, allow_1d=ndim == 1)(x1, y)
     ref = naive_bd(x2, _onehot(y, 3), include_background=False, batch=batch)
     torch.testing.assert_close(ours, ref, **TOL)
     (ours * 2).backward()
     (ref * 2).backward()
     torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+
+
+def test_boundary_refuses_1d_as_monai_unless_allowed():
+    """MONAI's BoundaryLoss raises ValueError for 1D inputs (its test_dimension_validation): so does the
+    MONAI-named class by default; allow_1d=True, get_loss("BD") and DiceBD take them."""
+    from fastloss.losses.compound import DiceBoundaryLoss
+    from fastloss.registry import get_loss
+
+    x, y = _scenes(1, seed=4)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        BoundaryLoss(softmax=True)(x, y)
+    with pytest.raises(ValueError):
+        monai_losses.BoundaryLoss(softmax=True)(x, torch.nn.functional.one_hot(y[:, 0], 3).movedim(-1, 1).float())
+    want = BoundaryLoss(softmax=True, include_background=False, allow_1d=True)(x, y)
+    torch.testing.assert_close(get_loss("BD")(x, y), want)
+    assert torch.isfinite(DiceBoundaryLoss(alpha=0.5)(x, y))
+    with pytest.raises(TypeError):
+        BoundaryLoss(allow_1d="yes")
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum"])

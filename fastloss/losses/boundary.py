@@ -15,7 +15,7 @@ import torch
 
 from .._validation import check_spacing
 from ..ops.stats import StatsSpec, activate, class_stats, compute_dtype
-from ._common import LossBase, check_nonneg, functional_form, reduce_loss, select_classes
+from ._common import LossBase, check_bool, check_nonneg, functional_form, reduce_loss, select_classes
 
 __all__ = ["BoundaryLoss", "HausdorffDTLoss", "LogHausdorffDTLoss", "boundary_loss", "hausdorff_dt_loss",
            "log_hausdorff_dt_loss"]
@@ -62,7 +62,9 @@ class BoundaryLoss(LossBase):
     Constructor arguments, their order and defaults, warnings and results are MONAI 1.6.1's (defaults: no
     activation, background included, per-image values); the paper's configuration (softmax, background
     excluded, as Kervadec's ``idc = [1]``) is ``fastloss.get_loss("BD")``. fastloss additionally accepts
-    1D inputs, integer labels whatever ``to_onehot_y`` says, ``spacing`` and ``ignore_index``.
+    integer labels whatever ``to_onehot_y`` says, ``spacing``, ``ignore_index``, and 1D inputs with
+    ``allow_1d=True`` (MONAI refuses them with a ``ValueError``, and so does this class by default;
+    ``get_loss("BD")`` and :class:`~fastloss.losses.compound.DiceBoundaryLoss` allow them).
 
     ``ignore_index`` (labels: voxels with that label; one-hot targets: that class's voxels, or all-zero
     voxels for a sentinel, MONAI's convention): the prediction is masked there, the map is computed from
@@ -86,9 +88,11 @@ class BoundaryLoss(LossBase):
         spacing: keyword only, fastloss addition: voxel spacing for the distance maps (one number or one
             per spatial dim; MONAI's unit spacing by default).
         ignore_index: keyword only, fastloss addition: see above.
+        allow_1d: keyword only, fastloss addition: accept 1D inputs ``(B, C, L)``. Default False (MONAI).
 
     Forward args:
-        input: ``(B, C, *spatial)``, 1 to 3 spatial dims (logits with ``sigmoid``/``softmax``).
+        input: ``(B, C, *spatial)``, 2 or 3 spatial dims (1 to 3 with ``allow_1d``; logits with
+            ``sigmoid``/``softmax``).
         target: integer labels ``(B, 1, *spatial)`` / ``(B, *spatial)``, or one-hot / soft ``(B, C, *spatial)``.
         distance_map: optional precomputed φ_G, ``(B, C, *spatial)`` (or ``(B, C - 1, *spatial)`` without
             the background; ``*spatial`` may be flattened), used as is; no gradient flows into it.
@@ -97,7 +101,8 @@ class BoundaryLoss(LossBase):
         TypeError: non-callable ``other_act``, non-bool flags, a non-int ``ignore_index``, bad input, target
             or ``distance_map`` types.
         ValueError: more than one activation, an unknown ``reduction``, bad ``spacing``, an input without
-            1 to 3 spatial dims, a target or ``distance_map`` of the wrong shape, out-of-range labels.
+            2 or 3 spatial dims (1 to 3 with ``allow_1d``), a target or ``distance_map`` of the wrong shape,
+            out-of-range labels.
 
     Example:
         >>> import torch
@@ -122,6 +127,7 @@ class BoundaryLoss(LossBase):
         *,
         spacing=None,
         ignore_index: Optional[int] = None,
+        allow_1d: bool = False,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -134,6 +140,7 @@ class BoundaryLoss(LossBase):
             ignore_index=ignore_index,
         )
         self.spacing = _check_spacing_arg(spacing)
+        self.allow_1d = check_bool(allow_1d, "allow_1d")
 
     def _first_class(self, C: int) -> int:
         return 0 if (self.include_background or C == 1) else 1
@@ -187,6 +194,11 @@ class BoundaryLoss(LossBase):
         """See the class docstring: ``input`` ``(B, C, *spatial)``, ``target`` labels or one-hot, optional
         precomputed ``distance_map``. Returns a scalar, or ``(B, C')`` / ``(C',)`` for ``reduction="none"``."""
         prep = self.prepare(input, target)
+        if input.ndim == 3 and not self.allow_1d:
+            raise ValueError(
+                f"BoundaryLoss expects 2D or 3D inputs (B, C, H, W[, D]), as MONAI's, got shape {tuple(input.shape)}; "
+                "pass allow_1d=True for fastloss's 1D boundary loss"
+            )
         C = input.shape[1]
         c0 = self._first_class(C)
         if distance_map is None:

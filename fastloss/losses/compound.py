@@ -691,6 +691,7 @@ class DiceBoundaryLoss(nn.Module):
             other_act=other_act,
             spacing=spacing,
             ignore_index=ignore_index,
+            allow_1d=True,
         )
         self.epoch = 0
         self.alpha = self.alpha_start
