@@ -662,16 +662,18 @@ def test_boundary_against_reference(torch_backend, case):
     for inc in (False, True):
         phi = _phi(cs, include_background=inc)
         for red in ("mean", "sum", "none"):
-            loss = BD.BoundaryLoss(include_background=inc, softmax=True, reduction=red, ignore_index=cs.ignore_index)
+            loss = BD.BoundaryLoss(include_background=inc, softmax=True, reduction=red, ignore_index=cs.ignore_index,
+                                   allow_1d=True)
             _check(lambda x: loss(x, cs.target),
                    lambda x: R.boundary(x, cs.g, phi, mask=cs.mask, include_background=inc, reduction=red), cs.x,
                    rtol=1e-6, atol=1e-9)
     sp = (1.5,) + (0.75,) * (cs.x.ndim - 3)
     phi = _phi(cs, sp)
-    loss = BD.BoundaryLoss(include_background=False, softmax=True, spacing=sp, ignore_index=cs.ignore_index)
+    loss = BD.BoundaryLoss(include_background=False, softmax=True, spacing=sp, ignore_index=cs.ignore_index,
+                           allow_1d=True)
     _check(lambda x: loss(x, cs.target), lambda x: R.boundary(x, cs.g, phi, mask=cs.mask), cs.x, rtol=1e-6, atol=1e-9)
     # a given map: no EDT, exact
-    loss = BD.BoundaryLoss(include_background=False, softmax=True, ignore_index=cs.ignore_index)
+    loss = BD.BoundaryLoss(include_background=False, softmax=True, ignore_index=cs.ignore_index, allow_1d=True)
     _check(lambda x: loss(x, cs.target, phi), lambda x: R.boundary(x, cs.g, phi, mask=cs.mask), cs.x)
 
 

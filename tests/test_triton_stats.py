@@ -11,7 +11,8 @@ pytest.importorskip("triton")
 
 from fastloss._validation import Target, prepare_target  # noqa: E402
 from fastloss.ops import triton_stats  # noqa: E402
-from fastloss.ops.stats import COLUMNS, StatsSpec, class_stats, class_stats_torch  # noqa: E402
+from fastloss.ops.stats import StatsSpec, class_stats, class_stats_torch  # noqa: E402
+from fastloss.ops.triton_stats import SUPPORTED_COLUMNS as COLUMNS  # noqa: E402  (all but sigmoid_focal)
 from fastloss.ops.triton_stats import class_stats_triton, supports  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -254,3 +255,14 @@ def test_opcheck():
     lab = torch.randint(0, 3, (2, 40), generator=gen)
     args = (x, lab, None, None, None, "softmax", "pg,p,pp,ce,focal", 2.0, None, 0.3, 0.0, None)
     torch.library.opcheck(torch.ops.fastloss.triton_class_stats.default, args)
+
+
+def test_sigmoid_focal_column_is_left_to_the_other_backends():
+    """sigmoid_focal (MONAI DiceFocal's shared CPU pass) is a compiled-CPU column: the Triton kernels decline
+    it, so a request that holds it is served elsewhere instead of failing."""
+    gen = torch.Generator().manual_seed(5)
+    x = _logits(2, 3, "softmax", gen)
+    target = prepare_target(x, _labels(2, 3, gen))
+    assert "sigmoid_focal" not in COLUMNS
+    assert supports(x, target, StatsSpec("softmax", ("pg", "focal")))
+    assert not supports(x, target, StatsSpec("softmax", ("pg", "sigmoid_focal")))

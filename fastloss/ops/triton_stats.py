@@ -65,6 +65,9 @@ from .stats_spec import COLUMNS, StatsSpec
 _ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
 _TINY = float(torch.finfo(torch.float32).tiny)  # the clamp of ce_pow, as in the torch backend
 _MAP_COLUMNS = ("map_ce", "map_p", "map_sqerr")
+# The columns these kernels compute: all but ``sigmoid_focal``, which only the compiled CPU kernels have
+# (it lets MONAI's DiceFocal share one CPU pass; on this path DiceFocal runs its two parts).
+SUPPORTED_COLUMNS = tuple(c for c in COLUMNS if c != "sigmoid_focal")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -605,7 +608,7 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
         return False
     if input.ndim < 2 or input.numel() == 0 or spec.activation not in _ACT or not spec.columns:
         return False
-    if "sigmoid_focal" in spec.columns:  # a column of the compiled CPU kernels only
+    if not set(spec.columns) <= set(SUPPORTED_COLUMNS):
         return False
     B, C = input.shape[:2]
     N = input.numel() // (B * C)
