@@ -209,9 +209,7 @@ def timing_worker(spec: dict) -> dict:
 def _run_worker(spec: dict) -> dict:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(spec.get("threads", 2))
-    env.pop("FASTLOSS_BACKEND", None)  # fastloss rows: the default (compiled CPU kernels)
-    if spec.get("provider") == "torch" and spec["loss"] == "Lovasz":
-        env["FASTLOSS_BACKEND"] = "torch"  # the same loss on the torch backend: the torch.sort algorithm
+    env.pop("FASTLOSS_BACKEND", None)  # the default (compiled CPU kernels); _stepper sets Lovász's torch provider
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
