@@ -11,7 +11,8 @@ Per (loss, shape):
   times alone do not;
 - **peak memory growth of one step**, each provider in its own process (so that one's allocator state does
   not colour another's): the resident-set high-water mark during one step minus the resident set before
-  it (the gradient of the logits included, for every provider alike), with glibc told to serve every
+  it (the gradient of the logits included, for every provider alike: fastloss's cache of freed gradient
+  buffers, ``ops/cpu_buffers.py``, is emptied first), with glibc told to serve every
   allocation over 64 KiB by mmap, so that freed tensors leave the resident set at once;
 - the loss value, so that the table can show the providers agree.
 
@@ -163,6 +164,11 @@ def memory_worker(spec: dict) -> dict:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
         gc.collect()
+        # fastloss keeps freed gradient buffers for the next step (ops/cpu_buffers.py): handed back here,
+        # so the measured step allocates its gradient afresh and counts it, as the baselines' steps do
+        from fastloss.ops import cpu_buffers
+
+        cpu_buffers.empty_cache()
         libc.malloc_trim(0)
     except OSError:
         libc = None

@@ -5,14 +5,13 @@
 
 #include <cstdint>
 #include <limits>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "edt.h"
 #include "lovasz_cpu.h"
 #include "stats_cpu.h"
@@ -332,33 +331,57 @@ PYBIND11_MODULE(_C, m) {
       py::arg("values_ptr"), py::arg("m"), py::arg("thr"), py::arg("share"), py::arg("grad"), py::arg("out_ptr"),
       py::arg("threads"), "grad * (1 if v > thr, share if v == thr, else 0) of m contiguous float32 values.");
 
+  // A block of the output-buffer cache (csrc/buffer_pool.h) as a writable Python buffer: torch.frombuffer
+  // views it and keeps this object alive as long as any tensor does; its destructor hands the block back.
+  class PooledBuffer {
+   public:
+    explicit PooledBuffer(std::size_t bytes) : bytes_(bytes) {
+      py::gil_scoped_release release;  // a fresh block is faulted in: milliseconds for ~100 MiB
+      ptr_ = fastloss::buffer_pool_acquire(bytes, &capacity_);
+    }
+    ~PooledBuffer() { fastloss::buffer_pool_release(ptr_, capacity_); }
+    PooledBuffer(const PooledBuffer&) = delete;
+    PooledBuffer& operator=(const PooledBuffer&) = delete;
+    void* ptr() const { return ptr_; }
+    std::size_t bytes() const { return bytes_; }
+    std::size_t capacity() const { return capacity_; }
+
+   private:
+    void* ptr_ = nullptr;
+    std::size_t bytes_ = 0, capacity_ = 0;
+  };
+  py::class_<PooledBuffer>(m, "PooledBuffer", py::buffer_protocol(),
+                           "`bytes` bytes (> 0) of the CPU output-buffer cache, 2 MiB aligned, contents undefined.")
+      .def(py::init([](int64_t bytes) {
+             if (bytes <= 0) throw std::invalid_argument("expected bytes > 0, got " + std::to_string(bytes));
+             return std::unique_ptr<PooledBuffer>(new PooledBuffer(static_cast<std::size_t>(bytes)));
+           }),
+           py::arg("bytes"))
+      .def_buffer([](PooledBuffer& b) {
+        return py::buffer_info(b.ptr(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.bytes())}, {static_cast<py::ssize_t>(1)}, false);
+      })
+      .def_property_readonly("ptr", [](const PooledBuffer& b) { return reinterpret_cast<std::uintptr_t>(b.ptr()); })
+      .def_property_readonly("capacity", &PooledBuffer::capacity);
+  m.def("buffer_cache_empty", []() { fastloss::buffer_pool_empty(); },
+        "Returns the cache's free blocks to the system.");
   m.def(
-      "advise_huge_pages",
-      [](std::uintptr_t ptr, int64_t bytes) {
-        // A fresh buffer of many MiB (glibc maps every allocation over 32 MiB anew) is faulted in 4 KiB
-        // pages as the kernels first write it: on this project's machine 99 MiB took 26 ms that way and
-        // 7 ms with transparent huge pages, which Linux grants in "madvise" mode only to ranges that ask.
-        // Advice on the whole 2 MiB pages inside [ptr, ptr + bytes), then one write per page from this
-        // thread: two threads faulting huge pages at once took twice as long as one (19.7 against 10.3 ms
-        // for the same 99 MiB), so the kernels' threads then find the pages there. The buffer's contents
-        // are undefined until the kernel writes them, so the zeros written do not matter. A no-op off
-        // Linux. Returns whether the advice was taken.
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-        const std::uintptr_t huge = std::uintptr_t(1) << 21;
-        const std::uintptr_t lo = (ptr + huge - 1) & ~(huge - 1), hi = (ptr + static_cast<std::uintptr_t>(bytes)) & ~(huge - 1);
-        if (bytes <= 0 || hi <= lo) return false;
-        if (madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) != 0) return false;
-        for (std::uintptr_t p = lo; p < hi; p += huge) *reinterpret_cast<volatile char*>(p) = 0;
-        return true;
-#else
-        (void)ptr;
-        (void)bytes;
-        return false;
-#endif
+      "buffer_cache_set_limit",
+      [](int64_t bytes) {
+        if (bytes < 0) throw std::invalid_argument("expected a limit >= 0 bytes, got " + std::to_string(bytes));
+        fastloss::buffer_pool_set_limit(static_cast<std::size_t>(bytes));
       },
-      py::arg("ptr"), py::arg("bytes"),
-      "madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a buffer, each then faulted in by one write (Linux; "
-      "False where not taken).");
+      py::arg("bytes"), "Most bytes the cache keeps in free blocks (0: none); over it, the oldest are freed.");
+  m.def("buffer_cache_info", []() {
+    const fastloss::BufferPoolInfo i = fastloss::buffer_pool_info();
+    py::dict d;
+    d["cached_bytes"] = i.cached_bytes;
+    d["cached_blocks"] = i.cached_blocks;
+    d["limit_bytes"] = i.limit_bytes;
+    d["hits"] = i.hits;
+    d["misses"] = i.misses;
+    return d;
+  });
 
   m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
         "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");

@@ -449,20 +449,3 @@ def test_topk_weights_match_the_torch_expression_bitwise():
     assert torch.equal(got, grad * w)
     zero = cpu_stats.topk_weights_cpu(v, torch.tensor(0.0), share, grad)
     assert zero[1].item() == zero[2].item() == (grad * share).item() and zero[0].item() == 0.0
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_new_output_like_keeps_the_layout_of_a_large_input(layout):
-    """The backward's output buffers (advised to use huge pages from 8 MiB on) keep the input's shape,
-    dtype and strides, and the advice never touches memory outside the buffer (whole 2 MiB pages only)."""
-    x = torch.empty(2, 5, 64, 64, 64)  # 10 MiB
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    out = cpu_stats.new_output_like(x)
-    assert out.shape == x.shape and out.dtype == x.dtype and out.stride() == x.stride()
-    out.fill_(1.5)
-    assert out.sum().item() == 1.5 * out.numel()
-    from fastloss import _C
-
-    assert _C.advise_huge_pages(out.data_ptr(), 0) is False  # nothing to advise
-    assert _C.advise_huge_pages(out.data_ptr() + 1, 4096) is False  # no whole 2 MiB page inside

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .cpu_stats import new_output_like
+from .cpu_buffers import new_output_like
 
 try:
     from .. import _C

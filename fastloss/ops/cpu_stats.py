@@ -31,6 +31,7 @@ import torch
 
 from .._validation import Target
 from ._autograd import register_logits_autograd
+from .cpu_buffers import new_output_like
 from .stats_spec import COLUMNS, StatsSpec
 
 try:
@@ -74,22 +75,6 @@ def _columns(columns: str) -> list:
 
 def _threads() -> int:
     return max(1, torch.get_num_threads())
-
-
-_HUGE_PAGE_MIN_BYTES = 8 << 20
-
-
-def new_output_like(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """``torch.empty_like(x)`` (same layout) for a kernel to fill; a buffer of 8 MiB or more is first
-    advised to use transparent huge pages (Linux) and faulted in by this thread, one write per 2 MiB page:
-    a (2, 14, 96³) float32 gradient took 26 ms in 4 KiB faults, 20 ms in huge-page faults from two threads
-    at once and 8 ms this way, on this project's machine (glibc maps such buffers afresh on every
-    allocation)."""
-    out = torch.empty_like(x, dtype=dtype)
-    nbytes = out.numel() * out.element_size()
-    if nbytes >= _HUGE_PAGE_MIN_BYTES and available() and hasattr(_C, "advise_huge_pages"):
-        _C.advise_huge_pages(out.data_ptr(), nbytes)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
