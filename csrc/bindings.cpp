@@ -13,6 +13,7 @@
 
 #include "buffer_pool.h"
 #include "edt.h"
+#include "formula_cpu.h"
 #include "lovasz_cpu.h"
 #include "stats_cpu.h"
 
@@ -382,6 +383,22 @@ PYBIND11_MODULE(_C, m) {
     d["misses"] = i.misses;
     return d;
   });
+
+  m.def(
+      "loss_formula_cpu",
+      [](std::uintptr_t stats, int64_t B, int64_t C, int64_t K, std::uintptr_t rw, int64_t rw_stride,
+         std::uintptr_t dw, int64_t dw_stride, std::vector<int64_t> ints, std::vector<double> floats,
+         std::uintptr_t loss, std::uintptr_t dstats) {
+        if (!stats || !loss || !dstats) throw std::invalid_argument("null data pointer");
+        *reinterpret_cast<float*>(loss) = fastloss::loss_formula_cpu(
+            reinterpret_cast<const float*>(stats), B, C, K, reinterpret_cast<const float*>(rw), rw_stride,
+            reinterpret_cast<const float*>(dw), dw_stride, ints, floats, reinterpret_cast<float*>(dstats));
+      },
+      py::arg("stats_ptr"), py::arg("B"), py::arg("C"), py::arg("K"), py::arg("region_weight_ptr"),
+      py::arg("rw_stride"), py::arg("dist_weight_ptr"), py::arg("dw_stride"), py::arg("ints"), py::arg("floats"),
+      py::arg("loss_ptr"), py::arg("dstats_ptr"),
+      "The fused loss formula (ops/triton_formula.make_config's ints and floats) on (B, C, K) float32 "
+      "statistics: the loss into loss_ptr (one float32), dL/dstats into dstats_ptr (B, C, K).");
 
   m.def("cpu_isa", []() { return std::string(fastloss::stats_cpu_isa()); },
         "The instruction set the CPU loss kernels use (FASTLOSS_CPU_ISA lowers it).");

@@ -13,7 +13,6 @@ import contextlib
 import contextvars
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -121,14 +120,16 @@ def check_spacing(spacing, ndim: int) -> Optional[tuple]:
     return sp
 
 
-@dataclass
 class Target:
     """A normalised target for ``num_classes`` channels over ``N`` flattened voxels.
 
     Exactly one of ``labels`` / ``soft`` is set:
 
-    - ``labels``: ``(B, N)`` int64 class indices (the fast path; never expanded in the kernels).
-      Voxels to ignore keep their value; ``ignore_index`` says which.
+    - ``labels``: ``(B, N)`` int64 class indices, for the torch backend's indexing (gather, scatter).
+      ``raw_labels`` is the same ``(B, N)`` view in the caller's integer dtype (uint8, int8, int16, int32
+      or int64; bool as uint8), which the compiled kernels read as it is: labels of a narrower dtype are
+      widened to int64 only when, and the first time, ``labels`` is asked for. Voxels to ignore keep
+      their value; ``ignore_index`` says which.
     - ``soft``: ``(B, C, N)`` one-hot or soft target in the input's compute dtype.
 
     ``mask`` is ``(B, N)`` float (1 = counted, 0 = ignored, fractional for MONAI's soft one-hot
@@ -136,12 +137,31 @@ class Target:
     by this mask before any sum; every loss here does the same.
     """
 
-    labels: Optional[torch.Tensor]
-    soft: Optional[torch.Tensor]
-    mask: Optional[torch.Tensor]
-    num_classes: int
-    spatial_shape: tuple
-    ignore_index: Optional[int] = None
+    __slots__ = ("raw_labels", "_labels_long", "soft", "mask", "num_classes", "spatial_shape", "ignore_index")
+
+    def __init__(self, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                 num_classes: int, spatial_shape: tuple, ignore_index: Optional[int] = None):
+        if labels is not None and labels.dtype == torch.bool:
+            labels = labels.view(torch.uint8)
+        self.raw_labels = labels
+        self._labels_long = labels if labels is None or labels.dtype == torch.int64 else None
+        self.soft = soft
+        self.mask = mask
+        self.num_classes = num_classes
+        self.spatial_shape = spatial_shape
+        self.ignore_index = ignore_index
+
+    @property
+    def labels(self) -> Optional[torch.Tensor]:
+        if self._labels_long is None and self.raw_labels is not None:
+            self._labels_long = self.raw_labels.long()
+        return self._labels_long
+
+    def __repr__(self) -> str:
+        kind = f"labels {tuple(self.raw_labels.shape)} {self.raw_labels.dtype}" if self.raw_labels is not None \
+            else f"soft {tuple(self.soft.shape)}"
+        return (f"Target({kind}, mask={'yes' if self.mask is not None else 'no'}, num_classes={self.num_classes}, "
+                f"spatial_shape={self.spatial_shape}, ignore_index={self.ignore_index})")
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         """The ``(B, C, N)`` target, one-hot for labels, with ignored voxels zeroed."""
@@ -240,16 +260,20 @@ def prepare_target(
             raise ValueError(f"{name} has non-integral float labels; expected class indices")
         labels = labels.long()
     elif target.dtype == torch.bool:
-        labels = labels.long()
-    else:
-        labels = labels.long()
+        labels = labels.view(torch.uint8)  # same bytes; read as 0/1 labels
+    # other integer dtypes stay as they are: the kernels read them in place (Target.labels widens lazily)
 
     if label_checks_enabled():
         _check_label_range_once(labels, C, ignore_index, name)
 
     mask = None
     if ignore_index is not None:
-        mask = (labels != ignore_index).to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+        dt = torch.float64 if input.dtype == torch.float64 else torch.float32
+        info = torch.iinfo(labels.dtype)
+        if info.min <= ignore_index <= info.max:
+            mask = (labels != ignore_index).to(dt)
+        else:  # e.g. uint8 labels with ignore_index=-100: no voxel can hold it (and comparing would wrap it)
+            mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
     return Target(labels, None, mask, C, spatial, ignore_index)
 
 
@@ -287,6 +311,7 @@ def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int]
     lo_hi = torch.aminmax(labels)  # one pass, one host sync; the detailed check only when it fails
     if int(lo_hi.min) >= 0 and int(lo_hi.max) < hi:
         return
+    labels = labels.long()  # a narrower dtype would wrap ignore_index in the comparisons below
     bad = (labels < 0) | (labels >= hi)
     if ignore_index is not None:
         bad &= labels != ignore_index

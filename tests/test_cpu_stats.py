@@ -449,3 +449,39 @@ def test_topk_weights_match_the_torch_expression_bitwise():
     assert torch.equal(got, grad * w)
     zero = cpu_stats.topk_weights_cpu(v, torch.tensor(0.0), share, grad)
     assert zero[1].item() == zero[2].item() == (grad * share).item() and zero[0].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["DiceCE", "DiceTopK", "DiceFocal", "Dice", "CE", "Focal", "Tversky", "GDice"])
+@pytest.mark.parametrize("dtype,ignore_index", [
+    (torch.uint8, None), (torch.uint8, 255), (torch.uint8, -100), (torch.int8, -1), (torch.int16, -100),
+    (torch.int32, None), (torch.bool, None),
+])
+def test_narrow_labels_are_read_in_place_with_int64s_bits(monkeypatch, name, dtype, ignore_index):
+    """uint8/int8/int16/int32/bool labels reach the kernels as they are (never widened to int64: the
+    Target's int64 view is never asked for) and give the loss and gradient of the same labels as int64.
+    uint8 with ignore_index=-100: no uint8 can hold it, so nothing is ignored (comparing would wrap it
+    to 156)."""
+    C = 2 if dtype == torch.bool else 4
+    x = _inputs(2, C, (5, 6, 7), "softmax", torch.float32)
+    lab = torch.randint(0, C, (2, 1, 5, 6, 7), generator=torch.Generator().manual_seed(5))
+    if ignore_index is not None:
+        lab[:, :, ::3] = ignore_index
+    if dtype == torch.uint8 and ignore_index == -100:
+        lab[:, :, ::3] = 156 % C  # in range: -100 cannot be stored in uint8
+    kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+    if name == "CE":
+        kw = {"ignore_index": -100 if ignore_index is None else ignore_index}
+    loss = fastloss.get_loss(name, **kw)
+
+    def run(labels):
+        xa = x.detach().clone().requires_grad_()
+        v = loss(xa, labels)
+        v.backward()
+        return v.detach(), xa.grad
+
+    want_v, want_g = run(lab)  # int64
+    from fastloss._validation import Target
+
+    monkeypatch.setattr(Target, "labels", property(lambda self: pytest.fail("labels widened to int64")))
+    got_v, got_g = run(lab.to(dtype))
+    assert torch.equal(got_v, want_v) and torch.equal(got_g, want_g)

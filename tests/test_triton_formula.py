@@ -1,4 +1,5 @@
-"""The fused loss formula (fastloss/ops/triton_formula.py) under TRITON_INTERPRET=1 on CPU tensors.
+"""The fused loss formula (fastloss/ops/triton_formula.py) under TRITON_INTERPRET=1 on CPU tensors, and its C++
+twin (fastloss/ops/cpu_formula.py) on the compiled CPU backend: every test that takes ``spy`` runs for both.
 
 1. Same statistics, two formulas: ``class_stats`` is replaced by random per-column ``(B, C)`` leaf tensors, so
    the loss modules' torch formula (the reference, ``FASTLOSS_BACKEND=torch``) and the fused kernel
@@ -36,10 +37,21 @@ COLS = ("pg", "p", "pp", "g", "gg", "ce", "focal", "count")
 _FUSED = ("fused_dice", "fused_tversky", "fused_cross_entropy", "fused_focal", "fused_dice_ce", "fused_dice_focal")
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Counts the fused formula launches (loss_formula calls)."""
-    calls = []
+class _Calls(list):
+    backend = "triton"  # FASTLOSS_BACKEND that runs the fused formula: "triton", or "auto" (its C++ twin)
+
+
+@pytest.fixture(params=["triton", "cpu"])
+def spy(monkeypatch, request):
+    """Counts the fused formula calls (loss_formula), for the Triton kernel and for its C++ twin
+    (``ops/cpu_formula.py``, the compiled CPU backend): ``spy.backend`` is the backend to set."""
+    calls = _Calls()
+    if request.param == "cpu":
+        from fastloss.ops import cpu_formula, cpu_stats
+
+        if not (cpu_formula.available() and cpu_stats.available()):
+            pytest.skip("fastloss._C has no CPU formula")
+        calls.backend = "auto"
     real = triton_formula.loss_formula
 
     def wrapped(*args, **kwargs):
@@ -108,7 +120,7 @@ def _same_formula(make, monkeypatch, spy, *, C=4, ignore_index=None, onehot=Fals
     n0 = len(spy)
     ref, ref_g = _value_and_dstats(loss, x, y, fake, "torch", monkeypatch)
     assert len(spy) == n0, "the torch backend must keep the torch formula"
-    got, got_g = _value_and_dstats(loss, x, y, fake, "triton", monkeypatch)
+    got, got_g = _value_and_dstats(loss, x, y, fake, spy.backend, monkeypatch)
     assert len(spy) == n0 + 1, "the fused formula was not used"
     assert got.dtype == torch.float32 and got.shape == ()
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=1e-7)
@@ -282,7 +294,7 @@ def test_end_to_end(case, monkeypatch, spy):
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
     x, y = _inputs(2, C, spatial, gen, ignore_index, absent, onehot)
     loss = make()
-    monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+    monkeypatch.setenv("FASTLOSS_BACKEND", spy.backend)
     got, g = _run(loss, x, y)
     n = len(spy)
     assert n == (2 if name in ("DiceCE smoothing", "DiceFocal MONAI") else 1), "the fused formula was not used"
@@ -304,7 +316,7 @@ def test_half_input(monkeypatch, spy):
     gen = torch.Generator().manual_seed(3)
     x, y = _inputs(2, 3, (6, 7, 5), gen)
     loss = get_loss("DiceCE")
-    monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+    monkeypatch.setenv("FASTLOSS_BACKEND", spy.backend)
     got, g = _run(loss, x.to(torch.bfloat16), y)
     assert len(spy) == 1 and got.dtype == torch.float32 and g.dtype == torch.bfloat16
     monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
@@ -340,7 +352,7 @@ def test_errors_as_torch_path(monkeypatch):
 def test_not_covered_keeps_torch_formula(monkeypatch, spy):
     gen = torch.Generator().manual_seed(6)
     x, y = _inputs(2, 3, (4, 5, 3), gen)
-    monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+    monkeypatch.setenv("FASTLOSS_BACKEND", spy.backend)
     losses = [
         DiceLoss(softmax=True, soft_label=True),
         DiceLoss(other_act=torch.tanh),
@@ -470,6 +482,67 @@ def test_torch_compile_fullgraph(monkeypatch):
     compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend=backend)
     got, g = _run(compiled, x, y)
     assert any(t.startswith("fastloss.triton_loss_formula") for t in targets), targets
+    ref, g_ref = _run(loss, x, y)
+    _close(got, ref, 1e-6, 1e-7)
+    _close(g, g_ref, 1e-6, 1e-7)
+    torch._dynamo.reset()
+
+
+def _cpu_formula():
+    from fastloss.ops import cpu_formula
+
+    if not cpu_formula.available():
+        pytest.skip("fastloss._C has no CPU formula")
+    return cpu_formula
+
+
+def test_opcheck_cpu():
+    _cpu_formula()
+    gen = torch.Generator().manual_seed(8)
+    stats = (torch.rand(2, 4, 5, generator=gen) * 10 + 1).requires_grad_(True)
+    cfg = triton_formula.make_config(region="tversky", first_class=1, i_tp=0, i_ps=1, i_gs=2, smooth_nr=1e-5,
+                                     smooth_dr=1e-5, region_numel=6, alpha=0.3, beta=0.7, dist="ce", i_ce=3, i_g=2,
+                                     i_count=4, ce_weighted_den=True)
+    w = torch.tensor([1.0, 2.0, 0.5])
+    cw = torch.tensor([0.3, 1.0, 2.0, 0.7])
+    torch.library.opcheck(torch.ops.fastloss.cpu_loss_formula.default, (stats, w, cw, *cfg))
+    cfg2 = triton_formula.make_config(dist="focal", i_focal=0, i_count=4, focal_masked=True, dist_mean=False)
+    torch.library.opcheck(torch.ops.fastloss.cpu_loss_formula.default, (stats, None, cw[:1].expand(4), *cfg2))
+
+
+def test_cpu_formula_refuses_a_malformed_configuration():
+    cpu_formula = _cpu_formula()
+    stats = torch.rand(2, 3, 3)
+    ints, floats = triton_formula.make_config(region="dice", i_tp=0, i_ps=1, i_gs=3)  # K = 3: no column 3
+    with pytest.raises(ValueError, match=r"column i_gs = 3 outside \[0, 3\)"):
+        cpu_formula.loss_formula_cpu(stats, ints, floats)
+    with pytest.raises(ValueError, match="expected 15 ints and 9 floats"):
+        cpu_formula.loss_formula_cpu(stats, ints[:-1], floats)
+    ints, floats = triton_formula.make_config(dist="ce", i_ce=0, i_count=-1)
+    with pytest.raises(ValueError, match="column i_count = -1"):
+        cpu_formula.loss_formula_cpu(stats, ints, floats)
+
+
+def test_torch_compile_fullgraph_cpu(monkeypatch):
+    """On the compiled CPU backend torch.compile traces the statistics and the formula as custom ops."""
+    _cpu_formula()
+    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
+    torch._dynamo.reset()
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        from torch._dynamo.backends.registry import lookup_backend
+
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    gen = torch.Generator().manual_seed(9)
+    x, y = _inputs(2, 3, (5, 6, 4), gen)
+    loss = get_loss("DiceCE")
+    compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend=backend)
+    got, g = _run(compiled, x, y)
+    assert any(t.startswith("fastloss.cpu_loss_formula") for t in targets), targets
+    assert any(t.startswith("fastloss.cpu_class_stats") for t in targets), targets
     ref, g_ref = _run(loss, x, y)
     _close(got, ref, 1e-6, 1e-7)
     _close(g, g_ref, 1e-6, 1e-7)

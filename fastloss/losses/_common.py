@@ -32,7 +32,7 @@ from .._validation import (
     check_reduction,
     prepare_target,
 )
-from ..backend import use_triton
+from ..backend import use_compiled_cpu, use_triton
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 
 __all__ = [
@@ -388,10 +388,11 @@ class LossBase(nn.Module):
 
 
 def fused_formula(name: str, loss, input, target):
-    """The loss through ``fastloss.ops.triton_formula.<name>`` (the statistics kernel, then one launch that
-    evaluates the formula and its derivative) when the Triton backend serves ``input`` and that function
-    covers the loss's configuration; None otherwise, and the caller runs its torch formula."""
-    if not isinstance(input, torch.Tensor) or not use_triton(input):
+    """The loss through ``fastloss.ops.triton_formula.<name>`` (the statistics kernel, then one call that
+    evaluates the formula and its derivative: Triton, or its C++ twin on the compiled CPU backend) when a
+    compiled backend serves ``input`` and that function covers the loss's configuration; None otherwise,
+    and the caller runs its torch formula."""
+    if not isinstance(input, torch.Tensor) or not (use_triton(input) or use_compiled_cpu(input)):
         return None
     if input.ndim == 2:  # (B, C): one voxel per class, MONAI's pooled formulas; the statistics path serves it
         return None

@@ -210,7 +210,7 @@ class DiceCELoss(nn.Module):
             per_voxel = per_voxel * m
         smooth = per_voxel.sum()
         if self.reduction == "mean":
-            if w is not None and prep.target.labels is not None:
+            if w is not None and prep.target.raw_labels is not None:
                 lab = prep.target.labels
                 valid = (lab >= 0) & (lab < C)
                 wy = w[torch.where(valid, lab, torch.zeros_like(lab))] * valid.to(dt)
@@ -346,6 +346,8 @@ class DiceFocalLoss(nn.Module):
                 and use_compiled_cpu(input)
             ):
                 columns = ("pg", "p", "g", "sigmoid_focal")
+                if focal.ignore_index is not None:  # the focal formula divides by the counted voxels
+                    columns += ("count",)
         with shared_statistics(columns, gamma=focal.gamma, alpha=alpha):
             dice_loss = self.dice(input, target)
             focal_loss = self.focal(input, target)

@@ -86,7 +86,7 @@ def _voxel_ce(x: torch.Tensor, target: Target, weight: Optional[torch.Tensor]) -
     logp = torch.log_softmax(x.to(dt), dim=1)
     C = x.shape[1]
     w = _class_weight_vector(weight, C, logp)
-    if target.labels is not None:
+    if target.raw_labels is not None:
         lab = target.labels
         in_range = (lab >= 0) & (lab < C)
         safe = torch.where(in_range, lab, torch.zeros_like(lab))
@@ -107,7 +107,7 @@ def _voxel_ce_any(input: torch.Tensor, target: Target, weight: Optional[torch.Te
     """:func:`_voxel_ce`, served by a fused kernel for unweighted integer labels (one read of the logits, no
     ``(B, C, N)`` temporaries): Triton (``ops.triton_topk.voxel_ce_triton``) or, on CPU tensors, the compiled
     C++ kernel (``ops.cpu_stats.voxel_ce_cpu``), when the backend says so."""
-    if target.labels is not None and weight is None:
+    if target.raw_labels is not None and weight is None:
         from ..backend import use_compiled_cpu, use_triton
         from ..ops.stats import shared_voxel_ce
 
@@ -118,8 +118,8 @@ def _voxel_ce_any(input: torch.Tensor, target: Target, weight: Optional[torch.Te
         if use_compiled_cpu(input):
             from ..ops.cpu_stats import voxel_ce_cpu, voxel_ce_supported
 
-            if voxel_ce_supported(input, target.labels):
-                return voxel_ce_cpu(input, target.labels, target.ignore_index)
+            if voxel_ce_supported(input, target.raw_labels):
+                return voxel_ce_cpu(input, target.raw_labels, target.ignore_index)
         elif use_triton(input) and input.dtype != torch.float64:
             try:
                 from ..ops.triton_topk import voxel_ce_triton
@@ -245,7 +245,7 @@ def _cross_entropy(
     count = _count_per_batch(stats, 2).sum()
     if sigmoid:
         den = count * C  # BCEWithLogits: mean over every (voxel, channel) element
-    elif w is not None and target.labels is not None:
+    elif w is not None and target.raw_labels is not None:
         den = (w * stats[..., 1].sum(dim=0)).sum()  # torch's weighted mean: Σ_i w_{y_i}
     else:
         den = count
@@ -259,7 +259,7 @@ cross_entropy_loss = functional_form(CrossEntropyLoss, "cross_entropy_loss")
 def _class_counts(target: Target) -> torch.Tensor:
     """Counted voxels per class ``n_c`` ``(C,)`` (float64) of a normalised target."""
     C = target.num_classes
-    if target.labels is not None:
+    if target.raw_labels is not None:
         lab = target.labels
         ok = (lab >= 0) & (lab < C)
         if target.mask is not None:
@@ -636,7 +636,7 @@ class FocalLoss(nn.Module):
         tgt = prep.target
         B, C = input.shape[:2]
         spatial = tuple(input.shape[2:])
-        N = tgt.labels.shape[1] if tgt.labels is not None else tgt.soft.shape[2]
+        N = tgt.raw_labels.shape[1] if tgt.raw_labels is not None else tgt.soft.shape[2]
         dt = compute_dtype(input)
         x = flatten_spatial(input)
         drop_background = not self.include_background and C > 1
@@ -672,7 +672,7 @@ class FocalLoss(nn.Module):
         # shared pass). The softmax of the kept channels is another softmax: sliced as MONAI.
         first = 0
         if drop_background:
-            if elementwise or self.use_softmax or tgt.labels is None:
+            if elementwise or self.use_softmax or tgt.raw_labels is None:
                 x = x[:, 1:]
                 tgt = Target(None, tgt.dense(dt)[:, 1:], tgt.mask, C - 1, spatial, tgt.ignore_index)
             else:
@@ -760,10 +760,10 @@ def penalty_map_from_labels(target: Target, spacing=None) -> torch.Tensor:
     """
     from ..distance import edt  # lazy: the compiled extension may be missing at import time
 
-    B, C = target.soft.shape[:2] if target.soft is not None else (target.labels.shape[0], target.num_classes)
+    B, C = target.soft.shape[:2] if target.soft is not None else (target.raw_labels.shape[0], target.num_classes)
     spatial = tuple(target.spatial_shape)
     with torch.no_grad():
-        if target.labels is not None:
+        if target.raw_labels is not None:
             lab = target.labels
             onehot = torch.stack([(lab == c) for c in range(C)], dim=1)  # (B, C, N) bool
             if target.mask is not None:

@@ -78,7 +78,7 @@ def voxel_terms(
     p = activate(x, spec.activation)
     g = target.dense(dt)
     m = None if target.mask is None else target.mask.to(dt).unsqueeze(1)
-    if target.labels is not None and not label_checks_enabled():
+    if target.raw_labels is not None and not label_checks_enabled():
         # Out-of-range labels (possible only with the label check off) are ignored voxels, as in the
         # kernels; with the check on every label is in range or ignore_index (masked above).
         hi = 2 if C == 1 else C
@@ -164,7 +164,7 @@ def class_stats_torch(
     """Torch backend of :func:`class_stats`: ``(B, C, K)`` sums, differentiable by autograd."""
     B, C = input.shape[:2]
     x = input.reshape(B, C, -1)
-    if set(spec.columns) <= _LABEL_FAST and target.labels is not None and C > 1 and spec.activation == "softmax":
+    if set(spec.columns) <= _LABEL_FAST and target.raw_labels is not None and C > 1 and spec.activation == "softmax":
         return _label_stats_softmax(x, target, spec)
     if voxel_map is not None:
         voxel_map = voxel_map.reshape(B, -1, x.shape[2])
@@ -300,7 +300,7 @@ def _tensor_key(t: Optional[torch.Tensor]):
 def _shared_key(input: torch.Tensor, target: Target, activation: str) -> tuple:
     # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
     return (
-        _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.labels), _tensor_key(target.soft),
+        _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.raw_labels), _tensor_key(target.soft),
         target.ignore_index, target.num_classes, activation,
     )
 
@@ -340,9 +340,12 @@ def _sigmoid_focal_from_shared(shared: dict, input: torch.Tensor, target: Target
         if hit is None:
             continue
         full_spec, full = hit[0], hit[1]
-        if "sigmoid_focal" in full_spec.columns and (full_spec.gamma, full_spec.alpha) == (spec.gamma, spec.alpha):
-            k = full_spec.columns.index("sigmoid_focal")
-            return full[..., k : k + 1]
+        # the request's "focal" is the pass's "sigmoid_focal"; "count" (the counted voxels, the same for
+        # any activation) is the pass's own
+        names = ["sigmoid_focal" if c == "focal" else c for c in spec.columns]
+        if set(names) <= set(full_spec.columns) and (full_spec.gamma, full_spec.alpha) == (spec.gamma, spec.alpha):
+            idx = [full_spec.columns.index(c) for c in names]
+            return full[..., idx[0] : idx[0] + 1] if len(idx) == 1 else full[..., idx]
     return None
 
 
@@ -359,7 +362,7 @@ def class_stats(
         return _compute(input, target, spec, voxel_map)
     key = _shared_key(input, target, spec.activation)
     hit = shared["cache"].get(key)
-    if hit is None and spec.activation == "sigmoid" and spec.columns == ("focal",):
+    if hit is None and spec.activation == "sigmoid" and spec.columns in (("focal",), ("focal", "count")):
         aliased = _sigmoid_focal_from_shared(shared, input, target, spec)
         if aliased is not None:
             return aliased

@@ -1,5 +1,8 @@
 """The loss *formula* and its derivative in one tiny Triton kernel: the host path of the fused losses.
 
+The configuration (``make_config``) and the ``fused_*`` entry points here serve both compiled backends:
+on the compiled CPU backend the same configuration runs in C++ (``ops/cpu_formula.py``).
+
 On CUDA tensors the statistics are one fused kernel (+ one partial-sum reduction) forward and one kernel
 backward (``ops/triton_stats.py``). What remains is the loss formula on the ``(B, C, K)`` statistics:
 written in torch it is ~30 small ops forward and ~30 more in autograd's backward, each costing
@@ -61,7 +64,7 @@ import triton
 import triton.language as tl
 
 from .._validation import _is_compiling
-from ..backend import use_triton
+from ..backend import use_compiled_cpu, use_triton
 from .stats import StatsSpec, class_stats
 
 _REGION = {"none": 0, "dice": 1, "jaccard": 2, "tversky": 3}
@@ -391,9 +394,14 @@ def loss_formula(
     Differentiable once with respect to ``stats`` (backward: one multiply of the saved ``dL/dstats``; no
     second derivative).
     ``region_weight``: ``(C − first_class,)`` float32 on ``stats``' device (stride 0 repeats a value) or
-    None; ``dist_weight``: ``(C,)`` likewise. Call :func:`fits` first.
+    None; ``dist_weight``: ``(C,)`` likewise. Call :func:`fits` first. CPU statistics off the Triton
+    backend go to the C++ twin of the kernel (``ops/cpu_formula.py``).
     """
     ints, floats = config
+    if stats.device.type == "cpu" and not use_triton(stats):
+        from .cpu_formula import loss_formula_cpu
+
+        return loss_formula_cpu(stats, ints, floats, region_weight, dist_weight)
     if _is_compiling():
         return torch.ops.fastloss.triton_loss_formula(stats, region_weight, dist_weight, ints, floats)[0]
     return _Formula.apply(stats, region_weight, dist_weight, ints, floats)
@@ -409,10 +417,20 @@ _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _input_ok(input) -> bool:
     if not isinstance(input, torch.Tensor) or input.dtype not in _FUSED_DTYPES or input.ndim not in (3, 4, 5):
         return False
-    if input.numel() == 0 or not use_triton(input):
+    if input.numel() == 0 or not (use_triton(input) or _cpu_formula_serves(input)):
         return False
     bb, bc = _tiles(input.shape[0], input.shape[1])
     return bb * bc <= _MAX_TILE
+
+
+def _cpu_formula_serves(input: torch.Tensor) -> bool:
+    """CPU tensors on the compiled backend: the statistics from ``ops/cpu_stats.py``, the formula from
+    ``ops/cpu_formula.py`` (the C++ twin of this module's kernel)."""
+    if not use_compiled_cpu(input):
+        return False
+    from . import cpu_formula
+
+    return cpu_formula.available()
 
 
 def _weight(weight: Optional[torch.Tensor], n: int, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -493,7 +511,7 @@ def fused_cross_entropy(loss, input: torch.Tensor, target: torch.Tensor) -> Opti
     C = input.shape[1]
     w = _weight(loss._weight_for(prep.target, input), C, input)
     stats = class_stats(input, prep.target, StatsSpec("softmax", ("ce", "g", "count")))
-    cfg = _ce_config(prep.target.labels is not None, w is not None, loss.reduction == "mean", 1.0, 0, 1, 2)
+    cfg = _ce_config(prep.target.raw_labels is not None, w is not None, loss.reduction == "mean", 1.0, 0, 1, 2)
     return loss_formula(stats, make_config(**cfg), None, w)
 
 
@@ -508,7 +526,7 @@ def _focal_config(focal, prep, input, i_focal: int, i_count: int, lambda_dist: f
     """Config kwargs and the ``(C,)`` class weight of the focal part (FocalLoss's reductions)."""
     tgt = prep.target
     B, C = input.shape[:2]
-    N = tgt.labels.shape[1] if tgt.labels is not None else tgt.soft.shape[2]
+    N = tgt.raw_labels.shape[1] if tgt.raw_labels is not None else tgt.soft.shape[2]
     cw = focal._class_weight(C, input)  # MONAI's checks; (C,) or (1,)
     if cw is not None:
         cw = cw.to(torch.float32).expand(C)
@@ -554,7 +572,7 @@ def fused_dice_ce(loss, input: torch.Tensor, target: torch.Tensor) -> Optional[t
     # columns: region (pg, p|pp, g|gg), then ce, count, and g when the region part does not have it
     cols = rcols + ("ce", "count") + (("g",) if dice.squared_pred else ())
     i_g = cols.index("g")
-    ckw = _ce_config(prep.target.labels is not None, cw is not None, loss.reduction == "mean", loss.lambda_ce,
+    ckw = _ce_config(prep.target.raw_labels is not None, cw is not None, loss.reduction == "mean", loss.lambda_ce,
                      3, i_g, 4)
     stats = class_stats(prep.input, prep.target, StatsSpec("softmax", cols))
     return loss_formula(stats, make_config(**rkw, **ckw), rw, cw)

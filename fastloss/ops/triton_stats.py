@@ -617,7 +617,7 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
     tensors = [t for t in (target.labels, target.soft, target.mask, voxel_map) if t is not None]
     if any(t.device != input.device for t in tensors):
         return False
-    if target.labels is not None:
+    if target.raw_labels is not None:
         if target.labels.dtype.is_floating_point or target.labels.dtype == torch.bool or target.labels.numel() != B * N:
             return False
     elif target.soft is None or target.soft.numel() != B * C * N:
@@ -644,7 +644,7 @@ def class_stats_triton(
     N = x.shape[2]
     x = x.contiguous()
     labels = soft = mask = None
-    if target.labels is not None:
+    if target.raw_labels is not None:
         labels = target.labels.reshape(B, N).contiguous()
     else:
         soft = target.soft.reshape(B, C, N).contiguous()
