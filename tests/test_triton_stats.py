@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 from fastloss._validation import Target, prepare_target  # noqa: E402
 from fastloss.ops import triton_stats  # noqa: E402
 from fastloss.ops.stats import StatsSpec, class_stats, class_stats_torch  # noqa: E402
-from fastloss.ops.triton_stats import SUPPORTED_COLUMNS as COLUMNS  # noqa: E402  (all but sigmoid_focal)
+from fastloss.ops.triton_stats import SUPPORTED_COLUMNS as COLUMNS  # noqa: E402  (every column)
 from fastloss.ops.triton_stats import class_stats_triton, supports  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -257,12 +257,31 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastloss.triton_class_stats.default, args)
 
 
-def test_sigmoid_focal_column_is_left_to_the_other_backends():
-    """sigmoid_focal (MONAI DiceFocal's shared CPU pass) is a compiled-CPU column: the Triton kernels decline
-    it, so a request that holds it is served elsewhere instead of failing."""
-    gen = torch.Generator().manual_seed(5)
-    x = _logits(2, 3, "softmax", gen)
-    target = prepare_target(x, _labels(2, 3, gen))
-    assert "sigmoid_focal" not in COLUMNS
-    assert supports(x, target, StatsSpec("softmax", ("pg", "focal")))
-    assert not supports(x, target, StatsSpec("softmax", ("pg", "sigmoid_focal")))
+@pytest.mark.parametrize("ignore_index", [None, 2])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_monai_dice_focal_is_one_triton_pass(include_background, ignore_index, monkeypatch):
+    """MONAI's DiceFocal (softmax Dice, *sigmoid* focal over the one-hot labels) on the Triton backend: one
+    statistics pass serves both parts (the focal part reads the pass's ``sigmoid_focal`` column); value and
+    gradient as the torch backend's, which computes the parts separately."""
+    import fastloss.ops.stats as S
+    from fastloss.losses.compound import DiceFocalLoss
+
+    gen = torch.Generator().manual_seed(21)
+    x = _logits(2, 4, "softmax", gen)
+    y = _labels(2, 4, gen).unsqueeze(1)
+    loss = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=include_background, gamma=2.0,
+                         alpha=0.25, ignore_index=ignore_index)
+    calls = []
+    real = S._compute
+    monkeypatch.setattr(S, "_compute", lambda *a: calls.append(a[2].columns) or real(*a))
+    monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+    xa = x.clone().requires_grad_()
+    v = loss(xa, y)
+    (ga,) = torch.autograd.grad(v, xa)
+    assert len(calls) == 1 and "sigmoid_focal" in calls[0], calls
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    xb = x.double().requires_grad_()
+    want = loss(xb, y)
+    (gb,) = torch.autograd.grad(want, xb)
+    torch.testing.assert_close(v.double(), want.detach(), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-4, atol=1e-7)

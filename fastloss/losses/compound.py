@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import _is_compiling, check_reduction
-from ..backend import use_compiled_cpu
+from ..backend import use_compiled_cpu, use_triton
 from ..ops.stats import StatsSpec, class_stats, compute_dtype, shared_statistics
 from ._common import (
     LossBase,
@@ -328,7 +328,7 @@ class DiceFocalLoss(nn.Module):
         if fused is not None:
             return fused
         # One statistics pass serves both parts when the focal term reads the same softmax as the Dice term
-        # (softmax focal over every channel), and on the compiled CPU kernels also for MONAI's own
+        # (softmax focal over every channel), and on the compiled kernels (C++ and Triton) also for MONAI's own
         # configuration, a softmax Dice with a sigmoid focal part: its column ``sigmoid_focal`` is the
         # sigmoid focal term of the same logits, which the focal part then takes (with or without channel 0:
         # the term is per element). Otherwise (a softmax focal without channel 0, whose softmax is another
@@ -343,7 +343,7 @@ class DiceFocalLoss(nn.Module):
                 not focal.use_softmax  # a per-class alpha asks for other sums (FocalLoss.forward)
                 and (focal._alpha_is_number or focal.alpha is None)
                 and focal.reduction != "none"
-                and use_compiled_cpu(input)
+                and (use_compiled_cpu(input) or use_triton(input))
             ):
                 columns = ("pg", "p", "g", "sigmoid_focal")
                 if focal.ignore_index is not None:  # the focal formula divides by the counted voxels

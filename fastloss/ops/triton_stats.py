@@ -65,9 +65,9 @@ from .stats_spec import COLUMNS, StatsSpec
 _ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
 _TINY = float(torch.finfo(torch.float32).tiny)  # the clamp of ce_pow, as in the torch backend
 _MAP_COLUMNS = ("map_ce", "map_p", "map_sqerr")
-# The columns these kernels compute: all but ``sigmoid_focal``, which only the compiled CPU kernels have
-# (it lets MONAI's DiceFocal share one CPU pass; on this path DiceFocal runs its two parts).
-SUPPORTED_COLUMNS = tuple(c for c in COLUMNS if c != "sigmoid_focal")
+# The columns these kernels compute: every column of the torch backend (``sigmoid_focal``, MONAI's sigmoid
+# focal term of the logits whatever the activation, lets MONAI's DiceFocal share one pass).
+SUPPORTED_COLUMNS = tuple(COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -183,6 +183,34 @@ def _softmax_stats(x_row, offs, lane, N, C: tl.constexpr):
     return mx, 1.0 / (1.0 + r), _log1p(r), r
 
 
+@triton.jit
+def _sigmoid_focal_term(x, g, m, alpha, GAMMA: tl.constexpr, HAS_ALPHA: tl.constexpr):
+    """MONAI's sigmoid focal term of logit x (before the mask factor): on xm = x·m,
+    bce = xm − xm·g − log σ(xm), inv = log σ(−xm·(2g − 1)), term = exp(γ·inv)·bce [· α_t]."""
+    xm = x * m
+    bce = xm - xm * g - _logsigmoid(xm)
+    inv = _logsigmoid(-xm * (2.0 * g - 1.0))
+    term = tl.exp(GAMMA * inv) * bce
+    if HAS_ALPHA:
+        term = (g * alpha + (1.0 - g) * (1.0 - alpha)) * term
+    return term
+
+
+@triton.jit
+def _sigmoid_focal_dx(x, g, m, alpha, GAMMA: tl.constexpr, HAS_ALPHA: tl.constexpr):
+    """∂(term·m)/∂x of :func:`_sigmoid_focal_term`, with s = 2g − 1:
+      ∂bce/∂xm = (1 − g) − σ(−xm) = σ(xm) − g,   ∂inv/∂xm = −s·σ(s·xm),   ∂xm/∂x = m
+      ∂(term·m)/∂x = α_t·m·m·exp(γ·inv)·[γ·(−s·σ(s·xm))·bce + σ(xm) − g]"""
+    xm = x * m
+    s = 2.0 * g - 1.0
+    bce = xm - xm * g - _logsigmoid(xm)
+    inv = _logsigmoid(-xm * s)
+    dterm = tl.exp(GAMMA * inv) * (GAMMA * (-s * _sigmoid(s * xm)) * bce + _sigmoid(xm) - g) * m * m
+    if HAS_ALPHA:
+        dterm = dterm * (g * alpha + (1.0 - g) * (1.0 - alpha))
+    return dterm
+
+
 # ----------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------
@@ -196,7 +224,7 @@ def _stats_fwd_kernel(
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_G: tl.constexpr, I_GG: tl.constexpr,
     I_ABS: tl.constexpr, I_SQP: tl.constexpr, I_SQN: tl.constexpr, I_CE: tl.constexpr,
     I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr, I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr,
-    I_MAPSQ: tl.constexpr, I_COUNT: tl.constexpr,
+    I_MAPSQ: tl.constexpr, I_COUNT: tl.constexpr, I_SFOC: tl.constexpr,
     NEED_LOG: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -258,12 +286,7 @@ def _stats_fwd_kernel(
         if I_FOCAL >= 0:
             if ACT == 1:
                 # MONAI sigmoid focal on the masked input xm = x·m
-                xm = x * m
-                bce = xm - xm * g - _logsigmoid(xm)
-                inv = _logsigmoid(-xm * (2.0 * g - 1.0))
-                term = tl.exp(GAMMA * inv) * bce
-                if HAS_ALPHA:
-                    term = (g * alpha + (1.0 - g) * (1.0 - alpha)) * term
+                term = _sigmoid_focal_term(x, g, m, alpha, GAMMA, HAS_ALPHA)
             else:
                 # MONAI softmax focal: −(1 − p)^γ·log p·g·α_c with p = exp(log p)
                 pf = tl.exp(logp)
@@ -277,6 +300,8 @@ def _stats_fwd_kernel(
             tl.store(out + I_MAPSQ * P, tl.sum((pm - g) * (pm - g) * w, axis=0))
         if I_COUNT >= 0:
             tl.store(out + I_COUNT * P, tl.sum(m, axis=0))
+        if I_SFOC >= 0:  # the sigmoid focal term of the logit itself, whatever the activation
+            tl.store(out + I_SFOC * P, tl.sum(_sigmoid_focal_term(x, g, m, alpha, GAMMA, HAS_ALPHA) * m, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,14 +313,15 @@ def _grad_coefs(
     ACT: tl.constexpr, HAS_ALPHA: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_ABS: tl.constexpr, I_SQP: tl.constexpr,
     I_SQN: tl.constexpr, I_CE: tl.constexpr, I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr,
-    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr, TINY: tl.constexpr,
+    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr, I_SFOC: tl.constexpr, TINY: tl.constexpr,
 ):
     """Per-voxel gradient pieces for class c, with G_k = dL/dstat_k of this (b, c) (scalars).
 
     Returns (a, d, e):
       a = Σ_k G_k·∂term_k/∂p         (terms that depend on x through p)
       d = Σ_k G_k·∂term_k/∂(log p)   (softmax / none: terms that depend on x through log p)
-      e = the direct dL/dx of the sigmoid-only forms (sigmoid CE and focal, written in x)
+      e = the direct dL/dx of the forms written in the logit x (sigmoid CE and focal; sigmoid_focal for
+          any activation: it depends on x_c alone, so it bypasses the activation's chain rule)
     The caller applies the activation's chain rule to a and d.
     """
     pm = p * m
@@ -335,19 +361,8 @@ def _grad_coefs(
             nl = tl.maximum(nlr, TINY)
             e += tl.load(gs_row + I_CEPOW) * tl.where(
                 nlr >= TINY, -g * CE_EXP * _pow_pos(nl, CE_EXP - 1.0) * (1.0 - p), 0.0)
-        if I_FOCAL >= 0:
-            # term = α_t·m·exp(γ·inv)·bce, xm = x·m, s = 2g − 1,
-            #   bce = xm(1 − g) − log σ(xm)    -> ∂bce/∂xm = (1 − g) − σ(−xm) = σ(xm) − g
-            #   inv = log σ(−s·xm)            -> ∂inv/∂xm = −s·σ(s·xm)
-            # ∂term/∂x = α_t·m·m·exp(γ·inv)·[γ·(−s·σ(s·xm))·bce + σ(xm) − g]
-            xm = x * m
-            s = 2.0 * g - 1.0
-            bce = xm - xm * g - _logsigmoid(xm)
-            inv = _logsigmoid(-xm * s)
-            dterm = tl.exp(GAMMA * inv) * (GAMMA * (-s * _sigmoid(s * xm)) * bce + _sigmoid(xm) - g) * m * m
-            if HAS_ALPHA:
-                dterm = dterm * (g * alpha + (1.0 - g) * (1.0 - alpha))
-            e += tl.load(gs_row + I_FOCAL) * dterm
+        if I_FOCAL >= 0:  # the sigmoid focal term of x (derivative in _sigmoid_focal_dx)
+            e += tl.load(gs_row + I_FOCAL) * _sigmoid_focal_dx(x, g, m, alpha, GAMMA, HAS_ALPHA)
     else:
         if I_CE >= 0:  # −g·log p -> −g
             d -= tl.load(gs_row + I_CE) * g
@@ -370,6 +385,8 @@ def _grad_coefs(
             if HAS_ALPHA:
                 dt = dt * tl.where(c == 0, 1.0 - alpha, alpha)
             d += tl.load(gs_row + I_FOCAL) * dt
+    if I_SFOC >= 0:
+        e += tl.load(gs_row + I_SFOC) * _sigmoid_focal_dx(x, g, m, alpha, GAMMA, HAS_ALPHA)
     return a, d, e
 
 
@@ -382,7 +399,7 @@ def _stats_bwd_kernel(
     HAS_ALPHA: tl.constexpr, HAS_LOG_EPS: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_ABS: tl.constexpr, I_SQP: tl.constexpr,
     I_SQN: tl.constexpr, I_CE: tl.constexpr, I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr,
-    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr,
+    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr, I_SFOC: tl.constexpr,
     NEED_LOG: tl.constexpr, NEED_MAP: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -419,7 +436,7 @@ def _stats_bwd_kernel(
             logp = x - mx - log_se
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
             Sa += p * a
             Sd += d
         for c in range(C):  # pass 3: write dL/dx_c
@@ -433,9 +450,11 @@ def _stats_bwd_kernel(
             logp = x - mx - log_se
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
             q = tl.where(x == mx, r * inv_se, 1.0 - p)  # 1 − p_c
             dx = p * (a - Sa) + d * q - p * (Sd - d)
+            if I_SFOC >= 0:
+                dx += e  # the sigmoid focal term's own dL/dx_c
             tl.store(dx_row + cl * N + offs, dx.to(dx_ptr.dtype.element_ty), mask=lane)
     else:
         for c in range(C):  # classes are independent: one pass
@@ -448,7 +467,7 @@ def _stats_bwd_kernel(
             p, logp = _elementwise_activation(x, log_eps, ACT, NEED_LOG, HAS_LOG_EPS)
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
             if ACT == 1:
                 # sigmoid: dp/dx = p(1 − p); e is already dL/dx
                 dx = a * p * (1.0 - p) + e
@@ -463,6 +482,8 @@ def _stats_bwd_kernel(
                     dx = a + d * dlog
                 else:
                     dx = a
+                if I_SFOC >= 0:
+                    dx += e  # the sigmoid focal term's own dL/dx_c
             tl.store(dx_row + cl * N + offs, dx.to(dx_ptr.dtype.element_ty), mask=lane)
 
 
@@ -489,7 +510,7 @@ def _config(columns: tuple, activation: str, gamma: float, alpha, ce_exponent: f
         GAMMA=float(gamma), CE_EXP=float(ce_exponent),
         I_PG=idx["pg"], I_P=idx["p"], I_PP=idx["pp"], I_ABS=idx["absdiff"], I_SQP=idx["sqerr_pos"],
         I_SQN=idx["sqerr_neg"], I_CE=idx["ce"], I_FOCAL=idx["focal"], I_CEPOW=idx["ce_pow"],
-        I_MAPCE=idx["map_ce"], I_MAPP=idx["map_p"], I_MAPSQ=idx["map_sqerr"],
+        I_MAPCE=idx["map_ce"], I_MAPP=idx["map_p"], I_MAPSQ=idx["map_sqerr"], I_SFOC=idx["sigmoid_focal"],
         NEED_LOG=need_log, TINY=_TINY,
     ), idx
 
@@ -602,7 +623,7 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
     Not handled: float64 (or other non-half/float32) input, an activation other than
     softmax/sigmoid/none, a target whose class count differs from the input's, tensors on different
     devices, a map column without a map (or a map of the wrong size), soft targets, masks or maps that
-    require grad (the kernels give no gradient to those), and the ``sigmoid_focal`` column.
+    require grad (the kernels give no gradient to those).
     """
     if not isinstance(input, torch.Tensor) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
