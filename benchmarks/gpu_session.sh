@@ -24,7 +24,7 @@ fi
 
 timeout 150 python3 -m pytest -q -m cuda --continue-on-collection-errors tests/test_cuda_kernels.py tests/test_edt_cuda.py tests/test_metrics.py 2>&1 | tee "$OUT/cuda_tests.log"
 # the compiled CPU kernels on the GPU machine's CPU (16 cores, another ISA mix): the same tests as CI
-timeout 60 python3 -m pytest -q -x tests/test_cpu_stats.py tests/test_cpu_lovasz.py 2>&1 | tail -3 >> "$OUT/cuda_tests.log"
+timeout 60 python3 -m pytest -q -x tests/test_cpu_stats.py tests/test_cpu_lovasz.py tests/test_cpu_buffers.py 2>&1 | tail -3 >> "$OUT/cuda_tests.log"
 if command -v compute-sanitizer >/dev/null; then
   timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x tests/test_edt_cuda.py -k "not large" \
     2>&1 | tail -40 > "$OUT/sanitizer.log"

@@ -191,6 +191,32 @@ def test_auto_backend_uses_the_kernels_on_cuda(name, monkeypatch):
     assert torch.equal(v_t, v_a) and torch.equal(g_t, g_a)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("ignore_index", [None, IGNORE])
+def test_monai_dice_focal_is_one_pass_on_cuda(dtype, ignore_index, monkeypatch):
+    """MONAI's DiceFocal arguments (softmax Dice, sigmoid focal without the background) on CUDA: one Triton
+    statistics pass (its ``sigmoid_focal`` column), and the value and gradient of the float64 torch
+    backend, which computes the two parts separately."""
+    import fastloss.ops.stats as S
+    from fastloss.losses.compound import DiceFocalLoss
+
+    x, y = _inputs(9, dtype, seed=41, ignore_index=ignore_index)
+    loss = DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=False, ignore_index=ignore_index)
+    calls = []
+    real = S._compute
+    monkeypatch.setattr(S, "_compute", lambda *a: calls.append(a[2].columns) or real(*a))
+    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
+    xa = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(v := loss(xa, y), xa)
+    assert len(calls) == 1 and "sigmoid_focal" in calls[0], calls
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    xb = x.detach().double().requires_grad_(True)
+    (gb,) = torch.autograd.grad(want := loss(xb, y), xb)
+    v_rtol, v_atol, g_rtol, g_atol = TOL[dtype]
+    _close(v, want.detach(), v_rtol, v_atol, "DiceFocal (MONAI) value")
+    _close(g, gb, g_rtol, g_atol * float(gb.abs().max()), "DiceFocal (MONAI) gradient")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_statistics_never_fall_back_to_torch(name, monkeypatch):
     """On CUDA float32 logits with integer labels, no loss sends its statistics to the torch backend."""
