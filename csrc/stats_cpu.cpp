@@ -152,11 +152,11 @@ void topk_weights_cpu(const float* v, int64_t m, float thr, float share, float g
   });
 }
 
-// One histogram pass over the top 11 bits of the keys finds the bucket holding the k-th largest value;
-// the keys of that bucket (a small share of the values) are gathered, and two more digits (11 and 10 bits)
-// of histogram over them give the exact key, #{key > it} and #{key == it}. Histograms are
-// integers (merged in any order, same result); the final sum adds fixed tiles' double partials in tile
-// order: deterministic for any thread count.
+// One histogram pass over the top 11 bits of the keys finds the bucket d holding the k-th largest value;
+// a second pass gathers the keys of that bucket (a small share of the values) and sums the values above it,
+// and two more digits (11 and 10 bits) of histogram over the gathered keys give the exact key, #{key > it}
+// and #{key == it}. Histograms are integers (merged in any order, same result); the sums add fixed tiles'
+// double partials in tile order: deterministic for any thread count.
 TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   if (m < 1 || k < 1 || k > m) throw std::invalid_argument("topk_select_cpu: expected 1 <= k <= m");
   const int nthreads = resolve_threads(threads);
@@ -186,22 +186,31 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
     if (above + hist[static_cast<size_t>(d)] >= k) break;
     above += hist[static_cast<size_t>(d)];
   }
-  // the bucket's keys, gathered per range without a branch (a key is written at the end, which advances
-  // only on a match; one spare slot per range bounds every write), then concatenated
-  std::vector<std::vector<uint32_t>> gathered(static_cast<size_t>(parts));
-  parallel_for(parts, nthreads, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const auto [begin, end] = range(p);
-      std::vector<uint32_t>& out = gathered[static_cast<size_t>(p)];
-      out.resize(static_cast<size_t>(end - begin) + 1);
+  // One more pass, in fixed tiles: the keys of bucket d gathered (without a branch: a key is written at the
+  // end, which advances only on a match; one spare slot per tile bounds every write), and the sum of the
+  // values above bucket d, which are in the top k whatever the threshold inside d turns out to be (8 double
+  // lanes per tile, tiles added in tile order: the same bits for any thread count).
+  const int64_t tile = 1 << 14;
+  const int64_t tiles = (m + tile - 1) / tile;
+  std::vector<std::vector<uint32_t>> gathered(static_cast<size_t>(tiles));
+  std::vector<double> part(static_cast<size_t>(tiles), 0.0);
+  parallel_for(tiles, nthreads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t lo = t * tile, hi = std::min(m, (t + 1) * tile);
+      std::vector<uint32_t>& out = gathered[static_cast<size_t>(t)];
+      out.resize(static_cast<size_t>(hi - lo) + 1);
       size_t n = 0;
       uint32_t* o = out.data();
-      for (int64_t i = begin; i < end; ++i) {
+      double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t i = lo; i < hi; ++i) {
         const uint32_t key = topk_key(v[i]);
+        const uint32_t bucket = key >> kShift;
         o[n] = key;
-        n += static_cast<size_t>((key >> kShift) == static_cast<uint32_t>(d));
+        n += static_cast<size_t>(bucket == static_cast<uint32_t>(d));
+        s[(i - lo) & 7] += bucket > static_cast<uint32_t>(d) ? static_cast<double>(v[i]) : 0.0;
       }
       out.resize(n);
+      part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     }
   });
   std::vector<uint32_t> cand;
@@ -231,22 +240,10 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   }
   const uint32_t thr_key = prefix;
   const float thr = key_value(thr_key);
-  const int64_t tile = 1 << 14;
-  const int64_t tiles = (m + tile - 1) / tile;
-  std::vector<double> part(static_cast<size_t>(tiles), 0.0);
-  parallel_for(tiles, nthreads, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 lanes (i mod 8 from the tile start), added in a fixed order
-      const int64_t lo = t * tile, hi = (t + 1) * tile < m ? (t + 1) * tile : m;
-      int64_t i = lo;
-      for (; i + 8 <= hi; i += 8)
-        for (int j = 0; j < 8; ++j) s[j] += topk_key(v[i + j]) > thr_key ? static_cast<double>(v[i + j]) : 0.0;
-      for (int j = 0; i < hi; ++i, ++j) s[j] += topk_key(v[i]) > thr_key ? static_cast<double>(v[i]) : 0.0;
-      part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    }
-  });
   double sum = 0.0;
   for (double s : part) sum += s;
+  for (uint32_t key : cand)  // bucket d's values above the threshold, in tile order (the key is the value)
+    if (key > thr_key) sum += static_cast<double>(key_value(key));
   sum += static_cast<double>(k - greater) * static_cast<double>(thr);
   return TopkResult{sum, thr, greater, equal};
 }
