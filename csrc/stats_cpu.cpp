@@ -61,12 +61,15 @@ size_t elem_size(const StatsArgs& a) { return a.x.dtype == kF64 ? sizeof(double)
 
 int64_t num_items(const StatsArgs& a) { return a.B * ((a.N + kTile - 1) / kTile); }
 
-// Runs body(begin, end, scratch) over the (b, tile) items; scratch is per call, aligned by the kernels.
+// Runs body(begin, end, scratch) over the (b, tile) items; scratch is per worker thread, aligned by the kernels.
 template <class Body>
 void for_items(const StatsArgs& a, int threads, Body body) {
   const size_t bytes = stats_scratch_bytes(a.C, elem_size(a));
   parallel_for(num_items(a), resolve_threads(threads), [&](int64_t begin, int64_t end) {
-    std::vector<unsigned char> scratch(bytes);
+    // one buffer per worker thread, kept between calls: no allocation and no zeroing per chunk (its
+    // contents are written before they are read)
+    thread_local std::vector<unsigned char> scratch;
+    if (scratch.size() < bytes) scratch.resize(bytes);
     body(begin, end, static_cast<void*>(scratch.data()));
   });
 }
@@ -89,15 +92,21 @@ void class_stats_cpu_forward(const StatsArgs& a, void* out, int threads) {
   for_items(a, threads, [&](int64_t begin, int64_t end, void* scratch) {
     k.forward(a, begin, end, part.data() + begin * CK, scratch);
   });
-  // per (b, c, k): the tiles' partial sums added in tile order, whatever the threads did
+  // per (b, c, k): the tiles' partial sums added in tile order, whatever the threads did (the tiles walked
+  // in memory order, every (c, k) sum advanced per tile: the same additions as one (c, k) at a time, without
+  // a strided pass over all the partials for each)
+  std::vector<double> sums(static_cast<size_t>(CK));
   for (int64_t b = 0; b < a.B; ++b) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const double* pt = part.data() + (b * tiles + t) * CK;
+      for (int64_t j = 0; j < CK; ++j) sums[static_cast<size_t>(j)] += pt[j];
+    }
     for (int64_t j = 0; j < CK; ++j) {
-      double s = 0.0;
-      for (int64_t t = 0; t < tiles; ++t) s += part[static_cast<size_t>((b * tiles + t) * CK + j)];
       if (a.x.dtype == kF64)
-        static_cast<double*>(out)[b * CK + j] = s;
+        static_cast<double*>(out)[b * CK + j] = sums[static_cast<size_t>(j)];
       else
-        static_cast<float*>(out)[b * CK + j] = static_cast<float>(s);
+        static_cast<float*>(out)[b * CK + j] = static_cast<float>(sums[static_cast<size_t>(j)]);
     }
   }
 }
