@@ -246,7 +246,7 @@ def run(quick: bool = True, losses=None, progress=None) -> list:
             progress(label)
         big = shape[2] >= 96
         t = _run_worker(dict(mode="time", loss=name, shape=list(shape), jobs=[list(j) for j in jobs],
-                             baseline=baseline, rounds=11 if big else 31, budget_s=90.0))
+                             baseline=baseline, rounds=11 if big else 41, budget_s=90.0))
         for provider, threads in jobs:
             m = _run_worker(dict(mode="memory", loss=name, shape=list(shape), provider=provider, threads=threads))
             w = t[f"{provider}:{threads}"]
