@@ -465,8 +465,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastloss.triton_loss_formula.default, (stats, None, None, *cfg2))
 
 
-def test_torch_compile_fullgraph(monkeypatch):
-    monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+def _compile_dice_ce(monkeypatch, backend_env):
+    """get_loss("DiceCE") under torch.compile(fullgraph=True) on FASTLOSS_BACKEND=backend_env: the traced
+    call targets, and value and gradient against eager."""
+    monkeypatch.setenv("FASTLOSS_BACKEND", backend_env)
     torch._dynamo.reset()
     targets = []
 
@@ -481,12 +483,16 @@ def test_torch_compile_fullgraph(monkeypatch):
     loss = get_loss("DiceCE")
     compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend=backend)
     got, g = _run(compiled, x, y)
-    assert any(t.startswith("fastloss.triton_loss_formula") for t in targets), targets
     ref, g_ref = _run(loss, x, y)
     _close(got, ref, 1e-6, 1e-7)
     _close(g, g_ref, 1e-6, 1e-7)
     torch._dynamo.reset()
+    return targets
 
+
+def test_torch_compile_fullgraph(monkeypatch):
+    targets = _compile_dice_ce(monkeypatch, "triton")
+    assert any(t.startswith("fastloss.triton_loss_formula") for t in targets), targets
 
 def _cpu_formula():
     from fastloss.ops import cpu_formula
@@ -526,24 +532,6 @@ def test_cpu_formula_refuses_a_malformed_configuration():
 def test_torch_compile_fullgraph_cpu(monkeypatch):
     """On the compiled CPU backend torch.compile traces the statistics and the formula as custom ops."""
     _cpu_formula()
-    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
-    torch._dynamo.reset()
-    targets = []
-
-    def backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        from torch._dynamo.backends.registry import lookup_backend
-
-        return lookup_backend("aot_eager")(gm, example_inputs)
-
-    gen = torch.Generator().manual_seed(9)
-    x, y = _inputs(2, 3, (5, 6, 4), gen)
-    loss = get_loss("DiceCE")
-    compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend=backend)
-    got, g = _run(compiled, x, y)
+    targets = _compile_dice_ce(monkeypatch, "auto")
     assert any(t.startswith("fastloss.cpu_loss_formula") for t in targets), targets
     assert any(t.startswith("fastloss.cpu_class_stats") for t in targets), targets
-    ref, g_ref = _run(loss, x, y)
-    _close(got, ref, 1e-6, 1e-7)
-    _close(g, g_ref, 1e-6, 1e-7)
-    torch._dynamo.reset()

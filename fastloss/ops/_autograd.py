@@ -55,3 +55,42 @@ def eager_logits_function(forward_impl, backward_impl) -> type:
 
     _LogitsFunction.__name__ = _LogitsFunction.__qualname__ = f"{forward_impl.__name__}_function"
     return _LogitsFunction
+
+
+# ----------------------------------------------------------------------------------------------------
+# the fused loss formulas (ops/triton_formula.py, ops/cpu_formula.py): impl(stats, region_weight,
+# dist_weight, ints, floats) -> (loss, dL/dstats); the backward multiplies the saved dL/dstats by the
+# upstream gradient (no gradient for the weights and the configuration; no second derivative)
+# ----------------------------------------------------------------------------------------------------
+def register_formula_autograd(op) -> None:
+    """Autograd of a formula custom op whose outputs are ``(loss, dL/dstats)``."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_loss, grad_dstats):
+        (dstats,) = ctx.saved_tensors
+        return dstats * grad_loss, None, None, None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def eager_formula_function(impl) -> type:
+    """The eager twin of a formula custom op (no dispatcher on the host path): same forward, same backward."""
+
+    class _FormulaFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, stats, region_weight, dist_weight, ints, floats):
+            loss, dstats = impl(stats, region_weight, dist_weight, ints, floats)
+            ctx.save_for_backward(dstats)
+            return loss
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable  # dstats is a constant here: no silent wrong 2nd derivative
+        def backward(ctx, grad_loss):
+            (dstats,) = ctx.saved_tensors
+            return dstats * grad_loss, None, None, None, None
+
+    _FormulaFunction.__name__ = _FormulaFunction.__qualname__ = f"{impl.__name__}_function"
+    return _FormulaFunction

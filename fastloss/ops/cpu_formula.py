@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._validation import _is_compiling
+from ._autograd import eager_formula_function, register_formula_autograd
 
 try:
     from .. import _C
@@ -56,33 +57,8 @@ def _(stats, region_weight, dist_weight, ints, floats):
     return stats.new_empty((), dtype=torch.float32), torch.empty_like(stats)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
-
-
-def _op_backward(ctx, grad_loss, grad_dstats):
-    (dstats,) = ctx.saved_tensors
-    return dstats * grad_loss, None, None, None, None  # L = loss(stats): dL/dstats · upstream
-
-
-_formula_cpu_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _FormulaCPU(torch.autograd.Function):
-    """Eager twin of the custom op (no dispatcher on the host path): same forward, same backward."""
-
-    @staticmethod
-    def forward(ctx, stats, region_weight, dist_weight, ints, floats):
-        loss, dstats = _formula_cpu_impl(stats, region_weight, dist_weight, ints, floats)
-        ctx.save_for_backward(dstats)
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # dstats is a constant here: no silent wrong 2nd derivative
-    def backward(ctx, grad_loss):
-        (dstats,) = ctx.saved_tensors
-        return dstats * grad_loss, None, None, None, None
+register_formula_autograd(_formula_cpu_op)
+_FormulaCPU = eager_formula_function(_formula_cpu_impl)
 
 
 def loss_formula_cpu(stats: torch.Tensor, ints: List[int], floats: List[float],
