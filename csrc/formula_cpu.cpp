@@ -2,6 +2,7 @@
 #include "formula_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -9,7 +10,7 @@ namespace fastloss {
 namespace {
 
 enum Int { kRegion, kFirst, kBatch, kRegionMean, kTp, kPs, kGs, kDist, kDistMean, kCeWDen, kFocalMasked,
-           kCe, kG, kCount, kFocal, kNumInts };
+           kCe, kG, kCount, kFocal, kGdWeight, kGdRelative, kGdF32, kNumInts };
 enum Float { kSmoothNr, kSmoothDr, kAlpha, kBeta, kLamR, kLamD, kRegionNumel, kDistDiv, kEps, kNumFloats };
 
 void check_column(int64_t k, int64_t K, const char* what) {
@@ -33,7 +34,76 @@ float loss_formula_cpu(const float* s, int64_t B, int64_t C, int64_t K, const fl
   double loss = 0.0;
 
   const int64_t region = ints[kRegion];
-  if (region != 0) {
+  if (region == 4) {
+    // Generalized Dice (Sudre et al.; region.GeneralizedDiceLoss), per row r (the batch summed with batch):
+    //   w_c = 1/G_c² (square), 1/G_c (simple) or 1 (uniform), an infinite weight (G_c = 0) replaced by the
+    //   row's largest finite one (MONAI's rule; in float32 where MONAI computes them so);
+    //   num = 2 Σ_c w_c tp_c + s_nr·W,  den = Σ_c w_c (2tp_c + fp_c + fn_c) + s_dr·W,  f_r = 1 − num/den,
+    //   W = 1, or Σ_c w_c G_c (1 where that is 0) with the relative smoothing.
+    // den = Σ_c w_c (P_c + G_c) + s_dr·W does not depend on tp: ∂f/∂tp_c = −2 w_c/den, ∂f/∂P_c = num·w_c/den².
+    // The weights and W depend on the target volumes G only, which have no path to the logits: dL/dG is
+    // left 0 (the fused path is not taken for a target that requires grad).
+    const int64_t c0 = std::max<int64_t>(ints[kFirst], 0), i_tp = ints[kTp], i_ps = ints[kPs], i_gs = ints[kGs];
+    check_column(i_tp, K, "i_tp");
+    check_column(i_ps, K, "i_ps");
+    check_column(i_gs, K, "i_gs");
+    const bool batch = ints[kBatch] != 0, mean = ints[kRegionMean] != 0, relative = ints[kGdRelative] != 0;
+    const bool f32 = ints[kGdF32] != 0;
+    const int64_t wtype = ints[kGdWeight];
+    if (wtype < 0 || wtype > 2) throw std::invalid_argument("loss formula: unknown generalized Dice weight " + std::to_string(wtype));
+    const double lam = fl[kLamR], numel = fl[kRegionNumel], snr = fl[kSmoothNr], sdr = fl[kSmoothDr];
+    const int64_t rows = batch ? 1 : B, Cr = C - c0;
+    std::vector<double> tp(static_cast<size_t>(Cr)), ps(static_cast<size_t>(Cr)), gs(static_cast<size_t>(Cr)),
+        w(static_cast<size_t>(Cr));
+    double tot = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b0 = batch ? 0 : r, b1 = batch ? B : r + 1;
+      double wmax = 0.0;
+      for (int64_t c = c0; c < C; ++c) {
+        double t = 0.0, p = 0.0, q = 0.0;
+        for (int64_t b = b0; b < b1; ++b) {
+          t += S(b, c, i_tp);
+          p += S(b, c, i_ps);
+          q += S(b, c, i_gs);
+        }
+        const size_t j = static_cast<size_t>(c - c0);
+        tp[j] = t, ps[j] = p, gs[j] = q;
+        double wc;
+        if (wtype == 0) {
+          wc = 1.0;
+        } else if (f32) {
+          const float gf = static_cast<float>(q);
+          wc = static_cast<double>(wtype == 1 ? 1.0f / gf : 1.0f / (gf * gf));
+        } else {
+          wc = wtype == 1 ? 1.0 / q : 1.0 / (q * q);
+        }
+        w[j] = wc;
+        if (!std::isinf(wc)) wmax = std::max(wmax, wc);
+      }
+      double num = 0.0, den = 0.0, vol = 0.0;
+      for (size_t j = 0; j < static_cast<size_t>(Cr); ++j) {
+        if (std::isinf(w[j])) w[j] = wmax;
+        num += w[j] * tp[j];
+        den += w[j] * (2.0 * tp[j] + (ps[j] - tp[j]) + (gs[j] - tp[j]));
+        vol += gs[j] * w[j];
+      }
+      num *= 2.0;
+      const double scale = relative ? (vol > 0.0 ? vol : 1.0) : 1.0;
+      num += snr * scale;
+      den += sdr * scale;
+      tot += 1.0 - num / den;
+      const double gf = mean ? lam / numel : lam;  // dL/df_r
+      for (int64_t c = c0; c < C; ++c) {
+        const double wc = w[static_cast<size_t>(c - c0)];
+        const double gtp = gf * (-2.0 * wc / den), gps = gf * (num * wc / (den * den));
+        for (int64_t b = b0; b < b1; ++b) {  // batch: dL/dS_bc = dL/dS_c
+          g[at(b, c, i_tp)] += gtp;
+          g[at(b, c, i_ps)] += gps;
+        }
+      }
+    }
+    loss += mean ? lam * (tot / numel) : lam * tot;
+  } else if (region != 0) {
     const int64_t c0 = ints[kFirst], i_tp = ints[kTp], i_ps = ints[kPs], i_gs = ints[kGs];
     check_column(i_tp, K, "i_tp");
     check_column(i_ps, K, "i_ps");

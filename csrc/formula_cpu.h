@@ -8,8 +8,9 @@
 
 namespace fastloss {
 
-// ints: region (0 none, 1 dice, 2 jaccard, 3 tversky), first_class, batch, region_mean, i_tp, i_ps, i_gs,
-//       dist (0 none, 1 ce, 2 focal), dist_mean, ce_weighted_den, focal_masked, i_ce, i_g, i_count, i_focal
+// ints: region (0 none, 1 dice, 2 jaccard, 3 tversky, 4 generalized Dice: this twin only), first_class, batch,
+//       region_mean, i_tp, i_ps, i_gs, dist (0 none, 1 ce, 2 focal), dist_mean, ce_weighted_den, focal_masked,
+//       i_ce, i_g, i_count, i_focal, gd_weight (0 uniform, 1 simple, 2 square), gd_relative, gd_f32_weights
 // floats: smooth_nr, smooth_dr, alpha, beta, lambda_region, lambda_dist, region_numel, dist_divisor, eps
 // (triton_formula.make_config's order). stats: (B, C, K) contiguous; region_weight: C − first_class values
 // at rw_stride (nullptr: 1); dist_weight: C values at dw_stride (nullptr: 1). dstats: (B, C, K), every

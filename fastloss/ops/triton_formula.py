@@ -68,7 +68,8 @@ from ._autograd import eager_formula_function, register_formula_autograd
 from ..backend import use_compiled_cpu, use_triton
 from .stats import StatsSpec, class_stats
 
-_REGION = {"none": 0, "dice": 1, "jaccard": 2, "tversky": 3}
+_REGION = {"none": 0, "dice": 1, "jaccard": 2, "tversky": 3, "gdice": 4}  # gdice: the C++ twin only
+_GD_WEIGHT = {"uniform": 0, "simple": 1, "square": 2}
 _DIST = {"none": 0, "ce": 1, "focal": 2}
 _F32_EPS = float(torch.finfo(torch.float32).eps)  # FocalLoss's clamp of the voxel count
 _MAX_TILE = 1 << 14  # padded (batch, class) entries one program holds
@@ -252,7 +253,8 @@ def _formula_kernel(
 # configuration
 # ----------------------------------------------------------------------------------------------------
 _INT_FIELDS = ("region", "first_class", "batch", "region_mean", "i_tp", "i_ps", "i_gs",
-               "dist", "dist_mean", "ce_weighted_den", "focal_masked", "i_ce", "i_g", "i_count", "i_focal")
+               "dist", "dist_mean", "ce_weighted_den", "focal_masked", "i_ce", "i_g", "i_count", "i_focal",
+               "gd_weight", "gd_relative", "gd_f32_weights")
 _FLOAT_FIELDS = ("smooth_nr", "smooth_dr", "alpha", "beta", "lambda_region", "lambda_dist", "region_numel",
                  "dist_divisor", "eps")
 
@@ -283,6 +285,9 @@ def make_config(
     lambda_dist: float = 1.0,
     dist_divisor: float = 1.0,
     eps: float = _F32_EPS,
+    gd_weight: str = "square",
+    gd_relative: bool = False,
+    gd_f32_weights: bool = False,
 ) -> Tuple[List[int], List[float]]:
     """The formula as ``(int list, float list)``, the form the custom op takes.
 
@@ -291,12 +296,17 @@ def make_config(
     ``batch``, mean over its ``region_numel`` values or sum, times ``lambda_region``. Distribution term
     (``dist``: ``none``/``ce``/``focal``) on ``i_ce`` (+ ``i_g`` for ``ce_weighted_den``, ``i_count``) or
     ``i_focal`` (+ ``i_count`` when ``focal_masked``), times ``lambda_dist``; ``dist_divisor`` is the unmasked
-    focal divisor (N for sum, B·N or B·C·N for mean).
+    focal divisor (N for sum, B·N or B·C·N for mean). ``region="gdice"`` (the generalized Dice, C++ twin only):
+    class weights ``gd_weight`` (``uniform``/``simple``/``square``) from the target volumes, computed in float32
+    with ``gd_f32_weights``, smoothing scaled by the weighted target volume with ``gd_relative``.
     """
     if region not in _REGION or dist not in _DIST:
         raise ValueError(f"region must be one of {list(_REGION)} and dist one of {list(_DIST)}, got {region!r}, {dist!r}")
+    if gd_weight not in _GD_WEIGHT:
+        raise ValueError(f"gd_weight must be one of {list(_GD_WEIGHT)}, got {gd_weight!r}")
     ints = [_REGION[region], int(first_class), int(batch), int(region_mean), i_tp, i_ps, i_gs,
-            _DIST[dist], int(dist_mean), int(ce_weighted_den), int(focal_masked), i_ce, i_g, i_count, i_focal]
+            _DIST[dist], int(dist_mean), int(ce_weighted_den), int(focal_masked), i_ce, i_g, i_count, i_focal,
+            _GD_WEIGHT[gd_weight], int(gd_relative), int(gd_f32_weights)]
     floats = [smooth_nr, smooth_dr, alpha, beta, lambda_region, lambda_dist, region_numel, dist_divisor, eps]
     return [int(v) for v in ints], [float(v) for v in floats]
 
@@ -377,6 +387,8 @@ def loss_formula(
         from .cpu_formula import loss_formula_cpu
 
         return loss_formula_cpu(stats, ints, floats, region_weight, dist_weight)
+    if ints[0] == _REGION["gdice"]:
+        raise ValueError("the Triton formula has no generalized Dice term (the C++ twin has)")
     if _is_compiling():
         return torch.ops.fastloss.triton_loss_formula(stats, region_weight, dist_weight, ints, floats)[0]
     return _Formula.apply(stats, region_weight, dist_weight, ints, floats)
@@ -468,6 +480,27 @@ def fused_tversky(loss, input: torch.Tensor, target: torch.Tensor) -> Optional[t
     cols, kw, w = _region_config(loss, B, C, kind="tversky", squared=False, like=input)
     stats = class_stats(prep.input, prep.target, StatsSpec(prep.activation, cols))
     return loss_formula(stats, make_config(**kw), w, None)
+
+
+def fused_generalized_dice(loss, input: torch.Tensor, target: torch.Tensor) -> Optional[torch.Tensor]:
+    """:class:`~fastloss.losses.region.GeneralizedDiceLoss` through the C++ formula (CPU tensors on the
+    compiled backend; the Triton kernel has no generalized Dice term), or None. Its weights come from the
+    target volumes, whose gradient the formula leaves 0: a target that requires grad keeps the torch path."""
+    if not _region_covered(loss, input) or use_triton(input):
+        return None
+    if isinstance(target, torch.Tensor) and target.requires_grad:
+        return None
+    prep = loss.prepare(input, target)
+    B, C = input.shape[:2]
+    kw = dict(
+        region="gdice", first_class=0 if loss.include_background else 1, batch=loss.batch,
+        region_mean=loss.reduction == "mean", i_tp=0, i_ps=1, i_gs=2, smooth_nr=loss.smooth_nr,
+        smooth_dr=loss.smooth_dr, region_numel=1 if loss.batch else B, gd_weight=loss.w_type,
+        gd_relative=loss.smooth_relative,
+        gd_f32_weights=not loss.smooth_relative and loss._weight_dtype == torch.float32,
+    )
+    stats = class_stats(prep.input, prep.target, StatsSpec(prep.activation, ("pg", "p", "g")))
+    return loss_formula(stats, make_config(**kw), None, None)
 
 
 def _ce_config(labels: bool, weighted: bool, mean: bool, lambda_dist: float, i_ce: int, i_g: int, i_count: int):
