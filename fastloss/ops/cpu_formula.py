@@ -8,7 +8,8 @@ evaluates the loss **and** ``dL/d(stats)`` (configured by ``triton_formula.make_
 computed in double); the backward multiplies the saved ``dL/d(stats)`` by the upstream gradient.
 
 Covered: what ``triton_formula``'s ``fused_*`` functions cover (Dice / IoU / Tversky, CE, Focal, DiceCE,
-DiceFocal; float32 statistics, i.e. float32/float16/bfloat16 logits). float64 logits keep the torch formula,
+DiceFocal; float32 statistics, i.e. float32/float16/bfloat16 logits), and the generalized Dice, which only this
+twin has (``fused_generalized_dice``). float64 logits keep the torch formula,
 so ``gradcheck`` still differentiates it end to end.
 """
 
