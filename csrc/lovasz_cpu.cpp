@@ -50,6 +50,20 @@ inline KeyOf<S> descending_key(S v) {
   return ~ascending;
 }
 
+// A digit's histogram h (n buckets, P keys) turned into the buckets' start offsets; false (h left as it
+// is) when every key has the same digit, so that the pass would not move anything and is skipped.
+inline bool bucket_starts(int64_t* h, int n, int64_t P) {
+  for (int b = 0; b < n; ++b)
+    if (h[b] == P) return false;
+  int64_t sum = 0;
+  for (int b = 0; b < n; ++b) {
+    const int64_t c = h[b];
+    h[b] = sum;
+    sum += c;
+  }
+  return true;
+}
+
 template <class S>
 void lovasz_row(const S* err, const S* fg, const uint8_t* valid, int64_t P, S* loss, S* d, std::vector<KeyOf<S>>& keys,
                 std::vector<KeyOf<S>>& keys2, std::vector<uint32_t>& idx, std::vector<uint32_t>& idx2) {
@@ -77,16 +91,7 @@ void lovasz_row(const S* err, const S* fg, const uint8_t* valid, int64_t P, S* l
   }
   for (int p = 0; p < kPasses; ++p) {
     int64_t* h = hist.data() + p * kBuckets;
-    bool trivial = false;
-    for (int b = 0; b < kBuckets; ++b)
-      if (h[b] == P) trivial = true;  // every key has this digit: the pass would not move anything
-    if (trivial) continue;
-    int64_t sum = 0;
-    for (int b = 0; b < kBuckets; ++b) {  // bucket starts
-      const int64_t c = h[b];
-      h[b] = sum;
-      sum += c;
-    }
+    if (!bucket_starts(h, kBuckets, P)) continue;
     const int shift = p * kDigitBits;
     for (int64_t i = 0; i < P; ++i) {
       const K k = keys[i];
@@ -149,16 +154,7 @@ void lovasz_row_packed(const float* err, const float* fg, const uint8_t* valid, 
   }
   for (int p = 0; p < kPasses8; ++p) {
     int64_t* h = hist[p];
-    bool trivial = false;
-    for (int b = 0; b < kBuckets8; ++b)
-      if (h[b] == P) trivial = true;  // every key has this digit: the pass would not move anything
-    if (trivial) continue;
-    int64_t sum = 0;
-    for (int b = 0; b < kBuckets8; ++b) {  // bucket starts
-      const int64_t c = h[b];
-      h[b] = sum;
-      sum += c;
-    }
+    if (!bucket_starts(h, kBuckets8, P)) continue;
     const int shift = 32 + p * kBits8;
     for (int64_t i = 0; i < P; ++i) {
       const uint64_t w = words[i];

@@ -72,19 +72,14 @@ def new_output_like(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> tor
     channels-last input gets a channels-last output), for a kernel to fill; from the cache when it has
     ``MIN_CACHED_BYTES`` or more and the cache is on."""
     dtype = x.dtype if dtype is None else dtype
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = x.numel() * itemsize
-    if nbytes < MIN_CACHED_BYTES or not _available() or x.device.type != "cpu" or _cache_off():
+    nbytes = x.numel() * dtype.itemsize
+    if nbytes < MIN_CACHED_BYTES or not _available() or x.device.type != "cpu" or _limit_from_env() == 0:
         return torch.empty_like(x, dtype=dtype)
     # the strides empty_like would give (x's own where x is dense, else row-major), without allocating
     strides = torch.empty_like(x, dtype=dtype, device="meta").stride()
     block = _C.PooledBuffer(nbytes)
     flat = torch.frombuffer(block, dtype=dtype, count=x.numel())  # holds `block` until the storage dies
     return flat.as_strided(x.shape, strides)
-
-
-def _cache_off() -> bool:
-    return os.environ.get(_ENV_LIMIT, "").strip() in ("0", "0.0")
 
 
 if _available():
