@@ -23,31 +23,17 @@ import torch
 
 from fastloss._validation import check_spacing, warn_once
 
-try:  # the compiled extension; a missing build is reported when an EDT is asked for
-    from fastloss import _C
-
-    _C_ERROR: Optional[BaseException] = None
-except ImportError as exc:  # pragma: no cover - only without a build
-    _C = None
-    _C_ERROR = exc
-
-__all__ = ["edt", "edt_at", "cdt", "signed_distance", "distance_field", "hausdorff_distance_maps", "cuda_available"]
-
-Array = Union[torch.Tensor, np.ndarray]
+from fastloss import _ext as _extension
 
 
 def _ext():
-    if _C is None:
-        raise RuntimeError(
-            "fastloss._C (the compiled EDT) is not built; reinstall with `pip install -e .` "
-            f"(import error: {_C_ERROR!r})"
-        )
-    return _C
+    """The compiled extension (``fastloss._ext``), or a RuntimeError naming the EDT as what needs it."""
+    return _extension.require("the EDT (fastloss.distance)")
 
 
 def cuda_available() -> bool:
     """Whether the CUDA EDT kernels were compiled into ``fastloss._C``."""
-    return _C is not None and bool(_C.has_cuda())
+    return _extension.has("has_cuda") and bool(_extension.C.has_cuda())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,11 +271,11 @@ def edt_at(
     spatial = tuple(t.shape[t.ndim - sd :])
     m = (t != 0).view(torch.uint8).reshape((-1,) + spatial)
     q = (qt != 0).view(torch.uint8).reshape((-1,) + spatial)
-    out = _edt_at_cpu(m, q, int(q.count_nonzero()), sp, nthreads)
+    out = edt_at_cpu(m, q, int(q.count_nonzero()), sp, nthreads)
     return out.numpy() if was_numpy else out
 
 
-def _edt_at_cpu(
+def edt_at_cpu(
     mask_u8: torch.Tensor,
     query_u8: torch.Tensor,
     count: int,

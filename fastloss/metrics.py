@@ -219,7 +219,7 @@ class _CpuRows:
     """
 
     def __init__(self, y_pred, y, include_background: bool):
-        from .distance import _ext  # lazy: the compiled extension loads only when a surface metric runs
+        from ._ext import require
 
         y_pred, y = _check_pair(y_pred, y, include_background)
         B, C = y_pred.shape[:2]
@@ -231,7 +231,7 @@ class _CpuRows:
         # the compiled helpers use torch's intra-op thread count (torch.set_num_threads limits them too)
         self.threads = torch.get_num_threads()
         views = (_mask_view(y_pred), _mask_view(y))
-        bad = _ext().mask_boxes_cpu(*views, B, C, spatial3, boxes.data_ptr(), self.threads)
+        bad = require("the surface metrics").mask_boxes_cpu(*views, B, C, spatial3, boxes.data_ptr(), self.threads)
         for x, name, n_bad in zip((y_pred, y), ("y_pred", "y"), bad):
             if n_bad:
                 _check_binary(x, name)  # raises, naming the bad values
@@ -259,10 +259,11 @@ class _CpuRows:
         per-row sequence) distances above it come as ``inf``. None when ``distances`` is False or a mask
         of the row is empty (the callers' empty-mask conventions need no distances).
         """
-        from .distance import _edt_at_cpu, _ext
+        from ._ext import require
+        from .distance import edt_at_cpu
 
         sp = [1.0] * self.nd if spacing is None else [float(v) for v in spacing]
-        ext = _ext()
+        ext = require("the surface metrics")
         for r, box in enumerate(self.boxes):
             if box is None:
                 continue
@@ -280,9 +281,9 @@ class _CpuRows:
                 limit = float("inf") if max_distance is None else float(max_distance[r])
                 # direction 0: the prediction's border voxels, distances to the reference border
                 kw = dict(threads=self.threads, features_nonzero=True, max_distance=limit)
-                parts = [_edt_at_cpu(E[1:], E[:1], counts[0], sp, **kw)]
+                parts = [edt_at_cpu(E[1:], E[:1], counts[0], sp, **kw)]
                 if not directed:
-                    parts.append(_edt_at_cpu(E[:1], E[1:], counts[1], sp, **kw))
+                    parts.append(edt_at_cpu(E[:1], E[1:], counts[1], sp, **kw))
                 V = torch.cat(parts) if len(parts) > 1 else parts[0]
             yield r, torch.tensor(counts, dtype=torch.int64), V
 
@@ -930,7 +931,7 @@ def _cell_codes(m: torch.Tensor) -> torch.Tensor:
 def _subvoxel_row(pm: torch.Tensor, gm: torch.Tensor, tol: float, table: torch.Tensor, spacing, metric: str):
     """NSD on surface elements of one ``(b, c)`` row: ``pm``/``gm`` the bool masks cropped to the box of
     their union (not both empty). Returns ``(Σ close areas, Σ areas)`` as float64 scalars."""
-    from .distance import _edt_at_cpu, cdt, edt_at
+    from .distance import edt_at_cpu, cdt, edt_at
 
     nd = pm.ndim
     code = _cell_codes(torch.stack((pm, gm)))
@@ -948,7 +949,7 @@ def _subvoxel_row(pm: torch.Tensor, gm: torch.Tensor, tol: float, table: torch.T
         query, target = E[k], E[1 - k]
         if metric == "euclidean":
             if query.device.type == "cpu" and not _BATCHED_ON_CPU:
-                d = _edt_at_cpu(
+                d = edt_at_cpu(
                     target[None].view(torch.uint8), query[None].view(torch.uint8), counts[k], sp,
                     threads=torch.get_num_threads(), features_nonzero=True, max_distance=float(tol32),
                 )

@@ -1,4 +1,4 @@
-"""fastloss.distance.edt_at (the EDT read at query voxels) and its CPU core _edt_at_cpu, against
+"""fastloss.distance.edt_at (the EDT read at query voxels) and its CPU core edt_at_cpu, against
 scipy.ndimage.distance_transform_edt (float64, per volume) read at the query voxels.
 
 The C++ search (csrc/edt_query_cpu.cpp) has several code paths, each exercised here with inputs built to
@@ -18,7 +18,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fastloss.distance import _edt_at_cpu, _ext, edt, edt_at
+from fastloss import _ext
+from fastloss.distance import edt, edt_at, edt_at_cpu
 
 RTOL = 1e-6
 INF = float("inf")
@@ -59,12 +60,12 @@ def u8(a, sd):
 
 
 def core(mask, query, sd, spacing=None, threads=1, features_nonzero=False, max_distance=INF, count=None):
-    """_edt_at_cpu on numpy inputs; returns a numpy float32 array."""
+    """edt_at_cpu on numpy inputs; returns a numpy float32 array."""
     m, q = u8(mask, sd), u8(query, sd)
     if count is None:
         count = int(np.count_nonzero(query))
     sp = [1.0] * sd if spacing is None else [float(s) for s in spacing]
-    out = _edt_at_cpu(m, q, count, sp, threads, features_nonzero, max_distance)
+    out = edt_at_cpu(m, q, count, sp, threads, features_nonzero, max_distance)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.ndim == 1
     return out.numpy()
 
@@ -110,7 +111,7 @@ def assert_capped(got, ref, md, exact):
 
 
 def ball_path(spatial, spacing, md):
-    """Whether _edt_at_cpu answers max_distance md with the direct ball search (test design check only):
+    """Whether edt_at_cpu answers max_distance md with the direct ball search (test design check only):
     the ball of offsets of length <= md, within the volume's extent, holds at most MAX_BALL offsets."""
     nd = len(spatial)
     n = (1,) * (3 - nd) + tuple(spatial)
@@ -615,11 +616,11 @@ def test_wrong_count_raises_before_writing(md, delta):
     m, q = u8(mask, 3), u8(query, 3)
     buf = torch.full((n + 20,), -7.0)
     with pytest.raises(ValueError, match=str(n)):
-        _ext().edt_query_cpu(m.data_ptr(), q.data_ptr(), buf.data_ptr(), n + delta, 2, [6, 7, 8], [1.0] * 3,
+        _ext.require("test").edt_query_cpu(m.data_ptr(), q.data_ptr(), buf.data_ptr(), n + delta, 2, [6, 7, 8], [1.0] * 3,
                              False, md, 1)
     assert (buf == -7.0).all()
     # the right count works through the same call
-    _ext().edt_query_cpu(m.data_ptr(), q.data_ptr(), buf.data_ptr(), n, 2, [6, 7, 8], [1.0] * 3, False, md, 1)
+    _ext.require("test").edt_query_cpu(m.data_ptr(), q.data_ptr(), buf.data_ptr(), n, 2, [6, 7, 8], [1.0] * 3, False, md, 1)
     assert_capped(buf[:n].numpy(), ref_at(mask, query, 3), md, exact=True)
     assert (buf[n:] == -7.0).all()
 

@@ -20,17 +20,16 @@ from typing import Optional
 
 import torch
 
-try:
-    from .. import _C
-except ImportError:  # pragma: no cover - exercised only on a broken install
-    _C = None
+from .. import _ext
+
+_C = _ext.C  # the compiled extension or None (fastloss._ext is its one import)
 
 MIN_CACHED_BYTES = 8 << 20  # smaller outputs are ordinary torch allocations (glibc's arenas reuse them)
 _ENV_LIMIT = "FASTLOSS_CPU_CACHE_MB"
 
 
 def _available() -> bool:
-    return _C is not None and hasattr(_C, "PooledBuffer")
+    return _ext.has("PooledBuffer")
 
 
 def _limit_from_env() -> int:

@@ -22,15 +22,14 @@ import torch
 from .._validation import _is_compiling
 from ._autograd import eager_formula_function, register_formula_autograd
 
-try:
-    from .. import _C
-except ImportError:  # pragma: no cover - exercised only on a broken install
-    _C = None
+from .. import _ext
+
+_C = _ext.C  # the compiled extension or None (fastloss._ext is its one import)
 
 
 def available() -> bool:
     """Whether ``fastloss._C`` carries the CPU formula."""
-    return _C is not None and hasattr(_C, "loss_formula_cpu")
+    return _ext.has("loss_formula_cpu")
 
 
 def _ptr_stride(w: Optional[torch.Tensor]) -> Tuple[int, int]:

@@ -17,15 +17,14 @@ import torch
 
 from .cpu_buffers import new_output_like
 
-try:
-    from .. import _C
-except ImportError:  # pragma: no cover - exercised only on a broken install
-    _C = None
+from .. import _ext
+
+_C = _ext.C  # the compiled extension or None (fastloss._ext is its one import)
 
 
 def available() -> bool:
     """Whether ``fastloss._C`` carries the CPU Lovász kernel."""
-    return _C is not None and hasattr(_C, "lovasz_cpu")
+    return _ext.has("lovasz_cpu")
 
 
 def supports(errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Tensor]) -> bool:

@@ -35,10 +35,9 @@ from ._autograd import eager_logits_function, register_logits_autograd
 from .cpu_buffers import new_output_like
 from .stats_spec import COLUMNS, StatsSpec
 
-try:
-    from .. import _C
-except ImportError:  # pragma: no cover - exercised only on a broken install
-    _C = None
+from .. import _ext
+
+_C = _ext.C  # the compiled extension or None (fastloss._ext is its one import)
 
 _ACT = {"softmax": 0, "sigmoid": 1, "none": 2}
 _DTYPE = {
@@ -51,7 +50,7 @@ _MAP_COLUMNS = ("map_ce", "map_p", "map_sqerr")
 
 def available() -> bool:
     """Whether ``fastloss._C`` carries the CPU loss kernels."""
-    return _C is not None and hasattr(_C, "class_stats_cpu_forward")
+    return _ext.has("class_stats_cpu_forward")
 
 
 def isa() -> str:
@@ -411,4 +410,4 @@ def _topk_weights(values: torch.Tensor, thr: torch.Tensor, share: torch.Tensor, 
     return w
 
 
-topk_weights_cpu = _topk_weights if available() and hasattr(_C, "topk_weights_cpu") else None
+topk_weights_cpu = _topk_weights if _ext.has("topk_weights_cpu") else None
