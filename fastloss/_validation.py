@@ -247,7 +247,7 @@ def prepare_target(
         raise ShapeMismatchError(
             f"input and target shapes do not match: {name} must be labels of shape {(B, 1) + spatial} or "
             f"{(B,) + spatial}, or one-hot/soft of shape {(B, C) + spatial}, to match input of shape "
-            f"{tuple(input.shape)}; got {tuple(target.shape)}"
+            f"{tuple(input.shape)}; got {tuple(target.shape)}{_channels_last_hint(input, target)}"
         )
     if is_float:
         if not to_onehot_y:
@@ -323,6 +323,18 @@ def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int]
             + f"; found {values}"
             + _ignore_hint(values, ignore_index)
         )
+
+
+def _channels_last_hint(input: torch.Tensor, target: torch.Tensor) -> str:
+    """For logits laid out ``(B, *spatial, C)`` (channels last) beside labels ``(B, *spatial)``,
+    ``(B, 1, *spatial)`` or ``(B, *spatial, 1)``: say so, and how to move the class axis."""
+    if input.ndim < 3:
+        return ""
+    b, spatial = input.shape[0], tuple(input.shape[1:-1])
+    if tuple(target.shape) not in ((b,) + spatial, (b, 1) + spatial, (b,) + spatial + (1,)):
+        return ""
+    return (f" (is the class axis last? input {tuple(input.shape)} reads as (B, *spatial, C) with "
+            f"C = {input.shape[-1]}; fastloss takes logits (B, C, *spatial): pass input.movedim(-1, 1))")
 
 
 def _ignore_hint(values, ignore_index: Optional[int]) -> str:

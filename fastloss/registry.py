@@ -23,16 +23,18 @@ business. ``BD`` and ``HD`` (Eqs. 20, 21) are listed too: the paper uses them on
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 import unicodedata
-from typing import Dict, Tuple
+import warnings
+from typing import Dict, Optional, Tuple
 
 from torch import nn
 
 from . import losses as L
 
-__all__ = ["PAPER_LOSSES", "get_loss", "paper_loss_names"]
+__all__ = ["PAPER_LOSSES", "get_loss", "paper_loss_names", "canonical_name", "name_key"]
 
 # Region losses as in the paper (nnU-Net's SoftDiceLoss kwargs: batch_dice, do_bg=False, smooth=1e-5).
 _REGION = dict(softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
@@ -78,7 +80,7 @@ PAPER_LOSSES["SampleSquareDice"] = (L.DiceLoss, dict(_REGION, batch=False, squar
 PAPER_LOSSES["BD"] = (L.BoundaryLoss, dict(softmax=True, include_background=False, allow_1d=True))
 PAPER_LOSSES["HD"] = (L.HausdorffDTLoss, dict(softmax=True, include_background=False))
 
-# Other spellings accepted by get_loss (looked up after normalisation, see _key).
+# Other spellings accepted by get_loss (looked up after normalisation, see name_key).
 _ALIASES = {
     "Lovasz": "Lovász",
     "DPCE": "pCE",
@@ -86,30 +88,49 @@ _ALIASES = {
     "SampleDice": "SampleDice (no square)",
     "DiceBatchNoSquare": "Dice (Batch, no square)",
 }
+# Table 3's percentages without the percent sign: "TopK10", "TopK-10", "topk 30".
+for _k in (10, 30, 50, 70, 90):
+    _ALIASES[f"TopK{_k}"] = f"TopK-{_k}%"
 
 
-def _key(name: str) -> str:
-    """Case-, accent-, space- and punctuation-insensitive key: 'Lovász' == 'lovasz', 'TopK 10%' ==
-    'TopK-10%', 'TopK-Threshold(0.1)' == 'topk threshold 0.1'."""
+def name_key(name: str) -> str:
+    """The key a loss name is looked up by: case, accents, spaces and punctuation ignored ('Lovász' ==
+    'lovasz', 'TopK 10%' == 'TopK-10%', 'TopK-Threshold(0.1)' == 'topk threshold 0.1')."""
     s = unicodedata.normalize("NFKD", name)
     s = "".join(ch for ch in s if not unicodedata.combining(ch)).casefold()
     return re.sub(r"[^0-9a-z.%]", "", s)
 
 
-# Class names accepted too: each stands for the first entry built from that class (its Table 2 loss),
-# e.g. "DiceCELoss" -> "DiceCE", "TopKLoss" -> "TopK", "DiceLoss" -> "Dice".
+# Class names accepted too, with or without their "Loss": each stands for the first entry built from that
+# class (its Table 2 loss), e.g. "DiceCELoss" -> "DiceCE", "GeneralizedDice" -> "GDice", "HausdorffDT" -> "HD".
 _CLASS_NAMES: Dict[str, str] = {}
 for _name, (_cls, _) in PAPER_LOSSES.items():
     _CLASS_NAMES.setdefault(_cls.__name__, _name)
 _ALIASES.update(_CLASS_NAMES)
+for _cname, _name in _CLASS_NAMES.items():
+    if _cname.endswith("Loss") and _cname[:-4] not in PAPER_LOSSES:
+        _ALIASES.setdefault(_cname[:-4], _name)
 
 _LOOKUP: Dict[str, str] = {}
 for _name in list(PAPER_LOSSES) + list(_ALIASES):
     _canon = _ALIASES.get(_name, _name)
-    _k2 = _key(_name)
+    _k2 = name_key(_name)
     if _k2 in _LOOKUP and _LOOKUP[_k2] != _canon:  # pragma: no cover - guards the table itself
         raise RuntimeError(f"loss names {_name!r} and {_LOOKUP[_k2]!r} collide after normalisation")
     _LOOKUP[_k2] = _canon
+
+
+def canonical_name(name: str) -> Optional[str]:
+    """The :data:`PAPER_LOSSES` key that ``name`` stands for under :func:`get_loss`'s spelling rules
+    (``"lovasz"`` -> ``"Lovász"``, ``"TopK10"`` -> ``"TopK-10%"``, ``"GeneralizedDiceLoss"`` -> ``"GDice"``),
+    or None for a name that is not known.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"loss name must be a string, got {type(name).__name__}")
+    return _LOOKUP.get(name_key(name))
 
 
 def paper_loss_names() -> list:
@@ -121,15 +142,17 @@ def get_loss(name: str, **overrides) -> nn.Module:
     """Build the paper's configuration of loss ``name`` (a name of Tables 2-4), with ``overrides``.
 
     The lookup ignores case, accents, spaces and punctuation (``"Lovasz"``, ``"lovász"``,
-    ``"topk-10%"``, ``"TopK-Threshold (0.5)"``, ``"BatchDice"``, ``"SampleDice"`` all work). A loss class
-    name works too and gives the paper's configuration of the Table 2 loss that class implements
+    ``"topk-10%"``, ``"TopK10"``, ``"TopK-Threshold (0.5)"``, ``"BatchDice"``, ``"SampleDice"`` all work;
+    :func:`canonical_name` says which entry a spelling stands for). A loss class name, with or without its
+    ``Loss`` (``"GeneralizedDice"``, ``"HausdorffDT"``), works too and gives the paper's configuration of the Table 2 loss that class implements
     (``"DiceCELoss"`` is ``"DiceCE"``, ``"GeneralizedDiceLoss"`` is ``"GDice"``); for the class's own
     (MONAI) defaults, construct the class itself (``fastloss.DiceCELoss()``). All names are listed below.
 
     ``DiceBD`` and ``DiceHD`` are not plain sums of fixed terms: they follow the paper's schedules over
     training (Sec. 3.2). DiceBD weighs ``α·Dice + (1 − α)·BD`` with α going from 1 down by 0.01 per epoch
     to 0.01 (``get_loss("DiceBD", steps_per_epoch=250)`` lets it count its own epochs, or call
-    ``loss.step_epoch()`` after each); DiceHD weighs Dice by Karimi and Salcudean's adaptive α. How the
+    ``loss.step_epoch()`` after each; built without ``steps_per_epoch`` it warns once, here, that it is
+    plain Dice until the schedule moves); DiceHD weighs Dice by Karimi and Salcudean's adaptive α. How the
     loss learns the epoch, and what it does when it is not told, is in the docstrings of :class:`~fastloss.DiceBoundaryLoss` and
     :class:`~fastloss.DiceHausdorffDTLoss` (``help(fastloss.DiceBoundaryLoss)``). The paper also trained
     BD, HD and Lovász only after a warm-up with another loss: that is the training loop's business.
@@ -145,7 +168,9 @@ def get_loss(name: str, **overrides) -> nn.Module:
         A new ``nn.Module``.
 
     Raises:
-        TypeError: ``name`` is not a string, or an override the class does not take.
+        TypeError: ``name`` is not a string, or an override the class does not take (the message lists
+            the arguments it takes; ``reduction`` for a loss that always returns one scalar, such as
+            ``DiceTopK``, says so).
         ValueError: an unknown name (the message lists the known names), or an invalid override value.
 
     Example:
@@ -156,12 +181,55 @@ def get_loss(name: str, **overrides) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
-    canon = _LOOKUP.get(_key(name))
+    canon = canonical_name(name)
     if canon is None:
         raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
                          "(or a loss class name such as 'DiceCELoss')")
     cls, kwargs = PAPER_LOSSES[canon]
+    _check_overrides(name, canon, cls, overrides)
+    if canon == "DiceBD":
+        _warn_dicebd_schedule({**kwargs, **overrides})
     return cls(**{**kwargs, **overrides})
+
+
+def _check_overrides(name: str, canon: str, cls: type, overrides: dict) -> None:
+    """One TypeError naming the arguments the class accepts, for overrides it does not take."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    bad = [k for k in overrides if k not in params]
+    if not bad:
+        return
+    what = f"argument {bad[0]!r}" if len(bad) == 1 else f"arguments {bad}"
+    why = ""
+    if "reduction" in bad:
+        without = [n for n, (c, _) in PAPER_LOSSES.items() if "reduction" not in inspect.signature(c).parameters]
+        why = (f" ({cls.__name__} always returns one scalar, so reduction='none' or 'sum' cannot apply; the "
+               f"losses without reduction are {', '.join(without)}, every other name takes it)")
+    shown = repr(name) if name == canon else f"{name!r}) ({canon}"
+    raise TypeError(f"get_loss({shown}) builds {cls.__name__}, which takes no {what}{why}; it accepts: "
+                    f"{', '.join(accepted)}")
+
+
+def _warn_dicebd_schedule(config: dict) -> None:
+    """DiceBD built without ``steps_per_epoch`` starts as plain Dice (α = 1) and stays so until its epoch
+    schedule moves: say so once, here, rather than after ``warn_after_steps`` training calls."""
+    if config.get("steps_per_epoch") is not None or config.get("warn_after_steps", 1000) in (None, 0):
+        return
+    alpha = config.get("alpha", 1.0)
+    if alpha is None or float(alpha) < 1.0 or not float(config.get("alpha_step", 0.01)) > 0:
+        return  # not plain Dice at the start, or a fixed alpha: nothing waits for a schedule
+    warnings.warn(
+        "get_loss('DiceBD') is plain Dice (alpha = 1, the boundary term weighted 0) until its epoch schedule "
+        "moves (alpha falls by alpha_step per epoch to alpha_min, the paper's 0.01). Move it with "
+        "get_loss('DiceBD', steps_per_epoch=<batches per epoch>) so that the loss counts its own epochs, or call "
+        "loss.step_epoch() after every epoch (or loss.set_epoch(epoch)); pass warn_after_steps=None if you "
+        "move it yourself and want no warning.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _names_section() -> str:

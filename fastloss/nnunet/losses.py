@@ -42,7 +42,8 @@ from .. import losses as L
 from ..distributed import sync_batch_statistics
 from ..losses._common import LossBase, check_bool, check_ignore_index
 from ..losses.deep_supervision import DeepSupervisionLoss
-from ..registry import PAPER_LOSSES, _key, _LOOKUP
+from ..registry import PAPER_LOSSES
+from ..registry import canonical_name as _registry_name
 
 __all__ = [
     "NNUNET_VALUE_LOSSES",
@@ -75,9 +76,7 @@ def canonical_name(name: str) -> str:
         TypeError: ``name`` is not a string.
         ValueError: an unknown name; the message lists the known ones.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"loss name must be a string, got {type(name).__name__}")
-    canon = _LOOKUP.get(_key(name))
+    canon = _registry_name(name)  # TypeError for a non-string
     if canon is None:
         raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}")
     return canon

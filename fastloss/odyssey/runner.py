@@ -38,8 +38,8 @@ import torch
 
 from .data import Dataset, load_folder, synthetic_dataset
 from .synthetic import TASKS
-from .train import (MONAI_EQUIVALENTS, TrainConfig, _canonical, _train_counts, build_loss, build_network, evaluate,
-                    monai_loss, summarize_ms, time_steps, train_one)
+from .train import (MONAI_EQUIVALENTS, TrainConfig, build_loss, build_network, canonical_name, evaluate,
+                    monai_loss, summarize_ms, time_steps, train_one, training_class_counts)
 
 __all__ = ["OdysseyConfig", "MODES", "TABLE2_LOSSES", "QUICK_LOSSES", "run"]
 
@@ -119,7 +119,7 @@ def _check(cfg: OdysseyConfig) -> OdysseyConfig:
     cfg.train.validate()
     if not cfg.losses:
         raise ValueError("no losses to train; give at least one name of fastloss.PAPER_LOSSES")
-    canon = [_canonical(name) for name in cfg.losses]  # ValueError listing the known names
+    canon = [canonical_name(name) for name in cfg.losses]  # ValueError listing the known names
     if len(set(canon)) != len(canon):
         raise ValueError(f"losses repeat a name: {list(cfg.losses)}")
     if cfg.data is None:
@@ -279,7 +279,7 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
         if cfg.timing_steps > 0:
             fns = {}
             for name in cfg.losses:
-                fn = build_loss(name, tc.epochs, _train_counts(ds))
+                fn = build_loss(name, tc.epochs, training_class_counts(ds))
                 if hasattr(fn, "set_epoch"):  # DiceBD: time the schedule's end (both terms), not α = 1
                     fn.set_epoch(tc.epochs)
                 fns[("fastloss", name)] = fn

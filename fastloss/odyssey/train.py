@@ -34,11 +34,12 @@ import torch
 from torch import nn
 
 from .. import metrics
+from .. import registry
 from ..registry import PAPER_LOSSES, get_loss
 from .data import BatchSampler, Case, Dataset
 
-__all__ = ["build_network", "build_loss", "monai_loss", "MONAI_EQUIVALENTS", "TrainConfig", "train_one",
-           "time_steps", "predict", "evaluate"]
+__all__ = ["build_network", "build_loss", "canonical_name", "monai_loss", "MONAI_EQUIVALENTS", "TrainConfig",
+           "train_one", "time_steps", "predict", "evaluate", "training_class_counts"]
 
 
 def build_network(in_channels: int, num_classes: int, patch: Sequence[int], filters: Sequence[int]) -> nn.Module:
@@ -81,11 +82,12 @@ def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = No
     to ``epochs`` (see the module docstring) and, given the training set's voxel counts per class
     (``fastloss.class_counts``), WCE's and ELL's class weights from them, as the paper's Eq. (2) and
     Wong et al. take them (without counts, those losses weigh each batch by its own frequencies)."""
-    canon = _canonical(name)
+    canon = canonical_name(name)
     kwargs = PAPER_LOSSES[canon][1] if canon in PAPER_LOSSES else {}
     extra = {}
     if "alpha_step" in kwargs:
         extra["alpha_step"] = 0.99 / max(1, round(0.099 * epochs))
+        extra["warn_after_steps"] = None  # train_one moves the schedule (step_epoch after every epoch)
     if class_counts is not None and canon in ("WCE", "ELL"):
         from ..class_weights import class_weights
 
@@ -93,17 +95,18 @@ def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = No
     return get_loss(canon, **extra)
 
 
-def _canonical(name: str) -> str:
-    """The PAPER_LOSSES key of ``name`` (get_loss's spelling rules: ``"lovasz"`` is ``"Lovász"``)."""
-    if isinstance(name, str) and name in PAPER_LOSSES:
-        return name
-    get_loss(name)  # TypeError / ValueError (listing the known names) for an unknown name
-    try:
-        from ..registry import _LOOKUP, _key
+def canonical_name(name: str) -> str:
+    """The PAPER_LOSSES key of ``name`` (get_loss's spelling rules: ``"lovasz"`` is ``"Lovász"``).
 
-        return _LOOKUP[_key(name)]
-    except (ImportError, KeyError):  # the registry's private lookup changed: keep the caller's spelling
-        return name
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: an unknown name; the message lists the known ones.
+    """
+    canon = registry.canonical_name(name)
+    if canon is None:
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
+                         "(or a loss class name such as 'DiceCELoss')")
+    return canon
 
 
 #: The losses trained after a warm-up with another loss (the paper's Sec. 3.2).
@@ -132,7 +135,7 @@ MONAI_EQUIVALENTS = ("Dice", "IoU", "DiceCE", "DiceFocal", "Focal", "Tversky", "
 
 def monai_loss(name: str) -> Optional[nn.Module]:
     """MONAI's class for the paper loss ``name`` in the paper's configuration, or None if MONAI has none."""
-    canon = _canonical(name)
+    canon = canonical_name(name)
     if canon not in MONAI_EQUIVALENTS:
         return None
     return _monai_factories()[canon]()
@@ -203,7 +206,7 @@ def _timed_step(model, loss_fn, opt, x, y, device) -> tuple:
     return value.detach(), (t3 - t0) * 1e3, (t2 - t1) * 1e3
 
 
-def _train_counts(dataset: Dataset) -> torch.Tensor:
+def training_class_counts(dataset: Dataset) -> torch.Tensor:
     """Voxels per class over the training cases (for WCE's and ELL's weights)."""
     from ..class_weights import class_counts
 
@@ -229,8 +232,8 @@ def train_one(
     model = make_model().to(device)
     model.load_state_dict(init_state)
     model.train()
-    canon = _canonical(loss_name)
-    main_loss = build_loss(canon, cfg.epochs, _train_counts(dataset)).to(device)
+    canon = canonical_name(loss_name)
+    main_loss = build_loss(canon, cfg.epochs, training_class_counts(dataset)).to(device)
     warm = WARMUP.get(canon)
     warm_loss = get_loss(warm).to(device) if warm else None
     warm_steps = int(cfg.warmup * cfg.epochs * cfg.steps_per_epoch) if warm else 0
