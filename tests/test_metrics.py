@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss.metrics as M
+from fastloss.metrics import _surface, core  # patched and read where their globals are used
 from fastloss.metrics import dice, hausdorff_distance, mask_edges, surface_dice
 
 monai_metrics = pytest.importorskip("monai.metrics")
@@ -200,8 +201,8 @@ def test_chunked_rows_agree(monkeypatch):
     p, y = (t.cuda() for t in _with_empties(*_label_pair((8, 9, 10), seed=19)))
     whole = hausdorff_distance(p, y), hausdorff_distance(p, y, percentile=None)
     nsd = surface_dice(p, y, 2.5, spacing=(1.0, 0.5, 0.5))
-    monkeypatch.setattr(M, "_CHUNK_VOXELS", 2 * 8 * 9 * 10)  # one row per EDT call
-    monkeypatch.setattr(M, "_MAX_SHIFTS", 0)
+    monkeypatch.setattr(_surface, "_CHUNK_VOXELS", 2 * 8 * 9 * 10)  # one row per EDT call
+    monkeypatch.setattr(core, "_MAX_SHIFTS", 0)
     torch.testing.assert_close(hausdorff_distance(p, y), whole[0], equal_nan=True)
     torch.testing.assert_close(hausdorff_distance(p, y, percentile=None), whole[1], equal_nan=True)
     torch.testing.assert_close(surface_dice(p, y, 2.5, spacing=(1.0, 0.5, 0.5)), nsd, equal_nan=True)
@@ -216,7 +217,7 @@ def test_row_quantile_equals_torch_quantile():
     perm = torch.argsort(rows * 1000 + torch.randperm(values.numel(), generator=g))
     values[:3] = math.inf  # row 0 (one value) and row 1: infinite distances, as from an empty mask
     for q in (0.0, 0.25, 0.95, 1.0, None):
-        got = M._row_quantile(values[perm], rows[perm], counts, q)
+        got = _surface.row_quantile(values[perm], rows[perm], counts, q)
         for r in range(6):
             v = values[rows == r]
             if v.numel() == 0:
@@ -225,7 +226,7 @@ def test_row_quantile_equals_torch_quantile():
                 want = v.max() if q is None else torch.quantile(v, q)
                 assert got[r].item() == want.item() or (math.isnan(want.item()) and math.isnan(got[r].item()))
                 # the CPU path's selection (numpy.partition) gives the same number
-                sel = M._select_quantile(v[torch.randperm(v.numel(), generator=g)], q)
+                sel = _surface.select_quantile(v[torch.randperm(v.numel(), generator=g)], q)
                 assert sel.item() == want.item() or (math.isnan(want.item()) and math.isnan(sel.item()))
 
 
@@ -392,7 +393,7 @@ def test_cpu_boxes_and_borders_match_torch():
     for shape in ((9, 10, 11), (13, 7), (21,)):
         p, y = _with_empties(*_label_pair(shape, C=4, seed=43)) if len(shape) > 1 else _box_cases(shape)
         for layout in (lambda t: t, lambda t: t.contiguous()):
-            plan = M._CpuRows(layout(p), layout(y), include_background=True)
+            plan = _surface.CpuRows(layout(p), layout(y), include_background=True)
             rows = dict((r, counts) for r, counts, _ in plan.rows(None, distances=False))
             for r in range(p.shape[0] * p.shape[1]):
                 b, c = divmod(r, p.shape[1])
@@ -461,7 +462,7 @@ def _scattered_boxes(shape, B=2, C=5, seed=47):
 def test_batched_path_on_cpu_matches_monai(shape, monkeypatch):
     """The GPU path (whole-batch erosion, per-row boxes packed to one size, one EDT, padded sort, NSD by
     mask shifts or by the EDT) run on CPU tensors, against MONAI."""
-    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    monkeypatch.setattr(_surface, "BATCHED_ON_CPU", True)
     spacing = tuple(0.6 + 0.3 * i for i in range(len(shape)))
     for p, y in (_scattered_boxes(shape), _with_empties(*_label_pair(shape, seed=53))):
         C = p.shape[1]
@@ -480,7 +481,7 @@ def test_batched_path_on_cpu_matches_monai(shape, monkeypatch):
 def test_surface_metrics_equal_the_separate_metrics(batched, monkeypatch):
     """surface_metrics computes the borders and distances once for both metrics: the same numbers as
     the two separate calls, which the tests above tie to MONAI (CPU path and batched path)."""
-    monkeypatch.setattr(M, "_BATCHED_ON_CPU", batched)
+    monkeypatch.setattr(_surface, "BATCHED_ON_CPU", batched)
     for shape, seed in (((9, 10, 11), 59), ((13, 12), 61)):
         p, y = _with_empties(*_label_pair(shape, seed=seed))
         sp = tuple(0.8 + 0.2 * i for i in range(len(shape)))
@@ -503,7 +504,7 @@ def test_cpu_threads_follow_torch():
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            assert M._CpuRows(p, y, False).threads == n
+            assert _surface.CpuRows(p, y, False).threads == n
             results.append(M.surface_metrics(p, y, 1.5))
     finally:
         torch.set_num_threads(before)

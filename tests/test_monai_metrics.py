@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss.metrics as M
+from fastloss.metrics import _subvoxel, _surface, core  # patched and read where their globals are used
 
 mm = pytest.importorskip("monai.metrics")
 
@@ -76,16 +77,16 @@ def test_fast_dice_counts_equal_plain_sums_for_every_dtype_and_layout():
     inter = (p.double() * y.double()).sum((2, 3, 4))
     want = (2 * inter / (p.double().sum((2, 3, 4)) + y.double().sum((2, 3, 4)))).float()
     want = torch.where(y.sum((2, 3, 4)) > 0, want, torch.full_like(want, math.nan))
-    old = M._DICE_CHUNK
+    old = core._DICE_CHUNK
     try:
         for chunk in (1, 200, 1 << 20):  # one slice per chunk, a few slices, the whole volume
-            M._DICE_CHUNK = chunk
+            core._DICE_CHUNK = chunk
             for conv in (lambda t: t, torch.Tensor.bool, lambda t: t.to(torch.uint8), torch.Tensor.half,
                          torch.Tensor.double, lambda t: t.to(memory_format=torch.channels_last_3d),
                          lambda t: t.transpose(2, 4)):
                 _same(M.dice(conv(p), conv(y)), want, rtol=0)  # a transpose keeps every (b, c) count
     finally:
-        M._DICE_CHUNK = old
+        core._DICE_CHUNK = old
 
 
 @pytest.mark.parametrize("bad", [0.5, -1.0, 2.0, float("nan"), 1e-30, 1 - 2**-24, float("inf")])
@@ -119,7 +120,7 @@ def test_compute_average_surface_distance_matches_monai(symmetric, include_backg
 
 def test_average_surface_distance_batched_path_matches_monai(monkeypatch):
     """The batched (GPU) path of the surface metrics, run on CPU tensors, gives MONAI's ASD too."""
-    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    monkeypatch.setattr(_surface, "BATCHED_ON_CPU", True)
     p, y = _pair((10, 9, 8), seed=6)
     for symmetric in (False, True):
         got = M.compute_average_surface_distance(p, y, symmetric=symmetric, spacing=(1.0, 2.0, 0.5))
@@ -336,7 +337,7 @@ def test_surfel_area_tables_equal_monais_for_every_code(spacing):
     from monai.metrics.utils import get_code_to_measure_table
 
     want, _ = get_code_to_measure_table(spacing)
-    got = M._surfel_area_table(spacing, len(spacing), "cpu")
+    got = _subvoxel._surfel_area_table(spacing, len(spacing), "cpu")
     assert got.shape == want.shape
     torch.testing.assert_close(got, want.double(), rtol=1e-6, atol=0)  # MONAI's table is float32
 
@@ -415,7 +416,7 @@ def test_surface_dice_subvoxels_monai_scenes():
 
 def test_surface_dice_subvoxels_batched_path_matches_monai(monkeypatch):
     """The device path (masks checked by torch, full EDT of each box) run on CPU tensors."""
-    monkeypatch.setattr(M, "_BATCHED_ON_CPU", True)
+    monkeypatch.setattr(_surface, "BATCHED_ON_CPU", True)
     p, y = _pair((10, 9, 8), seed=22)
     for metric in ("euclidean", "chessboard"):
         kw = dict(spacing=(1.0, 2.0, 0.5), use_subvoxels=True, distance_metric=metric)
