@@ -8,16 +8,13 @@ import platform
 import sys
 
 
-def compiled_cpu_kernels(ext) -> bool:
-    """Whether the compiled extension has the CPU loss kernels (its ``class_stats_*`` entry points)."""
-    return ext is not None and any(name.startswith("class_stats") for name in dir(ext))
+_KERNEL_TEXT = {"triton": "Triton kernels", "compiled": "compiled C++ (fastloss._C)", "torch": "torch"}
 
 
-def serving(ext=None) -> dict:
-    """What serves the losses and the EDT for CPU and CUDA tensors here, under ``FASTLOSS_BACKEND``.
-
-    Args:
-        ext: the compiled extension module ``fastloss._C``, or None when it does not import.
+def serving() -> dict:
+    """What serves the losses and the EDT for CPU and CUDA tensors here, under ``FASTLOSS_BACKEND``: the
+    answers of :func:`fastloss.backend.loss_kernels_reason` (the decision the losses run) and of the EDT's
+    own checks, in words.
 
     Returns:
         ``{row name: text}`` for the rows "losses on CPU tensors", "losses on CUDA tensors",
@@ -25,49 +22,43 @@ def serving(ext=None) -> dict:
     """
     import torch
 
-    from fastloss import backend
+    from fastloss import _ext, backend
+    from fastloss.distance import cuda_available
 
     try:
-        name = backend.backend_name()
+        backend.backend_name()
     except ValueError as exc:
         return {"losses on CPU tensors": f"error: {exc}"}
-    triton_ok = backend.triton_available()
-    interp = backend.triton_interpreting()
     gpu = torch.cuda.is_available()
-    compiled = compiled_cpu_kernels(ext)
     out = {}
-    # CPU tensors (backend.use_triton and the ops' dispatch)
-    if name == "torch":
-        out["losses on CPU tensors"] = "torch (FASTLOSS_BACKEND=torch)"
-    elif name == "triton":
-        if triton_ok and interp:
-            out["losses on CPU tensors"] = "Triton kernels under the interpreter (FASTLOSS_BACKEND=triton; slow, for tests)"
+    for device in ("cpu", "cuda"):
+        try:
+            kernels, reason = backend.loss_kernels_reason(device)
+        except RuntimeError as exc:
+            text = f"error: {exc}"
         else:
-            out["losses on CPU tensors"] = (
-                "error: FASTLOSS_BACKEND=triton on CPU tensors needs triton and TRITON_INTERPRET=1 set before import"
-            )
-    else:
-        out["losses on CPU tensors"] = "compiled C++ (fastloss._C)" if compiled else "torch"
-        if compiled and hasattr(ext, "cpu_isa"):
-            out["losses on CPU tensors"] += f", {ext.cpu_isa()} kernels"
-    # CUDA tensors
-    if name == "torch":
-        cuda = "torch (FASTLOSS_BACKEND=torch)"
-    elif triton_ok:
-        cuda = "Triton kernels"
-    else:
-        cuda = "torch (triton does not import)"
-    out["losses on CUDA tensors"] = cuda if gpu else f"no CUDA device here (on a GPU: {cuda})"
-    out["EDT on CPU tensors"] = "compiled C++ (fastloss._C)" if ext is not None else "unavailable (fastloss._C does not import)"
-    has_cuda_edt = ext is not None and ext.has_cuda()
-    cuda_edt = "compiled CUDA (fastloss._C)" if has_cuda_edt else "CPU EDT with a copy (built without nvcc)"
+            text = _KERNEL_TEXT[kernels]
+            if kernels == "triton" and device == "cpu":
+                text += " under the interpreter (FASTLOSS_BACKEND=triton; slow, for tests)"
+            elif kernels == "compiled" and _ext.has("cpu_isa"):
+                text += f", {_ext.C.cpu_isa()} kernels"
+            elif kernels == "torch":
+                text += f" ({reason})"
+        if device == "cuda" and not gpu:
+            text = f"no CUDA device here (on a GPU: {text})"
+        out[f"losses on {device.upper()} tensors"] = text
+    out["EDT on CPU tensors"] = (
+        "compiled C++ (fastloss._C)" if _ext.has("edt_cpu") else f"unavailable (fastloss._C does not import: {_ext.IMPORT_ERROR})"
+    )
+    cuda_edt = "compiled CUDA (fastloss._C)" if cuda_available() else "CPU EDT with a copy (built without nvcc)"
     out["EDT on CUDA tensors"] = cuda_edt if gpu else f"no CUDA device here (on a GPU: {cuda_edt})"
     # Triton can run here only on a GPU, or on the CPU under the interpreter
+    triton_ok = backend.triton_available()
     if not triton_ok:
-        out["Triton kernels"] = "no (triton does not import)"
+        out["Triton kernels"] = f"no (triton does not import: {backend.TRITON_INSTALL_HINT})"
     elif gpu:
         out["Triton kernels"] = "yes (CUDA GPU)"
-    elif interp:
+    elif backend.triton_interpreting():
         out["Triton kernels"] = "yes, under the interpreter (TRITON_INTERPRET=1; slow, for tests)"
     else:
         out["Triton kernels"] = "no (no CUDA GPU; TRITON_INTERPRET=1 runs them on the CPU for tests)"
@@ -98,14 +89,10 @@ def info() -> dict:
         rows["triton"] = triton.__version__
     except Exception as exc:  # noqa: BLE001 - report whatever stops triton from importing
         rows["triton"] = f"unavailable ({type(exc).__name__})"
-    try:
-        from fastloss import _C
-    except ImportError as exc:
-        _C = None
-        rows["compiled extension (fastloss._C)"] = f"no ({exc})"
-    else:
-        rows["compiled extension (fastloss._C)"] = "yes"
-    rows.update(serving(_C))
+    from fastloss import _ext
+
+    rows["compiled extension (fastloss._C)"] = "yes" if _ext.C is not None else f"no ({_ext.IMPORT_ERROR})"
+    rows.update(serving())
     rows["FASTLOSS_BACKEND"] = os.environ.get("FASTLOSS_BACKEND", "auto")
     devices = ["cpu"]
     if torch.cuda.is_available():

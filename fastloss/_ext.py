@@ -14,15 +14,16 @@ This module stands on the ground floor: it imports nothing of fastloss.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Optional
 
 __all__ = ["C", "IMPORT_ERROR", "has", "require"]
 
 try:
-    from . import _C as _loaded
-
-    C: Optional[ModuleType] = _loaded
+    # by name: the binary is not a Python module, and import-linter would read ``from . import _C`` as an
+    # import of the package fastloss itself (which stands above everything)
+    C: Optional[ModuleType] = importlib.import_module("fastloss._C")
     IMPORT_ERROR: Optional[BaseException] = None
 except ImportError as exc:  # pragma: no cover - only without a build
     C = None

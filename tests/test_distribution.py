@@ -230,6 +230,35 @@ def test_topk_threshold_vs_naive(t):
     _assert_same(lambda a: TopKLoss(t=t)(a, y), lambda a: _naive_threshold(a, y, t), x)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore_index", [None, 2])
+def test_topk_threshold_on_the_compiled_voxel_ce_matches_torch(reduction, ignore_index, monkeypatch):
+    """float32 logits on the compiled CPU backend: the threshold TopK reads the compiled per-voxel CE (one
+    kernel call forward and backward); value and gradient equal the torch backend's."""
+    from fastloss.ops import cpu_stats
+
+    if not cpu_stats.available():
+        pytest.skip("fastloss._C has no CPU kernels")
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 4, 5, 6, 7, generator=gen) * 2
+    y = torch.randint(0, 4, (2, 1, 5, 6, 7), generator=gen)
+    loss = TopKLoss(t=0.4, reduction=reduction, ignore_index=ignore_index)
+    calls = []
+    real = cpu_stats.voxel_ce_cpu
+    monkeypatch.setattr(cpu_stats, "voxel_ce_cpu", lambda *a: calls.append(1) or real(*a))
+    out = {}
+    for backend in ("auto", "torch"):
+        monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+        xb = x.clone().requires_grad_()
+        v = loss(xb, y)
+        (g,) = torch.autograd.grad(v.sum(), xb)
+        out[backend] = (v.detach(), g)
+    assert calls == [1], "the compiled per-voxel CE did not serve the threshold TopK"
+    torch.testing.assert_close(out["auto"][0], out["torch"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["auto"][1], out["torch"][1], rtol=1e-5, atol=1e-7)
+    assert out["auto"][1].abs().sum() > 0
+
+
 def test_topk_threshold_none_selected_is_zero_with_finite_grad():
     y = torch.randint(0, 3, (1, 4, 4))
     x = (_onehot(y, 3) * 50).requires_grad_()

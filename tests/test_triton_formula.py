@@ -1,5 +1,5 @@
 """The fused loss formula (fastloss/ops/triton_formula.py) under TRITON_INTERPRET=1 on CPU tensors, and its C++
-twin (fastloss/ops/cpu_formula.py) on the compiled CPU backend: every test that takes ``spy`` runs for both.
+twin (fastloss/ops/cpu_formula.py), reached from the losses through their adapters (fastloss/losses/_fused.py) on the compiled CPU backend: every test that takes ``spy`` runs for both.
 
 1. Same statistics, two formulas: ``class_stats`` is replaced by random per-column ``(B, C)`` leaf tensors, so
    the loss modules' torch formula (the reference, ``FASTLOSS_BACKEND=torch``) and the fused kernel
@@ -25,7 +25,8 @@ from fastloss.losses import compound, distribution, region  # noqa: E402
 from fastloss.losses.compound import DiceCELoss, DiceFocalLoss  # noqa: E402
 from fastloss.losses.distribution import CrossEntropyLoss, FocalLoss, WeightedCrossEntropyLoss  # noqa: E402
 from fastloss.losses.region import DiceLoss, IoULoss, TverskyLoss  # noqa: E402
-from fastloss.ops import triton_formula  # noqa: E402
+from fastloss.losses import _fused  # noqa: E402
+from fastloss.ops import formula, formula_spec  # noqa: E402
 from fastloss.registry import get_loss  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 COLS = ("pg", "p", "pp", "g", "gg", "ce", "focal", "count")
-_FUSED = ("fused_dice", "fused_tversky", "fused_cross_entropy", "fused_focal", "fused_dice_ce", "fused_dice_focal")
+_FUSED = ("dice", "tversky", "cross_entropy", "focal", "dice_ce", "dice_focal")  # the adapters in losses/_fused.py
 
 
 class _Calls(list):
@@ -52,13 +53,13 @@ def spy(monkeypatch, request):
         if not (cpu_formula.available() and cpu_stats.available()):
             pytest.skip("fastloss._C has no CPU formula")
         calls.backend = "auto"
-    real = triton_formula.loss_formula
+    real = formula.loss_formula
 
     def wrapped(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(triton_formula, "loss_formula", wrapped)
+    monkeypatch.setattr(formula, "loss_formula", wrapped)  # _fused calls formula.loss_formula
     return calls
 
 
@@ -93,7 +94,7 @@ class FakeStats:
 
 
 def _patch_stats(monkeypatch, fake):
-    for mod in (region, distribution, compound, triton_formula):
+    for mod in (region, distribution, compound, _fused):
         if hasattr(mod, "class_stats"):
             monkeypatch.setattr(mod, "class_stats", fake)
 
@@ -302,7 +303,7 @@ def test_end_to_end(case, monkeypatch, spy):
     assert n == (2 if name in ("DiceCE smoothing", "DiceFocal MONAI") else 1), "the fused formula was not used"
     # (a) the same Triton statistics through the torch formula: only the formula differs
     for fn in _FUSED:
-        monkeypatch.setattr(triton_formula, fn, lambda *a: None)
+        monkeypatch.setattr(_fused, fn, lambda *a: None)
     ref_a, g_a = _run(loss, x, y)
     assert len(spy) == n
     _close(got, ref_a, 2e-6, 1e-7)
@@ -446,7 +447,7 @@ def test_launch_count(name, monkeypatch):
     assert not [e.name for e in events if e.name in _SYNC], "host sync in the step"
     # the fused formula replaced the ~30 + ~30 small ops of the torch formula (63 / 50 launches measured)
     for fn in _FUSED:
-        monkeypatch.setattr(triton_formula, fn, lambda *a: None)
+        monkeypatch.setattr(_fused, fn, lambda *a: None)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         torch.autograd.grad(loss(x, y), x)
     assert len(_launches(prof.events())) >= len(launches) + 30
@@ -458,12 +459,12 @@ def test_launch_count(name, monkeypatch):
 def test_opcheck():
     gen = torch.Generator().manual_seed(8)
     stats = (torch.rand(2, 4, 5, generator=gen) * 10 + 1).requires_grad_(True)
-    cfg = triton_formula.make_config(region="dice", first_class=1, i_tp=0, i_ps=1, i_gs=2, smooth_nr=1e-5,
+    cfg = formula_spec.make_config(region="dice", first_class=1, i_tp=0, i_ps=1, i_gs=2, smooth_nr=1e-5,
                                      smooth_dr=1e-5, region_numel=6, dist="ce", i_ce=3, i_g=2, i_count=4)
     w = torch.tensor([1.0, 2.0, 0.5])
     cw = torch.tensor([0.3, 1.0, 2.0, 0.7])
     torch.library.opcheck(torch.ops.fastloss.triton_loss_formula.default, (stats, w, cw, *cfg))
-    cfg2 = triton_formula.make_config(dist="focal", i_focal=0, i_count=4, focal_masked=True, dist_mean=False)
+    cfg2 = formula_spec.make_config(dist="focal", i_focal=0, i_count=4, focal_masked=True, dist_mean=False)
     torch.library.opcheck(torch.ops.fastloss.triton_loss_formula.default, (stats, None, None, *cfg2))
 
 
@@ -508,25 +509,25 @@ def test_opcheck_cpu():
     _cpu_formula()
     gen = torch.Generator().manual_seed(8)
     stats = (torch.rand(2, 4, 5, generator=gen) * 10 + 1).requires_grad_(True)
-    cfg = triton_formula.make_config(region="tversky", first_class=1, i_tp=0, i_ps=1, i_gs=2, smooth_nr=1e-5,
+    cfg = formula_spec.make_config(region="tversky", first_class=1, i_tp=0, i_ps=1, i_gs=2, smooth_nr=1e-5,
                                      smooth_dr=1e-5, region_numel=6, alpha=0.3, beta=0.7, dist="ce", i_ce=3, i_g=2,
                                      i_count=4, ce_weighted_den=True)
     w = torch.tensor([1.0, 2.0, 0.5])
     cw = torch.tensor([0.3, 1.0, 2.0, 0.7])
     torch.library.opcheck(torch.ops.fastloss.cpu_loss_formula.default, (stats, w, cw, *cfg))
-    cfg2 = triton_formula.make_config(dist="focal", i_focal=0, i_count=4, focal_masked=True, dist_mean=False)
+    cfg2 = formula_spec.make_config(dist="focal", i_focal=0, i_count=4, focal_masked=True, dist_mean=False)
     torch.library.opcheck(torch.ops.fastloss.cpu_loss_formula.default, (stats, None, cw[:1].expand(4), *cfg2))
 
 
 def test_cpu_formula_refuses_a_malformed_configuration():
     cpu_formula = _cpu_formula()
     stats = torch.rand(2, 3, 3)
-    ints, floats = triton_formula.make_config(region="dice", i_tp=0, i_ps=1, i_gs=3)  # K = 3: no column 3
+    ints, floats = formula_spec.make_config(region="dice", i_tp=0, i_ps=1, i_gs=3)  # K = 3: no column 3
     with pytest.raises(ValueError, match=r"column i_gs = 3 outside \[0, 3\)"):
         cpu_formula.loss_formula_cpu(stats, ints, floats)
     with pytest.raises(ValueError, match="expected 18 ints and 9 floats"):
         cpu_formula.loss_formula_cpu(stats, ints[:-1], floats)
-    ints, floats = triton_formula.make_config(dist="ce", i_ce=0, i_count=-1)
+    ints, floats = formula_spec.make_config(dist="ce", i_ce=0, i_count=-1)
     with pytest.raises(ValueError, match="column i_count = -1"):
         cpu_formula.loss_formula_cpu(stats, ints, floats)
 
@@ -606,8 +607,8 @@ def test_generalized_dice_target_with_grad_keeps_the_torch_formula(monkeypatch, 
 
 def test_triton_formula_refuses_the_generalized_dice(monkeypatch):
     monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
-    ints, floats = triton_formula.make_config(region="gdice", i_tp=0, i_ps=1, i_gs=2)
+    ints, floats = formula_spec.make_config(region="gdice", i_tp=0, i_ps=1, i_gs=2)
     with pytest.raises(ValueError, match="no generalized Dice"):
-        triton_formula.loss_formula(torch.rand(2, 3, 3), (ints, floats))
+        formula.loss_formula(torch.rand(2, 3, 3), (ints, floats))
     with pytest.raises(ValueError, match="gd_weight must be one of"):
-        triton_formula.make_config(region="gdice", gd_weight="cubic")
+        formula_spec.make_config(region="gdice", gd_weight="cubic")

@@ -32,7 +32,6 @@ from .._validation import (
     check_reduction,
     prepare_target,
 )
-from ..backend import use_compiled_cpu, use_triton
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "expand_class_weight",
     "flatten_spatial",
     "functional_form",
-    "fused_formula",
     "pool_flat",
     "prepare_inputs",
     "reduce_loss",
@@ -353,10 +351,10 @@ class LossBase(nn.Module):
 
     def reduce_stats(self, stats: torch.Tensor) -> torch.Tensor:
         """``(B, C, K)`` -> class selection (``include_background``) -> batch sum (``batch``) -> with
-        ``batch=True`` under :func:`fastloss.distributed.sync_batch_statistics`, the sum over all ranks."""
+        ``batch=True`` under :func:`fastloss.distributed.sync_batch_statistics`, the sum over all ranks (``ops.collectives``)."""
         s = sum_batch(select_classes(stats, self.include_background), self.batch)
         if self.batch and self._ddp_sync:
-            from ..distributed import all_reduce_sum
+            from ..ops.collectives import all_reduce_sum
 
             s = all_reduce_sum(s, self._ddp_group)
         return s
@@ -385,22 +383,6 @@ class LossBase(nn.Module):
             f"include_background={self.include_background}, activation={self.activation!r}, "
             f"reduction={self.reduction!r}, batch={self.batch}, ignore_index={self.ignore_index}"
         )
-
-
-def fused_formula(name: str, loss, input, target):
-    """The loss through ``fastloss.ops.triton_formula.<name>`` (the statistics kernel, then one call that
-    evaluates the formula and its derivative: Triton, or its C++ twin on the compiled CPU backend) when a
-    compiled backend serves ``input`` and that function covers the loss's configuration; None otherwise,
-    and the caller runs its torch formula."""
-    if not isinstance(input, torch.Tensor) or not (use_triton(input) or use_compiled_cpu(input)):
-        return None
-    if input.ndim == 2:  # (B, C): one voxel per class, MONAI's pooled formulas; the statistics path serves it
-        return None
-    if getattr(loss, "_ddp_sync", False):  # the statistics path all-reduces the sums; the fused one would not
-        return None
-    from ..ops import triton_formula
-
-    return getattr(triton_formula, name)(loss, input, target)
 
 
 def functional_form(cls, name: str, forward_kwargs: Sequence[str] = ()):

@@ -29,11 +29,11 @@ from ._common import (
     check_nonneg,
     expand_class_weight,
     functional_form,
-    fused_formula,
     prepare_inputs,
     select_classes,
     sum_batch,
 )
+from . import _fused
 from .boundary import BoundaryLoss, HausdorffDTLoss
 from .distribution import CrossEntropyLoss, FocalLoss, TopKLoss
 from .region import DiceLoss
@@ -221,7 +221,7 @@ class DiceCELoss(nn.Module):
         return (1.0 - ls) * ce + (ls / C) * smooth
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_dice_ce", self, input, target)  # one statistics pass, one formula launch
+        fused = _fused.dice_ce(self, input, target)  # one statistics pass, one formula launch
         if fused is not None:
             return fused
         # One statistics pass serves both parts when they share the activation (softmax Dice).
@@ -324,7 +324,7 @@ class DiceFocalLoss(nn.Module):
         self.to_onehot_y = self.dice.to_onehot_y
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_dice_focal", self, input, target)  # one statistics pass, one formula launch
+        fused = _fused.dice_focal(self, input, target)  # one statistics pass, one formula launch
         if fused is not None:
             return fused
         # One statistics pass serves both parts when the focal term reads the same softmax as the Dice term

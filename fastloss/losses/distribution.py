@@ -9,6 +9,7 @@ kernels serve them; ``reduction="none"`` returns per-voxel maps computed element
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -24,7 +25,7 @@ from .._validation import (
     label_checks_enabled,
 )
 from ..ops.stats import StatsSpec, class_stats, compute_dtype, voxel_terms
-from ..ops.topk import topk_ce_mean, topk_count, topk_select_mask, topk_sum, topk_traced
+from ..ops.topk import topk_ce_mean, topk_count, topk_select_mask, topk_sum, topk_traced, voxel_ce_kernel
 from ._common import (
     check_bool,
     check_ignore_index,
@@ -32,9 +33,9 @@ from ._common import (
     expand_class_weight,
     flatten_spatial,
     functional_form,
-    fused_formula,
     prepare_inputs,
 )
+from . import _fused
 
 __all__ = [
     "CrossEntropyLoss",
@@ -104,29 +105,12 @@ def _voxel_ce(x: torch.Tensor, target: Target, weight: Optional[torch.Tensor]) -
 
 
 def _voxel_ce_any(input: torch.Tensor, target: Target, weight: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`_voxel_ce`, served by a fused kernel for unweighted integer labels (one read of the logits, no
-    ``(B, C, N)`` temporaries): Triton (``ops.triton_topk.voxel_ce_triton``) or, on CPU tensors, the compiled
-    C++ kernel (``ops.cpu_stats.voxel_ce_cpu``), when the backend says so."""
+    """:func:`_voxel_ce`, served by a fused kernel for unweighted integer labels where one serves the input
+    (:func:`fastloss.ops.topk.voxel_ce_kernel`: one read of the logits, no ``(B, C, N)`` temporaries)."""
     if target.raw_labels is not None and weight is None:
-        from ..backend import use_compiled_cpu, use_triton
-        from ..ops.stats import shared_voxel_ce
-
-        shared = shared_voxel_ce(input, target)  # DiceTopK: computed by the Dice part's pass
-        if shared is not None:
-            return shared
-
-        if use_compiled_cpu(input):
-            from ..ops.cpu_stats import voxel_ce_cpu, voxel_ce_supported
-
-            if voxel_ce_supported(input, target.raw_labels):
-                return voxel_ce_cpu(input, target.raw_labels, target.ignore_index)
-        elif use_triton(input) and input.dtype != torch.float64:
-            try:
-                from ..ops.triton_topk import voxel_ce_triton
-            except Exception:  # module absent or unusable: torch path
-                voxel_ce_triton = None
-            if voxel_ce_triton is not None:
-                return voxel_ce_triton(input, target.labels, target.ignore_index)
+        ce = voxel_ce_kernel(input, target)
+        if ce is not None:
+            return ce
     return _voxel_ce(flatten_spatial(input), target, weight)
 
 
@@ -196,7 +180,7 @@ class CrossEntropyLoss(nn.Module):
         self.to_onehot_y = check_bool(to_onehot_y, "to_onehot_y")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_cross_entropy", self, input, target)
+        fused = _fused.cross_entropy(self, input, target)
         if fused is not None:
             return fused
         prep = prepare_inputs(
@@ -492,7 +476,7 @@ class TopKLoss(nn.Module):
             return self._threshold(x, tgt, input)
         ce = _voxel_ce_any(input, tgt, self.class_weight)  # (B, N), 0 at ignored voxels
         if getattr(self, "_ddp_sync", False):  # fastloss.distributed.sync_batch_statistics: k % of all ranks
-            from ..distributed import synced_topk
+            from ..ops.collectives import synced_topk
 
             out = synced_topk(ce, tgt.mask, self.k, self.reduction, self._ddp_group)
             return out.reshape((B,) + tuple(input.shape[2:])) if self.reduction == "none" else out
@@ -513,6 +497,10 @@ class TopKLoss(nn.Module):
         return topk_ce_mean(ce, K)
 
     def _threshold(self, x: torch.Tensor, tgt: Target, input: torch.Tensor) -> torch.Tensor:
+        if self.class_weight is None:
+            fused = self._threshold_fused(tgt, input)
+            if fused is not None:
+                return fused
         dt = compute_dtype(x)
         logp = torch.log_softmax(x.to(dt), dim=1)
         g = tgt.dense(dt)  # masked
@@ -523,6 +511,28 @@ class TopKLoss(nn.Module):
         per_voxel = -(wsel * logp)
         if self.reduction == "none":
             return per_voxel.sum(dim=1).reshape((x.shape[0],) + tuple(input.shape[2:]))
+        num = per_voxel.sum()
+        if self.reduction == "sum":
+            return num
+        return _safe_div(num, sel.sum())
+
+    def _threshold_fused(self, tgt: Target, input: torch.Tensor) -> Optional[torch.Tensor]:
+        """The threshold TopK on the per-voxel CE of a fused kernel (integer labels, no class weight), or None.
+
+        ``p_y < t`` is ``ce = −log p_y > −log t``; the kept voxels' CE is summed (and divided by their number
+        for ``mean``). The indicator is piecewise constant, so the gradient is the kernel CE's on the kept
+        voxels: ``∂/∂x (Σ_i sel_i·ce_i) = Σ_i sel_i·∂ce_i/∂x``.
+        """
+        ce = voxel_ce_kernel(input, tgt)  # (B, N), 0 at ignored voxels
+        if ce is None:
+            return None
+        sel = ce.detach() > -math.log(self.t)
+        if tgt.mask is not None:
+            sel = sel & (tgt.mask.reshape(sel.shape) > 0)
+        sel = sel.to(ce.dtype)
+        per_voxel = ce * sel
+        if self.reduction == "none":
+            return per_voxel.reshape((input.shape[0],) + tuple(input.shape[2:]))
         num = per_voxel.sum()
         if self.reduction == "sum":
             return num
@@ -622,7 +632,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: logits ``(B, C, *spatial)``; ``target``: labels or one-hot/soft ``(B, C, *spatial)``."""
-        fused = fused_formula("fused_focal", self, input, target)
+        fused = _fused.focal(self, input, target)
         if fused is not None:
             return fused
         prep = prepare_inputs(

@@ -1,8 +1,10 @@
 """Region-based losses (Ma et al. 2021, Section 2.2), each a formula of per-(batch, class) voxel sums.
 
-Every loss here makes one call to :func:`fastloss.ops.stats.class_stats` (the fused statistics pass; Triton
-on CUDA tensors, plain torch on CPU) and evaluates its formula on the tiny ``(B, C, K)`` result with a
-handful of torch ops, which autograd differentiates back through the statistics.
+Every loss here makes one call to :func:`fastloss.ops.stats.class_stats` (the fused statistics pass: Triton
+on CUDA tensors, compiled C++ on CPU tensors, torch ops under ``FASTLOSS_BACKEND=torch``) and evaluates its
+formula on the tiny ``(B, C, K)`` result: in one fused call where ``losses/_fused.py`` covers the
+configuration (the Triton kernel or its C++ twin), otherwise with a handful of torch ops, which autograd
+differentiates back through the statistics.
 
 Notation: ``p`` the activated prediction, ``g`` the target, both multiplied by the ignore mask;
 sums run over the voxels (and over the batch with ``batch=True``). With MONAI's naming,
@@ -16,7 +18,7 @@ sums run over the voxels (and over the batch with ``batch=True``). With MONAI's 
 Gradients: autograd differentiates each formula with respect to the ``(B, C, K)`` sums (a few scalars per
 class, e.g. for Dice ``∂L/∂Σpg = −2/den``, ``∂L/∂Σp = num/den²``), and the statistics op turns
 ``∂L/∂sums`` into ``∂L/∂logits`` (``Σ_k ∂L/∂S_k · ∂s_k/∂p`` through the softmax/sigmoid Jacobian), by autograd
-on the torch backend and in the backward kernel on the Triton one.
+on the torch backend and in the backward kernel on the Triton and compiled ones.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from ._common import (
     check_bool,
     check_nonneg,
     functional_form,
-    fused_formula,
     pool_flat,
     reduce_loss,
     reduce_pooled,
 )
+from . import _fused
 
 __all__ = [
     "DiceLoss",
@@ -67,7 +69,7 @@ def _check_w_type(w_type) -> str:
     return w_type
 
 
-class _OverlapLoss(LossBase):
+class OverlapLoss(LossBase):
     """Shared part of the Dice/Tversky families: smoothing terms and the (tp, fp, fn) statistics."""
 
     def __init__(self, *, smooth_nr: float, smooth_dr: float, soft_label: bool = False, **kwargs) -> None:
@@ -123,7 +125,7 @@ class _OverlapLoss(LossBase):
 
 
 # ------------------------------------------------------------------------------------------------ Dice / IoU
-class DiceLoss(_OverlapLoss):
+class DiceLoss(OverlapLoss):
     r"""Soft Dice loss (Eqs. 8 and 9), with MONAI 1.6's signature, defaults and results.
 
     Per batch item ``b`` (all items together with ``batch=True``) and class ``c``:
@@ -205,7 +207,7 @@ class DiceLoss(_OverlapLoss):
     _accepts_flat = True  # (B, C) inputs, as MONAI's DiceLoss: see forward
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_dice", self, input, target)
+        fused = _fused.dice(self, input, target)
         if fused is not None:
             return fused
         tp, fp, fn, _, nsp = self.overlap_terms(input, target, squared=self.squared_pred)
@@ -286,7 +288,7 @@ def _tversky_index(tp, fp, fn, alpha: float, beta: float, smooth_nr: float, smoo
     return (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
 
 
-class _TverskyFamily(_OverlapLoss):
+class _TverskyFamily(OverlapLoss):
     """Tversky-index losses: ``alpha`` on false positives, ``beta`` on false negatives, optional class weight."""
 
     def __init__(self, *, alpha: float, beta: float, **kwargs) -> None:
@@ -364,7 +366,7 @@ class TverskyLoss(_TverskyFamily):
     _accepts_flat = True  # (B, C) inputs, as MONAI's TverskyLoss: see forward
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_tversky", self, input, target)
+        fused = _fused.tversky(self, input, target)
         if fused is not None:
             return fused
         tp, fp, fn, _, nsp = self.overlap_terms(input, target)
@@ -590,7 +592,7 @@ def _generalized_dice_score(tp, fp, fn, gsum, w_type, batch, smooth_nr, smooth_d
     return (numer + smooth_nr) / (denom + smooth_dr)
 
 
-class GeneralizedDiceLoss(_OverlapLoss):
+class GeneralizedDiceLoss(OverlapLoss):
     r"""Generalized Dice loss, Eq. 15 (Sudre et al., 2017), with MONAI 1.6's signature, defaults and results.
 
     .. math::
@@ -674,7 +676,7 @@ class GeneralizedDiceLoss(_OverlapLoss):
         return gd, nsp
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        fused = fused_formula("fused_generalized_dice", self, input, target)  # CPU: one C++ call
+        fused = _fused.generalized_dice(self, input, target)  # CPU: one C++ call
         if fused is not None:
             return fused
         gd, nsp = self.score(input, target)

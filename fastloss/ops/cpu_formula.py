@@ -4,12 +4,12 @@ On CPU tensors a Dice/CE-family loss is the compiled statistics pass (``ops/cpu_
 formula on the ``(B, C, K)`` sums. Written in torch that formula is ~30 small ops forward and ~30 more in
 autograd's backward, 0.3-0.5 ms of host time per step on this project's 2-core machine: 5-8 % of a
 (2, 9, 64³) step on two threads, and serial, so it also held the 2-thread scaling down. Here one C++ call
-evaluates the loss **and** ``dL/d(stats)`` (configured by ``triton_formula.make_config``, same formulas,
+evaluates the loss **and** ``dL/d(stats)`` (configured by ``formula_spec.make_config``, same formulas,
 computed in double); the backward multiplies the saved ``dL/d(stats)`` by the upstream gradient.
 
-Covered: what ``triton_formula``'s ``fused_*`` functions cover (Dice / IoU / Tversky, CE, Focal, DiceCE,
+Covered: what the losses' adapters (``losses/_fused.py``) cover (Dice / IoU / Tversky, CE, Focal, DiceCE,
 DiceFocal; float32 statistics, i.e. float32/float16/bfloat16 logits), and the generalized Dice, which only this
-twin has (``fused_generalized_dice``). float64 logits keep the torch formula,
+twin has (``_fused.generalized_dice``). ``ops/formula.py`` decides when this twin serves. float64 logits keep the torch formula,
 so ``gradcheck`` still differentiates it end to end.
 """
 

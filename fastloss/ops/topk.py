@@ -26,13 +26,13 @@ Backends
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from .._validation import _is_compiling
+from .._validation import Target, _is_compiling
 
-__all__ = ["topk_count", "topk_sum", "topk_ce_mean", "topk_select_mask", "topk_traced"]
+__all__ = ["topk_count", "topk_sum", "topk_ce_mean", "topk_select_mask", "topk_traced", "voxel_ce_kernel"]
 
 
 def topk_count(n_valid: int, k: float) -> int:
@@ -47,6 +47,34 @@ def topk_count(n_valid: int, k: float) -> int:
     if n_valid <= 0:
         return 0
     return min(n_valid, max(1, int(n_valid * k / 100)))
+
+
+def voxel_ce_kernel(input: torch.Tensor, target: Target) -> Optional[torch.Tensor]:
+    """The ``(B, N)`` per-voxel softmax CE ``−log p_y`` of logits ``input`` and integer labels ``target`` (0 at
+    ignored voxels) from a fused kernel, or None where none serves (the caller computes it in torch).
+
+    In order: the CE that the active ``shared_statistics(voxel_ce=True)`` pass computed (DiceTopK: the Dice part's
+    pass read the logits already), the compiled CPU kernel (``ops.cpu_stats.voxel_ce_cpu``), the Triton kernel
+    (``ops.triton_topk.voxel_ce_triton``, float32/16 and bfloat16), as :func:`fastloss.backend.loss_kernels` says.
+    """
+    from ..backend import use_compiled_cpu, use_triton
+    from .stats import shared_voxel_ce
+
+    if target.raw_labels is None:
+        return None
+    shared = shared_voxel_ce(input, target)
+    if shared is not None:
+        return shared
+    if use_compiled_cpu(input):
+        from .cpu_stats import voxel_ce_cpu, voxel_ce_supported
+
+        if voxel_ce_supported(input, target.raw_labels):
+            return voxel_ce_cpu(input, target.raw_labels, target.ignore_index)
+    elif use_triton(input) and input.dtype != torch.float64:
+        from .triton_topk import voxel_ce_triton
+
+        return voxel_ce_triton(input, target.labels, target.ignore_index)
+    return None
 
 
 def _triton_topk_select():
