@@ -25,7 +25,8 @@ are negated before testing, so "better" always means "significantly larger after
 
 Command line: ``python -m fastloss.ranking TABLE.csv [--alpha 0.05] [--lower-is-better METRIC]
 [--higher-is-better METRIC]`` prints the losses sorted by rank score with their per-task, per-metric
-significance scores, and the direction used for each metric.
+significance scores, and the direction used for each metric; on stderr it warns when a (task, metric) has
+fewer cases than :func:`min_cases` needs at the chosen alpha (every score there is then 0 by construction).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 __all__ = [
     "LOWER_IS_BETTER", "HIGHER_IS_BETTER", "normalize_metric_name", "metric_directions", "read_table",
-    "significance_scores", "rank_scores", "format_ranking", "main",
+    "significance_scores", "rank_scores", "format_ranking", "min_cases", "main",
 ]
 
 COLUMNS = ("loss", "task", "metric", "case", "value")
@@ -393,6 +394,57 @@ def format_ranking(scores: Dict[Key, Dict[str, int]], directions: Optional[Dict[
     return "\n".join(lines)
 
 
+def min_cases(alpha: float = 0.05, *, ties: bool = True) -> int:
+    """The fewest paired cases with which one loss can beat another at ``alpha``; below it no pair can
+    differ significantly, so every significance score and Rank Score is 0 by construction.
+
+    With ``n`` untied differences the one-sided Wilcoxon test is exact and its smallest p-value is ``2^-n``
+    (5 cases at the paper's 0.05, 7 at 0.01: ``ties=False``). Tied differences take the normal
+    approximation, whose tie correction lets ``n`` equal differences reach ``1 - Φ(√n)`` (3 cases at 0.05,
+    6 at 0.01): the default counts that too, so it is the true minimum. Decided by
+    :func:`significance_scores` itself on tables where one loss is better on every case (untied, and all
+    tied), so it follows the same rule.
+
+    Raises:
+        ValueError: ``alpha`` outside (0, 1).
+    """
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    for n in range(1, 64):
+        for tied in ((False, True) if ties else (False,)):
+            rows = [{"loss": loss, "task": "t", "metric": "m", "case": str(k),
+                     "value": (1.0 if tied else k + 1.0) * (loss == "a")} for loss in ("a", "b") for k in range(n)]
+            if significance_scores(rows, alpha=alpha, higher_is_better="m")[("t", "m")]["a"]:
+                return n
+    raise ValueError(f"alpha={alpha!r} is too small for any case count up to 63")  # pragma: no cover
+
+
+def _too_few_cases(table, alpha: float) -> List[str]:
+    """Warnings for the (task, metric) pairs whose case count cannot reach significance at ``alpha``
+    (or only through tied differences)."""
+    need, need_untied = min_cases(alpha), min_cases(alpha, ties=False)
+    never, tied_only = [], []
+    for (task, metric), group in sorted(table.items()):
+        n = len(next(iter(group.values())))
+        if len(group) > 1 and n < need_untied:
+            (never if n < need else tied_only).append(f"{task}/{metric}: {n} case(s)")
+    lines = []
+    if never:
+        lines.append(
+            f"warning: too few cases for significance at alpha={alpha:g}: a loss can beat another only with at "
+            f"least {need} paired cases (the one-sided Wilcoxon test's smallest p-value is 2^-n for n untied "
+            f"differences), so every significance score of {', '.join(never)} is 0 by construction, whatever the "
+            "values. Add cases or raise --alpha."
+        )
+    if tied_only:
+        lines.append(
+            f"warning: few cases for alpha={alpha:g}: untied differences need at least {need_untied} paired cases "
+            f"(smallest p-value 2^-n); with {', '.join(tied_only)} a loss can beat another only where all its "
+            "differences tie (the normal approximation's tie correction)."
+        )
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastloss.ranking",
@@ -428,6 +480,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in _too_few_cases(table, args.alpha):
+        print(line, file=sys.stderr)
     print(format_ranking(scores, directions))
     return 0
 

@@ -225,3 +225,52 @@ def test_missing_scipy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
     with pytest.raises(ImportError, match="pip install scipy"):
         rank_scores(_table({"A": 0.0, "B": 0.1}, n_cases=5))
+
+
+# ------------------------------------------------------------------ issue 25: too few cases for significance
+def _csv(tmp_path, rows):
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["loss", "task", "metric", "case", "value"])
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def test_min_cases_follows_the_scoring_rule():
+    from fastloss.ranking import min_cases
+
+    assert [min_cases(a, ties=False) for a in (0.05, 0.01, 0.001, 0.5, 0.6)] == [5, 7, 10, 2, 1]  # 2^-n < alpha
+    assert [min_cases(a) for a in (0.05, 0.01)] == [3, 6]  # n tied differences: 1 - Phi(sqrt(n)) < alpha
+
+    def wins(n, alpha, tied):
+        rows = [{"loss": loss, "task": "t", "metric": "DSC", "case": str(k),
+                 "value": 0.5 + (0.2 if tied else 0.01 * (k + 1)) * (loss == "B")} for loss in "AB" for k in range(n)]
+        return rank_scores(rows, alpha=alpha)["B"]
+
+    for alpha in (0.05, 0.01):
+        n, u = min_cases(alpha), min_cases(alpha, ties=False)
+        assert (wins(u, alpha, False), wins(u - 1, alpha, False)) == (1, 0)
+        assert (wins(n, alpha, True), wins(n - 1, alpha, True), wins(n - 1, alpha, False)) == (1, 0, 0)
+    with pytest.raises(ValueError, match="alpha"):
+        min_cases(0)
+
+
+def test_cli_warns_when_the_case_count_cannot_reach_significance(tmp_path, capsys):
+    from fastloss.ranking import main
+
+    few = _table({"A": 0.0, "B": 0.2}, tasks=("liver",), metrics=("DSC",), n_cases=2)
+    assert main([_csv(tmp_path, few)]) == 0
+    out, err = capsys.readouterr()
+    assert "too few cases for significance at alpha=0.05" in err and "at least 3 paired cases" in err
+    assert "liver/DSC: 2 case(s)" in err and "0 by construction" in err and "rank_score" in out
+    tied_only = _table({"A": 0.0, "B": 0.2}, tasks=("liver",), metrics=("DSC",), n_cases=4)
+    assert main([_csv(tmp_path, tied_only)]) == 0
+    err = capsys.readouterr().err
+    assert "too few" not in err and "untied differences need at least 5" in err and "liver/DSC: 4 case(s)" in err
+    # enough cases: no warning; a smaller alpha needs more
+    enough = _table({"A": 0.0, "B": 0.2}, tasks=("liver",), metrics=("DSC",), n_cases=6)
+    assert main([_csv(tmp_path, enough)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([_csv(tmp_path, enough), "--alpha", "0.01"]) == 0
+    assert "untied differences need at least 7" in capsys.readouterr().err
