@@ -400,3 +400,98 @@ def test_a_diverging_loss_is_recorded_as_na(tmp_path, monkeypatch):
     rows = _read(out / "cases.csv")
     assert {r["value"] for r in rows if r["loss"] == "DiceTopK"} == {"N/A"}
     assert all(r["value"] != "N/A" for r in rows if r["loss"] == "Dice")
+
+
+# ----------------------------------------------------------------------------------- issue 25: console, plots
+def _logged(lines):
+    return lambda *a: lines.append(" ".join(str(x) for x in a))
+
+
+def test_console_says_what_runs_explains_the_rank_scores_and_is_honest_about_plots(tmp_path, one_thread):
+    lines = []
+    out = run(_tiny_cfg(tmp_path, n_test=2), run_id="talk", log=_logged(lines))
+    first = lines[0]
+    assert first.startswith("[odyssey] run talk (quick mode): 1 synthetic task (multi_organ; 16x16x16 volumes, "
+                            "3 train / 2 test cases each) x 2 losses (Dice, DiceTopK)")
+    assert "4 training steps per loss (2 epochs x 2, batch 2, 16x16x16 patches), 8 in all; cpu, 1 thread" in first
+    assert first.endswith(f"writing to {out}/")
+    # 2 test cases cannot reach significance at 0.05: said before training
+    assert any("warning: multi_organ has 2 test case(s)" in line and "at least 3" in line for line in lines[1:3])
+    per_loss = [line for line in lines if "DSC" in line and "step" in line and "ms" in line]
+    assert len(per_loss) == 2 and all("(ETA " in line for line in per_loss)
+    assert per_loss[-1].endswith("(ETA 0 s)")  # nothing left to train after the last loss
+    text = "\n".join(lines)
+    assert "Each task/metric column counts the other losses a loss beats there (0 to 1)" in text
+    assert "rank_score is the mean of the 2 columns" in text
+    assert "Each task/metric column" in (out / "ranking.txt").read_text()
+    assert lines[-1].startswith("[odyssey] run talk: ") and f"; tables in {out}" in lines[-1]
+    assert "plots" not in lines[-1]  # plots=False (--no-plots) announces none
+    assert not list(out.glob("*.png"))
+
+
+def test_eta_comes_from_measured_steps_only():
+    from fastloss.odyssey.runner import _Eta
+
+    now = [0.0]
+    eta = _Eta(total_steps=10, total_losses=2, clock=lambda: now[0], min_steps=2)
+    eta.start_loss()
+    now[0] = 50.0  # building the network and the first step: slow, and never a step time
+    eta.step()
+    assert eta.seconds_left() is None and eta.text() == "ETA after the first steps"
+    for _ in range(4):
+        now[0] += 1.0
+        eta.step()
+    assert eta.steps == [1.0] * 4 and eta.seconds_left() == pytest.approx(5 * 1.0)  # 5 steps left at 1 s
+    now[0] += 10.0  # evaluation of the first loss
+    eta.end_loss()
+    # the rest of the run's time (setup 50 s + evaluation 10 s) per finished loss, for the one loss left
+    assert eta.seconds_left() == pytest.approx(5 * 1.0 + 60.0)
+    eta.start_loss()
+    now[0] += 30.0  # the second loss's first step: not a step time either
+    eta.step()
+    assert eta.steps == [1.0] * 4
+    assert eta.text().startswith("ETA 1 min")
+
+
+def test_an_early_error_leaves_no_empty_run_folder(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert cli_main(["--data", str(tmp_path / "missing"), "--out", str(root), "--run-id", "bad"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not root.exists()  # neither the run folder nor the root this run made for it
+    (root / "kept").mkdir(parents=True)
+    assert cli_main(["--data", str(tmp_path / "missing"), "--out", str(root), "--run-id", "bad"]) == 2
+    assert sorted(p.name for p in root.iterdir()) == ["kept"]
+    # an existing run folder is refused before anything runs, and kept as it was
+    (root / "kept" / "cases.csv").write_text("x")
+    assert cli_main(["--out", str(root), "--run-id", "kept", "--tasks", "liver"]) == 2
+    assert "exists already" in capsys.readouterr().err and (root / "kept" / "cases.csv").read_text() == "x"
+
+
+def test_box_plots_have_a_title_and_a_mean_median_legend():
+    from fastloss.odyssey import plots
+
+    rows = [{"loss": loss, "task": task, "metric": m, "case": f"c{k}", "value": 0.1 * k + (loss == "Dice") * 0.2}
+            for loss in ("CE", "Dice") for task in ("liver", "pancreas") for m in ("DSC", "NSD") for k in range(4)]
+    fig = plots.box_figure(rows, "DSC")
+    try:
+        assert "DSC per held-out case" in fig._suptitle.get_text()
+        labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        assert "median" in labels and "mean" in labels
+        assert [ax.get_title() for ax in fig.axes] == ["liver (4 test cases)", "pancreas (4 test cases)"]
+    finally:
+        plots._pyplot().close(fig)
+    speed = [{"task": "liver", "loss": "Dice", "impl": impl, "phase": "side_by_side", "step_ms_median": 50.0,
+              "loss_ms_median": 2.0} for impl in ("fastloss", "monai")]
+    fig = plots.step_time_figure(speed)
+    try:
+        assert fig.axes[0].get_title() == "Training step time (side by side, the same batches)"
+    finally:
+        plots._pyplot().close(fig)
+
+
+def test_a_run_with_plots_says_so(tmp_path, one_thread):
+    pytest.importorskip("matplotlib")
+    lines = []
+    out = run(_tiny_cfg(tmp_path, plots=True, timing_steps=0, losses=("Dice",)), run_id="p", log=_logged(lines))
+    assert lines[-1].endswith(f"tables and plots in {out}")
+    assert sorted(p.name for p in out.glob("*.png")) == ["dsc_boxplot.png", "nsd_boxplot.png", "step_time.png"]

@@ -1,4 +1,5 @@
-"""Command line of the odyssey runner: ``python -m fastloss.odyssey [--mode quick|full] [options]``."""
+"""Command line of the odyssey runner: ``python -m fastloss.odyssey [--mode quick|full] [options]``, and
+``python -m fastloss.odyssey readme-table RUN_DIR [--write README.md]`` (:mod:`fastloss.odyssey.report`)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,29 @@ def config_from_args(args: argparse.Namespace):
     return replace(cfg, monai=cfg.monai and not args.no_monai, plots=not args.no_plots, progress=not args.no_progress)
 
 
+def _readme_table(argv: List[str]) -> int:
+    """``readme-table RUN_DIR [--write README.md]``: the README passage of a recorded run, from its files."""
+    from .report import readme_block, write_readme
+
+    p = argparse.ArgumentParser(prog="python -m fastloss.odyssey readme-table",
+                                description="Print the README passage of a recorded run (from its CSV files and "
+                                "config.json); --write replaces the passage between its markers in a README.")
+    p.add_argument("run_dir")
+    p.add_argument("--write", metavar="README", help="the README whose odyssey passage to replace")
+    args = p.parse_args(argv)
+    try:
+        block = write_readme(args.write, args.run_dir) if args.write else readme_block(args.run_dir)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(block)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["readme-table"]:
+        return _readme_table(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

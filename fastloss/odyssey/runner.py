@@ -27,6 +27,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import statistics
 import sys
 import time
 import uuid
@@ -160,22 +162,94 @@ def _nanmean(values: Sequence[float]) -> float:
     return sum(ok) / len(ok) if ok else math.nan
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``6 min 05 s``, ``1 h 02 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+class _Eta:
+    """The time left, from measured training steps only.
+
+    A step's time is the wall time between two consecutive steps of one loss: the first step of every loss
+    (which also pays for building its network and loss) is never one. The estimate is the median of the
+    last ``window`` step times times the steps left, plus the rest of the run's time (data, evaluation,
+    side-by-side timing: everything that is not a measured step) per finished loss, times the losses left.
+    None until ``min_steps`` step times are measured.
+    """
+
+    def __init__(self, total_steps: int, total_losses: int, clock=time.perf_counter, window: int = 100,
+                 min_steps: int = 3):
+        self.total_steps, self.total_losses = total_steps, total_losses
+        self.clock, self.window, self.min_steps = clock, window, min_steps
+        self.t0 = clock()
+        self.steps: List[float] = []
+        self.done = 0
+        self.losses_done = 0
+        self._last: Optional[float] = None
+        self._other_per_loss: Optional[float] = None
+
+    def start_loss(self) -> None:
+        self._last = None
+
+    def step(self) -> None:
+        now = self.clock()
+        if self._last is not None:
+            self.steps.append(now - self._last)
+        self._last = now
+        self.done += 1
+
+    def end_loss(self) -> None:
+        """After a loss's training and evaluation."""
+        self.losses_done += 1
+        self._last = None
+        other = (self.clock() - self.t0) - sum(self.steps)
+        self._other_per_loss = max(0.0, other) / self.losses_done
+
+    def seconds_left(self) -> Optional[float]:
+        if len(self.steps) < self.min_steps:
+            return None
+        left = statistics.median(self.steps[-self.window:]) * max(0, self.total_steps - self.done)
+        if self._other_per_loss is not None:
+            left += self._other_per_loss * max(0, self.total_losses - self.losses_done)
+        return left
+
+    def text(self) -> str:
+        left = self.seconds_left()
+        return "ETA after the first steps" if left is None else f"ETA {_duration(left)}"
+
+
 class _Progress:
-    def __init__(self, total: int, enabled: bool, desc: str):
+    """A progress bar (tqdm, if installed and enabled) whose time left is :class:`_Eta`'s, never tqdm's own
+    guess from the first steps (which include building the network: a 7-minute run once showed 3 h 53 m)."""
+
+    def __init__(self, total: int, total_losses: int, enabled: bool, desc: str):
+        self.eta = _Eta(total, total_losses)
         self.bar = None
         if enabled:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+                self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps "
+                                           "[{elapsed}{postfix}]")
+                self.bar.set_postfix_str(self.eta.text(), refresh=False)
             except ImportError:
                 pass
 
     def __call__(self, n: int) -> None:
+        for _ in range(n):
+            self.eta.step()
         if self.bar is not None:
+            self.bar.set_postfix_str(self.eta.text(), refresh=False)
             self.bar.update(n)
 
     def describe(self, text: str) -> None:
+        self.eta.start_loss()
         if self.bar is not None:
             self.bar.set_description(text)
 
@@ -213,25 +287,77 @@ def run(cfg: Optional[OdysseyConfig] = None, *, run_id: Optional[str] = None, lo
     """
     cfg = _check(cfg or MODES["quick"])
     run_id = run_id or new_run_id()
+    root = Path(cfg.out)
+    out = root / run_id
+    if out.exists():
+        raise FileExistsError(f"the run folder {out} exists already; choose another --run-id")
+    log(opening_line(cfg, run_id, out))
     threads_before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    made_root = not root.exists()
     try:
-        return _run(cfg, run_id, log)
+        if made_root:
+            root.mkdir(parents=True)
+            (root / ".gitignore").write_text("# written by python -m fastloss.odyssey: keep runs out of git\n*\n")
+        out.mkdir(parents=True, exist_ok=False)
+        return _run(cfg, run_id, out, log)
+    except BaseException:
+        _remove_if_empty(out, root if made_root else None)
+        raise
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
-    root = Path(cfg.out)
-    if not root.exists():
-        root.mkdir(parents=True)
-        (root / ".gitignore").write_text("# written by python -m fastloss.odyssey: keep runs out of git\n*\n")
-    out = root / run_id
-    out.mkdir(parents=True, exist_ok=False)
+def opening_line(cfg: OdysseyConfig, run_id: str, out: Path) -> str:
+    """What a run will do, said before it starts: tasks, losses, steps, sizes, device, output folder."""
+    tc = cfg.train
+    per_loss = tc.epochs * tc.steps_per_epoch
+    threads = cfg.threads if cfg.threads is not None else torch.get_num_threads()
+    if cfg.data is not None:
+        what = f"your data {cfg.data} ({cfg.test_fraction:g} held out)"
+        n_tasks = 1
+    else:
+        n_tasks = len(cfg.tasks)
+        what = (f"{n_tasks} synthetic task{'s' * (n_tasks != 1)} ({', '.join(cfg.tasks)}; "
+                f"{'x'.join(map(str, cfg.size))} volumes, {cfg.n_train} train / {cfg.n_test} test cases each)")
+    n = len(cfg.losses)
+    return (f"[odyssey] run {run_id} ({cfg.mode} mode): {what} x {n} loss{'es' * (n != 1)} ({', '.join(cfg.losses)}); "
+            f"{per_loss} training steps per loss ({tc.epochs} epochs x {tc.steps_per_epoch}, batch {tc.batch_size}, "
+            f"{'x'.join(map(str, tc.patch))} patches), {n_tasks * n * per_loss} in all; {tc.device}, "
+            f"{threads} thread{'s' * (threads != 1)}; writing to {out}{os.sep}")
+
+
+def _remove_if_empty(out: Path, root: Optional[Path]) -> None:
+    """After an error: no empty run folder left behind (nor an output root this run made for nothing)."""
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if root is not None and root.is_dir() and {p.name for p in root.iterdir()} <= {".gitignore"}:
+            shutil.rmtree(root)
+    except OSError:  # pragma: no cover - best effort; the original error matters more
+        pass
+
+
+def _load_average() -> Optional[List[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        return None
+
+
+def _run(cfg: OdysseyConfig, run_id: str, out: Path, log) -> Path:
     t_run = time.perf_counter()
+    load_start = _load_average()
     datasets = _datasets(cfg)
     device = torch.device(cfg.train.device)
+    from ..ranking import min_cases
+
+    need = min_cases(cfg.alpha)
+    for ds in datasets:
+        if len(ds.test) < need and len(cfg.losses) > 1:
+            log(f"[odyssey] warning: {ds.name} has {len(ds.test)} test case(s); at alpha={cfg.alpha:g} a loss can "
+                f"beat another only with at least {need}, so its significance scores will all be 0")
 
     case_rows: List[dict] = []
     class_rows: List[dict] = []
@@ -240,7 +366,7 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
     failures: List[str] = []
     tc = cfg.train
     total_steps = len(datasets) * len(cfg.losses) * tc.epochs * tc.steps_per_epoch
-    bar = _Progress(total_steps, cfg.progress, "odyssey")
+    bar = _Progress(total_steps, len(datasets) * len(cfg.losses), cfg.progress, "odyssey")
     for ds in datasets:
         def make_model(ds=ds):
             return build_network(ds.in_channels, ds.num_classes, tc.patch, cfg.filters)
@@ -254,7 +380,8 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
                 res = train_one(name, init_state, make_model, ds, tc, progress=bar)
             except FloatingPointError as e:
                 failures.append(f"{ds.name}/{name}: {e}")
-                log(f"[odyssey] {ds.name:12s} {name:12s} FAILED: {e}")
+                bar.eta.end_loss()
+                log(f"[odyssey] {ds.name:12s} {name:12s} FAILED: {e}  ({bar.eta.text()})")
                 for case in ds.test:
                     for metric in ("DSC", "NSD"):
                         case_rows.append({"loss": name, "task": ds.name, "metric": metric, "case": case.name, "value": math.nan})
@@ -273,8 +400,9 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
             speed_rows.append(_speed_row(ds.name, name, "fastloss", "train", res.step_ms, res.loss_ms))
             dsc = _nanmean([r["value"] for r in case_rows if r["task"] == ds.name and r["loss"] == name and r["metric"] == "DSC"])
             nsd = _nanmean([r["value"] for r in case_rows if r["task"] == ds.name and r["loss"] == name and r["metric"] == "NSD"])
+            bar.eta.end_loss()
             log(f"[odyssey] {ds.name:12s} {name:12s} DSC {dsc:.4f}  NSD {nsd:.4f}  step {s['median']:7.1f} ms "
-                f"(loss {l['median']:6.2f} ms)  {time.perf_counter() - t0:6.1f} s")
+                f"(loss {l['median']:6.2f} ms)  {time.perf_counter() - t0:6.1f} s  ({bar.eta.text()})")
         # Side-by-side timing: fastloss and MONAI (where MONAI has the loss), interleaved, same batches.
         if cfg.timing_steps > 0:
             fns = {}
@@ -296,7 +424,7 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
                                              threads=torch.get_num_threads(), run_id=run_id) for r in speed_rows])
     _write_csv(out / "training.csv", train_rows)
     ranking_text = _rank(case_rows, out, cfg.alpha)
-    log(ranking_text)
+    log("[odyssey] " + ranking_text)
     wall = time.perf_counter() - t_run
     info = {
         "run_id": run_id,
@@ -305,6 +433,7 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
                             "test": [c.name for c in ds.test], **{k: v for k, v in ds.meta.items()}} for ds in datasets},
         "failures": failures,
         "wall_seconds": round(wall, 1),
+        "load_average": {"start": load_start, "end": _load_average()},  # 1, 5, 15 min (other work on the machine)
         "device": _device_name(device),
         "threads": torch.get_num_threads(),
         "versions": _versions(),
@@ -312,14 +441,15 @@ def _run(cfg: OdysseyConfig, run_id: str, log) -> Path:
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     (out / "config.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    drawn = False
     if cfg.plots:
         try:
             from . import plots
 
-            plots.draw(out, case_rows, speed_rows)
+            drawn = bool(plots.draw(out, case_rows, speed_rows, run_id=run_id))
         except ImportError as e:
             log(f"[odyssey] no plots: {e}")
-    log(f"[odyssey] run {run_id}: {wall:.0f} s; tables and plots in {out}")
+    log(f"[odyssey] run {run_id}: {_duration(wall)}; tables{' and plots' if drawn else ''} in {out}")
     return out
 
 
@@ -353,11 +483,20 @@ def _rank(case_rows: List[dict], out: Path, alpha: float) -> str:
         rows.append(row)
     _write_csv(out / "ranking.csv", rows)
     text = format_ranking(scores, metric_directions(["DSC", "NSD"], higher_is_better=("DSC", "NSD")))
-    (out / "ranking.txt").write_text(
-        "Rank Score (Ma et al. 2021, Sec. 3.4): mean over (task, metric) of the number of losses each loss "
-        f"beats (one-sided Wilcoxon, p < {alpha})\n\n" + text + "\n"
-    )
+    text = rank_explanation(len(losses), len(keys), alpha) + "\n\n" + text
+    (out / "ranking.txt").write_text(text + "\n")
     return text
+
+
+def rank_explanation(n_losses: int, n_columns: int, alpha: float) -> str:
+    """What the ranking's columns mean (printed above the table on the console and in ranking.txt)."""
+    return (
+        f"Rank Score (Ma et al. 2021, Sec. 3.4). Each task/metric column counts the other losses a loss beats "
+        f"there (0 to {max(0, n_losses - 1)}): a one-sided Wilcoxon signed-rank test on the paired per-case "
+        f"values, p < {alpha:g}; a case without a prediction (N/A) counts as 0. rank_score is the mean of the "
+        f"{n_columns} columns; 'better: higher' means higher values were ranked better. The same in ranking.csv, "
+        "with rank_score[task], the mean of a task's columns."
+    )
 
 
 def _device_name(device: torch.device) -> str:
