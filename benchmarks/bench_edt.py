@@ -15,7 +15,6 @@ committed benchmarks/results/edt.csv) and prints a table.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,29 +72,57 @@ def _row(case, shape, device, provider, threads, stats, peak=None):
 
 
 def _cpu_rows(sizes, reps, bar=None):
-    from scipy import ndimage
-
+    """Rows of every CPU provider per size; scipy and the ``edt`` package are optional (a skipped row
+    each when missing), a provider that raises is an error row, and fastloss is timed only where it
+    equals scipy (an error row where it does not)."""
+    try:
+        from scipy import ndimage
+    except ImportError:
+        ndimage = None
     try:
         import edt as edt_pkg
     except ImportError:
         edt_pkg = None
-    ncpu = os.cpu_count() or 1
+    ncpu = common.cpu_count()
     rows = []
     for S in sizes:
         shape = (S, S, S)
         m = spheres(shape)
         r = max(2, reps if S <= 128 else reps // 2)
-        ref = ndimage.distance_transform_edt(m)
-        err = float(np.abs(edt(m, threads=1) - ref).max())
-        assert err < 1e-3 * max(1.0, float(ref.max())), f"fastloss differs from scipy by {err}"
-        jobs = [("scipy", 1, lambda: ndimage.distance_transform_edt(m))]
+        wrong = None
+        if ndimage is not None:
+            try:
+                ref = ndimage.distance_transform_edt(m)
+                err = float(np.abs(edt(m, threads=1) - ref).max())
+                if not err < 1e-3 * max(1.0, float(ref.max())):
+                    wrong = AssertionError(f"fastloss differs from scipy by {err:.3g} on {S}^3")
+            except Exception as exc:  # noqa: BLE001 - fastloss's error: its rows below say so
+                wrong = exc
+        jobs = []
+        if ndimage is not None:
+            jobs.append(("scipy", 1, lambda: ndimage.distance_transform_edt(m)))
+        else:
+            jobs.append(("scipy", 1, "scipy not installed (pip install scipy): no baseline, no check of the values"))
         if edt_pkg is not None:
             jobs.append(("edt-pkg", 1, lambda: edt_pkg.edt(m, parallel=1)))
-        jobs.append(("fastloss", 1, lambda: edt(m, threads=1)))
+        else:
+            jobs.append(("edt-pkg", 1, "the edt package is not installed (pip install edt)"))
+        jobs.append(("fastloss", 1, wrong or (lambda: edt(m, threads=1))))
         if ncpu > 1:
-            jobs.append(("fastloss", ncpu, lambda: edt(m, threads=0)))
+            jobs.append(("fastloss", ncpu, wrong or (lambda: edt(m, threads=0))))
         for provider, threads, fn in jobs:
-            rows.append(_row("spheres", shape, "cpu", provider, threads, _timeit(fn, r)))
+            base = {"bench": "edt", "case": "spheres", "shape": "x".join(map(str, shape)), "provider": provider,
+                    "threads": threads}
+            if isinstance(fn, str):
+                rows.append(common.skip_row(base, fn))
+                continue
+            if isinstance(fn, Exception):
+                rows.append(common.stamp(common.error_row(base, fn, f"edt {provider} x{threads} {S}^3"), "cpu"))
+            else:
+                try:
+                    rows.append(_row("spheres", shape, "cpu", provider, threads, _timeit(fn, r)))
+                except Exception as exc:  # noqa: BLE001 - an error row; the next provider still runs
+                    rows.append(common.stamp(common.error_row(base, exc, f"edt {provider} x{threads} {S}^3"), "cpu"))
             if bar is not None:
                 bar.step(f"{provider} x{threads} {S}^3")
     return rows
@@ -111,6 +138,13 @@ def _gpu_rows(quick, reps):
         cp = None
     rows = []
     shapes = [(64, 64, 64), (128, 128, 128), (256, 256, 256), (128, 512, 512)]
+    gpu = torch.cuda.get_device_name()
+    if not cuda_available():
+        rows.append(common.skip_row({"bench": "edt", "case": "spheres", "shape": "GPU shapes", "provider": "fastloss",
+                                     "device": gpu}, "fastloss's CUDA EDT is not compiled in (no nvcc at build time)"))
+    if cp is None:
+        rows.append(common.skip_row({"bench": "edt", "case": "spheres", "shape": "GPU shapes", "provider": "cupy",
+                                     "device": gpu}, "CuPy not installed"))
     for shape in shapes:
         m = torch.from_numpy(spheres(shape)).to(dev)
         if cuda_available():
@@ -159,7 +193,11 @@ def _gpu_rows(quick, reps):
 def print_table(rows):
     """Median/p20/p80 ms, "x scipy" (scipy's median on the same shape and device / the row's) and
     ``~`` on rows whose p20-p80 spread is wide."""
+    skipped = [r for r in rows if r.get("skipped")]
+    errors = [r for r in rows if r.get("error")]
+    rows = [r for r in rows if not r.get("skipped") and not r.get("error")]
     scipy_ms = {r["shape"]: r["median_ms"] for r in rows if r["provider"] == "scipy"}
+    print(common.LOAD.header())
     print(f"{'case':14} {'shape':14} {'device':24} {'provider':10} {'thr':>4} {'median ms':>10} {'p20':>10} {'p80':>10} "
           f"{'x scipy':>8}")
     flagged = 0
@@ -169,6 +207,9 @@ def print_table(rows):
         base = scipy_ms.get(r["shape"]) if str(r["device"]).startswith("cpu") else None
         print(f"{r['case']:14} {r['shape']:14} {str(r['device'])[:24]:24} {r['provider']:10} {str(r['threads']):>4} "
               f"{r['median_ms']:10.3f} {r['p20_ms']:10.3f} {r['p80_ms']:10.3f} {common.ratio(base, r['median_ms']):>8} {mark}")
+    for r in errors:
+        print(f"{r['case']:14} {r['shape']:14} {'':24} {r['provider']:10} {str(r['threads']):>4} error: {r['error']}")
+    common.print_skips(skipped)
     if flagged:
         print(f"~ {flagged} row(s) with p80 - p20 over {common.NOISY_SPREAD:.0%} of the median: noisy, rerun before quoting.")
     # thread scaling on the CPU, per shape
@@ -189,7 +230,8 @@ def run(quick: bool = True, sizes=None) -> list[dict]:
     reps = 10 if quick else 15  # p20/p80 need about 10 samples
     import importlib.util
 
-    ncpu_jobs = 2 + (importlib.util.find_spec("edt") is not None) + ((os.cpu_count() or 1) > 1)
+    ncpu_jobs = (importlib.util.find_spec("scipy") is not None) + (importlib.util.find_spec("edt") is not None) + 1 \
+        + (common.cpu_count() > 1)
     bar = common.PROGRESS.begin("edt", len(sizes) * ncpu_jobs)
     rows = _cpu_rows(sizes, reps, bar)
     bar.end()
@@ -208,7 +250,7 @@ def main(argv=None):
     common.set_record(args.record)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     rows = run(quick=not args.full, sizes=sizes)
-    print("->", common.append_csv("edt.csv", rows))
+    print("->", common.append_csv("edt.csv", [r for r in rows if not r.get("skipped")]))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -146,9 +147,17 @@ def hbm_floor_ms(shape, dtype, bw_gbs: float) -> float:
     return bytes_moved / (bw_gbs * 1e9) * 1e3
 
 
-def providers(name: str, device: str, compile_: bool, reference: bool = False):
-    import fastloss
+MONAI_HAS = {"Dice", "IoU", "DiceCE", "DiceFocal", "Focal", "Tversky", "GDice", "HD", "BD", "DiceHD", "DiceBD"}
+TORCH_HAS = {"CE", "TopK"}
+REFERENCE_HAS = {"CE", "TopK", "Dice", "IoU", "Tversky", "DiceCE", "DiceTopK"}
 
+
+def providers(name: str, device: str, compile_: bool, reference: bool = False):
+    """``[(provider, callable | Exception | str)]`` for one loss: a callable to time, the exception that
+    building it raised (an error row), or the reason it cannot run here (a skipped row)."""
+    import importlib.util
+
+    cuda = device.startswith("cuda")
     out = []
 
     def wrap_backend(fn, be):
@@ -158,39 +167,61 @@ def providers(name: str, device: str, compile_: bool, reference: bool = False):
         return call
 
     def make():
-        loss = fastloss.get_loss(name)
+        import fastloss
+
+        with warnings.catch_warnings():
+            # DiceBD/DiceHD warn that their epoch schedule has not moved: set_epoch below moves it
+            warnings.filterwarnings("ignore", message=".*epoch schedule.*")
+            loss = fastloss.get_loss(name)
         if name == "DiceBD":
             loss.set_epoch(50)  # alpha = 0.5: both parts (and the distance maps) are computed
         return loss
 
-    out.append(("fastloss", wrap_backend(make(), "auto")))
-    if device.startswith("cuda"):
+    def add(prov, build):
+        try:
+            fn = build()
+        except Exception as exc:  # noqa: BLE001 - an error row; the other providers still run
+            fn = exc
+        out.append((prov, f"{prov} has no {name} here" if fn is None else fn))
+
+    add("fastloss", lambda: wrap_backend(make(), "auto"))
+    if cuda:
         # the one host sync of the default path is the label-range check; without it, no sync at all
-        nocheck = wrap_backend(make(), "auto")
+        def nocheck_build():
+            nocheck = wrap_backend(make(), "auto")
 
-        def call_nocheck(x, y, fn=nocheck):
-            old = os.environ.get("FASTLOSS_CHECK_LABELS")
-            os.environ["FASTLOSS_CHECK_LABELS"] = "0"
-            try:
-                return fn(x, y)
-            finally:
-                os.environ.pop("FASTLOSS_CHECK_LABELS") if old is None else os.environ.__setitem__("FASTLOSS_CHECK_LABELS", old)
+            def call_nocheck(x, y, fn=nocheck):
+                old = os.environ.get("FASTLOSS_CHECK_LABELS")
+                os.environ["FASTLOSS_CHECK_LABELS"] = "0"
+                try:
+                    return fn(x, y)
+                finally:
+                    os.environ.pop("FASTLOSS_CHECK_LABELS") if old is None else os.environ.__setitem__("FASTLOSS_CHECK_LABELS", old)
+            return call_nocheck
 
-        out.append(("fastloss-nocheck", call_nocheck))
-        out.append(("fastloss-torch", wrap_backend(make(), "torch")))
-        if compile_ and name in ("DiceCE", "DiceTopK", "DiceFocal", "Dice"):
-            with backend("torch"):
-                compiled = torch.compile(make())
-            out.append(("torch.compile", wrap_backend(compiled, "torch")))
-    m = monai_loss(name)
-    if m is not None:
-        out.append(("monai", m))
-    p = plain_torch_loss(name)
-    if p is not None:
-        out.append(("torch", p))
-    r = reference_loss(name) if reference else None
-    if r is not None:
-        out.append(("reference", r))
+        add("fastloss-nocheck", nocheck_build)
+        add("fastloss-torch", lambda: wrap_backend(make(), "torch"))
+    if compile_ and name in ("DiceCE", "DiceTopK", "DiceFocal", "Dice"):
+        if not cuda:
+            out.append(("torch.compile", "GPU-only provider (--compile times torch.compile on CUDA); no GPU here"))
+        elif importlib.util.find_spec("triton") is None:
+            out.append(("torch.compile", "triton not installed: torch.compile's CUDA code generator needs it"))
+        else:
+            def compiled_build():
+                with backend("torch"):
+                    compiled = torch.compile(make())
+                return wrap_backend(compiled, "torch")
+
+            add("torch.compile", compiled_build)
+    if name in MONAI_HAS:
+        if importlib.util.find_spec("monai") is None:
+            out.append(("monai", "MONAI not installed (pip install -e '.[bench]')"))
+        else:
+            add("monai", lambda: monai_loss(name))
+    if name in TORCH_HAS:
+        add("torch", lambda: plain_torch_loss(name))
+    if reference and name in REFERENCE_HAS:
+        add("reference", lambda: reference_loss(name))
     return out
 
 
@@ -232,6 +263,12 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
 
             row = {"bench": "loss", "loss": name, "case": case, "shape": "x".join(map(str, shape)),
                    "dtype": str(dtype).replace("torch.", ""), "provider": prov}
+            if isinstance(fn, str):
+                rows.append(common.skip_row(row, fn))
+                continue
+            if isinstance(fn, Exception):
+                rows.append(common.stamp(common.error_row(row, fn, f"losses {name} {case} {prov} (building the loss)"), device))
+                continue
             try:
                 naive = prov == "reference" or slow  # python loops / scipy: a call or two is enough
                 # >= 10 samples where a call is cheap, so p20/p80 are samples, not interpolations
@@ -245,8 +282,8 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
                     row.update(common.count_launches(step))
                     row["peak_extra_mib"] = common.peak_extra_mib(step)
                     row["hbm_floor_ms"] = floor
-            except Exception as exc:  # noqa: BLE001 - a failing baseline is recorded, not fatal
-                row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            except Exception as exc:  # noqa: BLE001 - a failing row is recorded, not fatal
+                row = common.error_row(row, exc, f"losses {name} {case} {row['dtype']} {prov}")
             rows.append(common.stamp(row, device))
         bar.step(f"{name} {case} {row['dtype']}")
     bar.end()
@@ -266,6 +303,8 @@ def print_table(rows) -> None:
         v = r.get(key)
         return v if v not in (None, "") else r.get("wall_median_ms")
 
+    skipped = [r for r in rows if r.get("skipped")]
+    rows = [r for r in rows if not r.get("skipped")]
     base = {}
     for r in rows:
         if "error" in r or r["provider"] not in BASELINES:
@@ -276,6 +315,7 @@ def print_table(rows) -> None:
     head = f"{'loss':<13}{'case':<8}{'shape':<18}{'dtype':<9}{'provider':<17}{'wall ms':>10}{'p20-p80':>17}"
     head += f"{'gpu ms':>9}{'floor':>8}{'launch':>7}{'sync':>5}{'MiB':>8}" if gpu else ""
     head += f"{'x baseline':>17}"
+    print(common.LOAD.header())
     print(head)
     flagged = 0
     for r in rows:
@@ -294,6 +334,7 @@ def print_table(rows) -> None:
         b = base.get((r["loss"], r["case"], r["dtype"]))
         line += f"{(common.ratio(b[1], ms(r)) + ' ' + b[0]) if b else '-':>17}"
         print(line + " " + mark)
+    common.print_skips(skipped)
     what = "GPU" if gpu else "wall"
     print(f"x baseline: the baseline's median {what} ms / the row's (above 1: faster than MONAI, else hand-written torch).")
     if flagged:
@@ -313,7 +354,7 @@ def main(argv=None):
     rows = run(quick=not args.full, device=args.device, losses=args.losses.split(",") if args.losses else None,
                full=args.full, compile_=args.compile, reference=args.reference)
     print_table(rows)
-    path = common.append_csv("losses.csv", rows)
+    path = common.append_csv("losses.csv", [r for r in rows if not r.get("skipped")])
     print(f"\n{len(rows)} rows appended to {path}")
 
 

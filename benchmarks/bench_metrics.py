@@ -2,7 +2,7 @@
 
 Two kinds of label maps, one-hot encoded as both libraries take them, metrics without the background
 (16 (batch, class) pairs), the prediction a perturbed copy of the reference; n = 128 by default, 64
-with --quick:
+with --quick (and 3 repetitions of the slow baselines instead of 5):
 
 - ``organs``: background and 8 compact ellipsoids of random size and place (an abdominal multi-organ
   map is like this: each organ fills a small box of the volume); the prediction's surfaces are moved
@@ -104,10 +104,10 @@ def _providers(y, p, deepmind: bool = True):
             lambda: compute_hausdorff_distance(p, y, percentile=95, spacing=(1.0, 1.0, 1.0)),
         )
     except ImportError:
-        print("monai not installed: skipping the MONAI baseline", file=sys.stderr)
+        out[("monai", "cpu")] = "MONAI not installed (pip install -e '.[bench]')"
     try:
         if not deepmind:
-            raise ImportError
+            return out
         import surface_distance as sd  # DeepMind's package (surfel-area weighted; differs by design)
 
         pn, yn = p.bool().numpy(), y.bool().numpy()
@@ -125,28 +125,40 @@ def _providers(y, p, deepmind: bool = True):
 
         out[("surface-distance", "cpu")] = (lambda: dm("nsd"), lambda: dm("hd95"))
     except ImportError:
-        pass
+        out[("surface-distance", "cpu")] = "DeepMind's surface-distance package not installed"
     return out
 
 
-def _check(providers, case: str = "") -> None:
-    """fastloss must agree with MONAI on the benchmark input before anything is timed."""
-    if ("monai", "cpu") not in providers:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        want = [f().cpu() for f in providers[("monai", "cpu")]]
+def _check(providers, case: str = "") -> dict:
+    """fastloss must agree with MONAI on the benchmark input before anything is timed: returns
+    ``{provider key: exception}`` for each fastloss provider that differs or raises (error rows, not
+    timed), or ``{("monai", "cpu"): exception}`` when MONAI itself raises (nothing is checked then)."""
+    bad: dict = {}
+    monai = providers.get(("monai", "cpu"))
+    if not isinstance(monai, tuple):
+        return bad
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = [f().cpu() for f in monai]
+    except Exception as exc:  # noqa: BLE001
+        return {("monai", "cpu"): exc}
     for key in (("fastloss", "cpu"), ("fastloss", "cuda")):
         if key in providers:
             f_nsd, f_hd, f_both = providers[key]
-            got = [f_nsd().cpu(), f_hd().cpu()]
-            got_both = [t.cpu() for t in f_both()]
-            for name, g, w in zip(("nsd", "hd95", "nsd (one call)", "hd95 (one call)"), got + got_both, want + want):
-                if not torch.allclose(g, w, rtol=1e-5, atol=0, equal_nan=True):
-                    raise AssertionError(
-                        f"{key} {name} differs from MONAI on {case}: max |diff| {(g - w).abs().max().item()}"
-                    )
-    common.PROGRESS.write(f"checked: fastloss NSD/HD95 equal MONAI's on {case} (rtol 1e-5)")
+            try:
+                got = [f_nsd().cpu(), f_hd().cpu()]
+                got_both = [t.cpu() for t in f_both()]
+                for name, g, w in zip(("nsd", "hd95", "nsd (one call)", "hd95 (one call)"), got + got_both, want + want):
+                    if not torch.allclose(g, w, rtol=1e-5, atol=0, equal_nan=True):
+                        raise AssertionError(
+                            f"{key} {name} differs from MONAI on {case}: max |diff| {(g - w).abs().max().item()}"
+                        )
+            except Exception as exc:  # noqa: BLE001
+                bad[key] = exc
+    if not bad:
+        common.PROGRESS.write(f"checked: fastloss NSD/HD95 equal MONAI's on {case} (rtol 1e-5)")
+    return bad
 
 
 def run(
@@ -171,7 +183,8 @@ def run(
 
 def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous", bar=None) -> list[dict]:
     n = 64 if quick else 128
-    reps = reps or 10  # fastloss; the slow baselines (a second or more a call) get half
+    reps = reps or 10  # fastloss; the slow baselines (a second or more a call) get half, 3 when quick
+    slow_reps = 3 if quick else max(3, reps // 2)
     y, p = label_pair(n, kind=kind)  # channels-last, as F.one_hot(...).movedim(-1, 1) makes them
     if layout == "contiguous":  # the layout of MONAI's one_hot / AsDiscrete(to_onehot=...)
         y, p = y.contiguous(), p.contiguous()
@@ -179,48 +192,67 @@ def _run_kind(kind: str, quick: bool, reps, layout: str = "contiguous", bar=None
     # to it, so it runs with the contiguous maps only (it takes about a second per (b, c) row)
     providers = _providers(y, p, deepmind=layout == "contiguous")
     shape = f"{B}x{C}x{n}x{n}x{n}"
-    _check(providers, f"{layout} {kind} {shape}")
+    bad = _check(providers, f"{layout} {kind} {shape}")
     rows = []
-    for (provider, dev), (f_nsd, f_hd, *f_both) in providers.items():
-        slow = provider != "fastloss"
-        r = max(3, reps // 2) if slow else reps
-        t_nsd, t_hd, t_both = [], [], []
-        peak = ""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if not slow:  # warm-up (extension load, CUDA context, allocator)
-                f_nsd(), f_hd(), [f() for f in f_both]
-            common.sync(dev)
-            if dev == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-            for _ in range(r):
-                t0 = time.perf_counter()
-                f_nsd()
-                common.sync(dev)
-                t1 = time.perf_counter()
-                f_hd()
-                common.sync(dev)
-                t2 = time.perf_counter()
-                t_nsd.append((t1 - t0) * 1e3)
-                t_hd.append((t2 - t1) * 1e3)
-                if f_both:
-                    f_both[0]()
-                    common.sync(dev)
-                    t_both.append((time.perf_counter() - t2) * 1e3)
-            if dev == "cuda":
-                peak = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-        cases = [("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])]
-        if t_both:
-            cases.append(("nsd+hd95 one call", t_both))
-        for case, samples in cases:
-            s = common.summarize(samples)
-            row = {"bench": "metrics", "case": case, "maps": kind, "shape": shape, "provider": provider, "layout": layout}
-            row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
-            row["peak_mem_mib"] = peak
-            rows.append(common.stamp(row, dev))
+    for (provider, dev), fns in providers.items():
+        base = {"bench": "metrics", "case": "nsd@1, hd95", "maps": kind, "shape": shape, "provider": provider,
+                "layout": layout}
+        if isinstance(fns, str):
+            rows.append(common.skip_row(dict(base, device=dev), fns))
+            continue
+        if (provider, dev) in bad:
+            rows.append(common.stamp(common.error_row(base, bad[(provider, dev)], f"metrics {provider} {dev} {layout} {kind}"), dev))
+        else:
+            try:
+                rows += _time_provider(provider, dev, fns, reps, base, slow_reps)
+            except Exception as exc:  # noqa: BLE001 - an error row; the next provider still runs
+                rows.append(common.stamp(common.error_row(base, exc, f"metrics {provider} {dev} {layout} {kind}"), dev))
         if bar is not None:
             bar.step(f"{provider} {layout} {kind}")
+    return rows
+
+
+def _time_provider(provider, dev, fns, reps, base_row, slow_reps=None) -> list:
+    """Rows (nsd@1, hd95, their sum and, for fastloss, the one call) of one provider."""
+    f_nsd, f_hd, *f_both = fns
+    slow = provider != "fastloss"
+    r = (slow_reps or max(3, reps // 2)) if slow else reps
+    t_nsd, t_hd, t_both = [], [], []
+    peak = ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not slow:  # warm-up (extension load, CUDA context, allocator)
+            f_nsd(), f_hd(), [f() for f in f_both]
+        common.sync(dev)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            mem0 = torch.cuda.memory_allocated()
+        for _ in range(r):
+            t0 = time.perf_counter()
+            f_nsd()
+            common.sync(dev)
+            t1 = time.perf_counter()
+            f_hd()
+            common.sync(dev)
+            t2 = time.perf_counter()
+            t_nsd.append((t1 - t0) * 1e3)
+            t_hd.append((t2 - t1) * 1e3)
+            if f_both:
+                f_both[0]()
+                common.sync(dev)
+                t_both.append((time.perf_counter() - t2) * 1e3)
+        if dev == "cuda":
+            peak = round((torch.cuda.max_memory_allocated() - mem0) / 2**20, 1)
+    cases = [("nsd@1", t_nsd), ("hd95", t_hd), ("nsd+hd95", [a + b for a, b in zip(t_nsd, t_hd)])]
+    if t_both:
+        cases.append(("nsd+hd95 one call", t_both))
+    rows = []
+    for case, samples in cases:
+        s = common.summarize(samples)
+        row = dict(base_row, case=case)
+        row.update({k: round(s[k], 3) for k in ("median_ms", "p20_ms", "p80_ms")})
+        row["peak_mem_mib"] = peak
+        rows.append(common.stamp(row, dev))
     return rows
 
 
@@ -229,7 +261,11 @@ def print_table(rows) -> None:
     whose p20-p80 spread is wide."""
     # the one-call case (fastloss.metrics.surface_metrics) compares with MONAI's two calls
     key = lambda r: (r.get("layout"), r["maps"], r["shape"], r["case"].replace(" one call", ""))  # noqa: E731
+    skipped = [r for r in rows if r.get("skipped")]
+    errors = [r for r in rows if r.get("error")]
+    rows = [r for r in rows if not r.get("skipped") and not r.get("error")]
     base = {key(r): r["median_ms"] for r in rows if r["provider"] == "monai"}
+    print(common.LOAD.header())
     print(
         f"{'layout':14} {'maps':10} {'shape':16} {'case':18} {'provider':17} {'device':26} {'median ms':>10} "
         f"{'p20':>9} {'p80':>9} {'x MONAI':>8}"
@@ -243,6 +279,9 @@ def print_table(rows) -> None:
             f"{r['device'][:26]:26} {r['median_ms']:10.1f} {r['p20_ms']:9.1f} {r['p80_ms']:9.1f} "
             f"{common.ratio(base.get(key(r)), r['median_ms']):>8} {mark}"
         )
+    for r in errors:
+        print(f"{r.get('layout', ''):14} {r['maps']:10} {r['shape']:16} {r['case']:18} {r['provider']:17} error: {r['error']}")
+    common.print_skips(skipped)
     if flagged:
         print(f"~ {flagged} row(s) with p80 - p20 over {common.NOISY_SPREAD:.0%} of the median: noisy, rerun before quoting.")
 
@@ -257,7 +296,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     common.set_record(args.record)
     rows = run(quick=args.quick, reps=args.reps, kinds=args.kinds.split(","), layouts=args.layouts.split(","))
-    print("->", common.append_csv("metrics.csv", rows))
+    print("->", common.append_csv("metrics.csv", [r for r in rows if not r.get("skipped")]))
     return 0
 
 

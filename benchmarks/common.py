@@ -32,6 +32,20 @@ os.environ.setdefault("FASTLOSS_BENCH_RUN_ID", RUN_ID)
 NOISY_SPREAD = 0.25
 
 
+#: The losses of the compiled-CPU-kernel stage (bench_cpu_losses.py), spelled as fastloss.get_loss
+#: spells them: one spelling per loss in every table and CSV row.
+CPU_KERNEL_LOSSES = ("DiceCE", "DiceFocal", "DiceTopK", "Dice", "Tversky", "GDice", "Focal", "CE", "Lovász")
+
+
+def fold_name(name: str) -> str:
+    """A loss name without case, accents, spaces or punctuation (``"Lovász"`` == ``"lovasz"``), to match
+    what a user types against the canonical spelling."""
+    import unicodedata
+
+    s = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode().lower()
+    return "".join(ch for ch in s if ch.isalnum())
+
+
 def recording() -> bool:
     """Whether this run appends to the committed files (``FASTLOSS_BENCH_RECORD=1``)."""
     return os.environ.get("FASTLOSS_BENCH_RECORD", "0").strip().lower() in ("1", "true", "yes")
@@ -65,17 +79,29 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
 
 
+_VERSIONS: dict | None = None
+
+
 def versions() -> dict:
-    import fastloss
+    """torch, fastloss and triton versions. Triton is looked up, never imported: a CPU machine has no use
+    for it, and a run must not need it (an installed-but-blocked triton reads as absent)."""
+    global _VERSIONS
+    if _VERSIONS is None:
+        import importlib.metadata
+        import importlib.util
 
-    out = {"torch": torch.__version__, "fastloss": fastloss.__version__}
-    try:
-        import triton
+        try:
+            import fastloss
 
-        out["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        out["triton"] = ""
-    return out
+            fl = fastloss.__version__
+        except Exception as exc:  # noqa: BLE001 - a row still says which torch measured it
+            fl = f"unimportable ({type(exc).__name__})"
+        try:
+            triton = importlib.metadata.version("triton") if importlib.util.find_spec("triton") else ""
+        except (ImportError, ValueError):
+            triton = ""
+        _VERSIONS = {"torch": torch.__version__, "fastloss": fl, "triton": triton}
+    return dict(_VERSIONS)
 
 
 def stamp(row: dict, device: str) -> dict:
@@ -86,6 +112,8 @@ def stamp(row: dict, device: str) -> dict:
     row["host"] = platform.node()
     row["date"] = _dt.datetime.now().isoformat(timespec="seconds")
     row["run_id"] = RUN_ID
+    row.setdefault("load_avg_1m", round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "")
+    row.setdefault("cpus", cpu_count())
     return row
 
 
@@ -141,6 +169,201 @@ def ratio(baseline_ms, ms) -> str:
     except (TypeError, ValueError):
         return "-"
     return f"{b / v:.3g}x" if v > 0 else "-"
+
+
+def target_status(value, target, *, at_least: bool = True) -> str:
+    """``"met"`` or ``"missed"`` for a measured ``value`` against ``target`` (``value >= target`` when
+    ``at_least``, else ``value <= target``); ``"-"`` when there is no target or no value."""
+    try:
+        v, t = float(value), float(target)
+    except (TypeError, ValueError):
+        return "-"
+    if v != v or t != t:  # NaN
+        return "-"
+    return "met" if (v >= t if at_least else v <= t) else "missed"
+
+
+def target_cell(value, target, *, at_least: bool = True, fmt: str = "{:.2f}", tfmt: str = "{:.1f}",
+                unit: str = "") -> str:
+    """``"5.60x (>=4.0x) met"``: the value, the target and whether it was met; only the value where there
+    is no target, ``"-"`` for a missing value."""
+    try:
+        shown = fmt.format(float(value)) + unit
+    except (TypeError, ValueError):
+        shown = "-"
+    if target in (None, ""):
+        return shown
+    op = ">=" if at_least else "<="
+    return f"{shown} ({op}{tfmt.format(float(target))}{unit}) {target_status(value, target, at_least=at_least)}"
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have run since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as fh:
+            first = fh.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    vals = [int(v) for v in first[1:9]]
+    busy = sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (worker processes included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadWatch:
+    """How busy the machine was during a stage, for the header of its table.
+
+    ``begin(stage)`` notes the time, the 1-minute load average, this job's CPU seconds and the machine's
+    (``/proc/stat``), and samples the load average every ``every`` seconds in a daemon thread;
+    :meth:`snapshot` and :meth:`header` report the stage so far: the load average at the start, now and
+    its maximum, the CPU count, the CPUs this job used and those other processes used. A stage counts as
+    *busy* when other processes used at least a quarter of the CPUs (where ``/proc/stat`` cannot tell:
+    when the load average at the start was at least half the CPU count): on a busy machine a missed
+    target may be the load's, not the code's."""
+
+    BUSY_SHARE = 0.25
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.stage = ""
+        self._thread = None
+        self._samples: list = []
+        self.begin("")
+
+    @staticmethod
+    def _load() -> float | None:
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+
+    def begin(self, stage: str = "") -> "LoadWatch":
+        self.stage = stage
+        self.t0 = time.monotonic()
+        self.own0 = _own_cpu_seconds()
+        self.busy0 = _busy_cpu_seconds()
+        first = self._load()
+        self._samples = [first] if first is not None else []
+        if self._thread is None and self.every > 0 and first is not None:
+            import threading
+
+            def sample():
+                while True:
+                    time.sleep(self.every)
+                    v = self._load()
+                    if v is not None:
+                        self._samples.append(v)
+
+            self._thread = threading.Thread(target=sample, name="fastloss-bench-load", daemon=True)
+            self._thread.start()
+        return self
+
+    def snapshot(self) -> dict:
+        now = self._load()
+        samples = list(self._samples) + ([now] if now is not None else [])
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        own = (_own_cpu_seconds() - self.own0) / wall
+        busy1 = _busy_cpu_seconds()
+        others = None
+        if self.busy0 is not None and busy1 is not None:
+            others = max(0.0, (busy1 - self.busy0) / wall - own)
+        cpus = cpu_count()
+        start = samples[0] if samples else None
+        if others is not None:
+            busy = others >= self.BUSY_SHARE * cpus
+        else:
+            busy = start is not None and start >= 0.5 * cpus
+        return {"stage": self.stage, "seconds": wall, "cpus": cpus, "load_start": start, "load_now": now,
+                "load_max": max(samples) if samples else None, "own_cpus": own, "other_cpus": others, "busy": busy}
+
+    def header(self) -> str:
+        """One line: ``load average 0.41 -> 2.13 (max 2.20) on 2 CPUs; this job used 1.85 CPUs, other
+        processes 0.05: quiet`` (or ``busy: ...``)."""
+        s = self.snapshot()
+        f = lambda v: "?" if v is None else f"{v:.2f}"  # noqa: E731
+        text = (f"load average (1 min) {f(s['load_start'])} -> {f(s['load_now'])} (max {f(s['load_max'])}) "
+                f"on {s['cpus']} CPUs over {s['seconds']:.0f} s; this job used {s['own_cpus']:.2f} CPUs")
+        if s["other_cpus"] is not None:
+            text += f", other processes {s['other_cpus']:.2f}"
+        if s["busy"]:
+            return text + ": BUSY (other work shared the CPUs: slow rows and missed targets may be the load's, not the code's)"
+        return text + ": quiet"
+
+
+#: The run's load watch: run.py begins it at each stage; each table prints its header line.
+LOAD = LoadWatch()
+
+
+def log_path() -> Path:
+    """This run's log of tracebacks: ``benchmarks/results/local/logs/<run_id>.log`` (ignored by git, also
+    with ``--record``: a log is no measurement)."""
+    return LOCAL / "logs" / f"{RUN_ID}.log"
+
+
+def log_text(context: str, text: str) -> Path:
+    """Append ``text`` (a traceback) under a ``context`` heading to :func:`log_path`; returns the path."""
+    path = log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(f"===== {_dt.datetime.now().isoformat(timespec='seconds')} {context}\n{text.rstrip()}\n\n")
+    return path
+
+
+def log_exception(context: str, exc: BaseException) -> Path:
+    """Append ``exc``'s traceback to the run's log (see :func:`log_text`)."""
+    import traceback
+
+    return log_text(context, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+def error_text(exc: BaseException, limit: int = 200) -> str:
+    """``"Type: message"`` of an exception, the message cut to ``limit`` characters, on one line."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg[:limit]}" if msg else type(exc).__name__
+
+
+def error_row(row: dict, exc: BaseException, context: str = "") -> dict:
+    """``row`` with ``error`` set from ``exc``, its traceback logged (the row stays in the table and the CSV)."""
+    row = dict(row)
+    row["error"] = error_text(exc)
+    log_exception(context or " ".join(str(v) for v in row.values()), exc)
+    return row
+
+
+def skip_row(row: dict, reason: str) -> dict:
+    """A provider that cannot run here (optional package missing, GPU-only): a reason row for the table
+    and the summary; the main job does not write it to the CSV."""
+    row = dict(row)
+    row["skipped"] = reason
+    return row
+
+
+def print_skips(rows, key: str = "provider") -> None:
+    """One line per (provider, reason) of the skipped rows, naming what they would have measured."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("skipped"):
+            groups.setdefault((r.get(key, ""), r["skipped"]), []).append(r)
+    for (prov, reason), rs in groups.items():
+        what = sorted({str(r.get("loss") or r.get("maps") or r.get("shape") or "") for r in rs} - {""})
+        more = f" ({len(rs)} rows: {', '.join(what[:6])}{', ...' if len(what) > 6 else ''})" if len(rs) > 1 and what else ""
+        print(f"skipped {prov}: {reason}{more}")
 
 
 def sync(device: str) -> None:
@@ -275,6 +498,7 @@ class Progress:
             else:
                 self.bar.reset(total=self.total)
                 self.bar.set_description(desc)
+                self.bar.set_postfix_str("")
         return self
 
     def step(self, label: str = "") -> None:

@@ -28,15 +28,18 @@ FAMILIES = {
 }
 
 
-def _rows(name: str, run: str | None, where: Path):
-    """Rows of run ``run`` in ``where/name`` (the newest run when ``run`` is None or absent there)."""
+def _rows(name: str, run: str | None, where: Path, strict: bool = False):
+    """Rows of run ``run`` in ``where/name`` (the newest run when ``run`` is None, or absent there and not
+    ``strict``)."""
     path = where / name
     if not path.exists():
         return [], None
     with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if not r.get("error")]
+        rows = [r for r in csv.DictReader(fh) if not r.get("error") and not r.get("skipped")]
     runs = [r.get("run_id") for r in rows if r.get("run_id")]
     if run not in runs:
+        if strict and run is not None:
+            return [], run
         run = runs[-1] if runs else None
     return [r for r in rows if r.get("run_id") == run], run
 
@@ -74,6 +77,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.record:
         common.set_record(True)
+    for out in make_plots(args.run):
+        print(out)
+    return 0
+
+
+def make_plots(run: str | None = None, strict: bool = False) -> list:
+    """Draw the PNGs of run ``run`` (the newest run of each CSV when None) into ``common.results_dir()``;
+    returns their paths. ``strict``: only the CSVs that have rows of ``run`` (the main job's own plots)."""
     where = common.results_dir()
     import matplotlib
 
@@ -82,7 +93,7 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     out_files = []
-    rows, run = _rows("losses.csv", args.run, where)
+    rows, loss_run = _rows("losses.csv", run, where, strict)
     all_provs = sorted({r["provider"] for r in rows}, key=lambda p: (not p.startswith("fastloss"), p))
     colors = {p: f"C{i % 10}" for i, p in enumerate(all_provs)}
     for family, names in FAMILIES.items():
@@ -99,7 +110,7 @@ def main(argv=None) -> int:
             labels = [n for n in names if any(r["loss"] == n for r in part)]
             kind = "GPU" if key.startswith("gpu") else "wall"
             _bar(ax, labels, provs, vals, f"{kind} ms per fwd+bwd (median, log)", colors)
-            ax.set_title(_title(f"{family} losses, {dtype}", shape, part[0]["device"], run), fontsize=8)
+            ax.set_title(_title(f"{family} losses, {dtype}", shape, part[0]["device"], loss_run), fontsize=8)
         _legend_outside(fig, axes[0][-1])
         fig.tight_layout()
         out = where / f"losses_{family}.png"
@@ -108,7 +119,7 @@ def main(argv=None) -> int:
         out_files.append(out)
 
     # EDT: one panel per shape, providers (with their thread counts) side by side
-    rows, edt_run = _rows("edt.csv", args.run, where)
+    rows, edt_run = _rows("edt.csv", run, where, strict)
     if rows:
         shapes = list(dict.fromkeys((r["case"], r["shape"]) for r in rows))
         fig, axes = plt.subplots(1, len(shapes), figsize=(1.5 + 3.2 * len(shapes), 4.0), squeeze=False)
@@ -127,7 +138,7 @@ def main(argv=None) -> int:
         out_files.append(out)
 
     # metrics: one panel per case (nsd@1, hd95, ...); bars are (maps, layout), groups are providers
-    rows, met_run = _rows("metrics.csv", args.run, where)
+    rows, met_run = _rows("metrics.csv", run, where, strict)
     if rows:
         cases = list(dict.fromkeys(r["case"] for r in rows))
         shape = rows[0].get("shape", "")
@@ -154,9 +165,7 @@ def main(argv=None) -> int:
         fig.savefig(out, dpi=110, bbox_inches="tight")
         plt.close(fig)
         out_files.append(out)
-    for out in out_files:
-        print(out)
-    return 0
+    return out_files
 
 
 if __name__ == "__main__":
