@@ -135,12 +135,20 @@ class Target:
     ``mask`` is ``(B, N)`` float (1 = counted, 0 = ignored, fractional for MONAI's soft one-hot
     convention) or None when nothing is ignored. MONAI multiplies both the prediction and the target
     by this mask before any sum; every loss here does the same.
+
+    ``regions`` (region-based training, :func:`region_table`): None, or the int64 ``(L,)`` label-to-regions
+    table on the labels' device, bit ``r`` of ``regions[l]`` set when label ``l`` belongs to region ``r``; the
+    ``num_classes`` channels are then the regions, and channel ``r``'s target at a voxel is that bit of its
+    label's entry (0 for a label ``>= L``). Negative labels that are not ``ignore_index`` (possible only with
+    the label check off) are ignored voxels, as out-of-range class labels are.
     """
 
-    __slots__ = ("raw_labels", "_labels_long", "soft", "mask", "num_classes", "spatial_shape", "ignore_index")
+    __slots__ = ("raw_labels", "_labels_long", "soft", "mask", "num_classes", "spatial_shape", "ignore_index",
+                 "regions")
 
     def __init__(self, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-                 num_classes: int, spatial_shape: tuple, ignore_index: Optional[int] = None):
+                 num_classes: int, spatial_shape: tuple, ignore_index: Optional[int] = None,
+                 regions: Optional[torch.Tensor] = None):
         if labels is not None and labels.dtype == torch.bool:
             labels = labels.view(torch.uint8)
         self.raw_labels = labels
@@ -150,6 +158,7 @@ class Target:
         self.num_classes = num_classes
         self.spatial_shape = spatial_shape
         self.ignore_index = ignore_index
+        self.regions = regions
 
     @property
     def labels(self) -> Optional[torch.Tensor]:
@@ -160,13 +169,22 @@ class Target:
     def __repr__(self) -> str:
         kind = f"labels {tuple(self.raw_labels.shape)} {self.raw_labels.dtype}" if self.raw_labels is not None \
             else f"soft {tuple(self.soft.shape)}"
+        regions = "" if self.regions is None else f", regions table of {self.regions.numel()} labels"
         return (f"Target({kind}, mask={'yes' if self.mask is not None else 'no'}, num_classes={self.num_classes}, "
-                f"spatial_shape={self.spatial_shape}, ignore_index={self.ignore_index})")
+                f"spatial_shape={self.spatial_shape}, ignore_index={self.ignore_index}{regions})")
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         """The ``(B, C, N)`` target, one-hot for labels, with ignored voxels zeroed."""
         if self.soft is not None:
             g = self.soft.to(dtype)
+        elif self.regions is not None:
+            # bit r of the label's table entry; labels outside the table (>= L, or negative) are in no region
+            lab = self.labels
+            L = self.regions.numel()
+            inside = (lab >= 0) & (lab < L)
+            bits = self.regions[torch.where(inside, lab, torch.zeros_like(lab))] * inside
+            shifts = torch.arange(self.num_classes, device=lab.device).view(1, -1, 1)
+            g = ((bits.unsqueeze(1) >> shifts) & 1).to(dtype)
         else:
             lab = self.labels
             if self.num_classes == 1:
@@ -186,6 +204,113 @@ class Target:
         return g
 
 
+# ------------------------------------------------------------------------------------------------- regions
+MAX_REGION_LABEL = (1 << 16) - 1  # the label-to-regions table has at most 65536 entries
+MAX_REGIONS = 62  # one bit per region in an int64 table entry
+
+
+def check_regions(regions) -> Optional[tuple]:
+    """``regions=`` of the region-capable losses: a sequence of label sets, one per output channel (nnU-Net's
+    ``regions`` of a plans file: ``[[1, 2, 3], [2, 3], [3]]``; a bare int is the set of that one label).
+    Returns them as a tuple of sorted tuples, or None.
+
+    Raises:
+        TypeError: not a sequence of ints / sequences of ints.
+        ValueError: no region, an empty region, a label outside ``[0, 65535]``, more than 62 regions.
+    """
+    if regions is None:
+        return None
+    if isinstance(regions, (str, bytes, torch.Tensor)) or not isinstance(regions, Sequence):
+        raise TypeError(f"regions must be a sequence of label sets (e.g. [[1, 2, 3], [2, 3], [3]]), got "
+                        f"{type(regions).__name__}")
+    if len(regions) == 0:
+        raise ValueError("regions must name at least one region, got an empty sequence")
+    if len(regions) > MAX_REGIONS:
+        raise ValueError(f"regions: at most {MAX_REGIONS} regions, got {len(regions)}")
+    out = []
+    for r, region in enumerate(regions):
+        labels = (region,) if isinstance(region, int) and not isinstance(region, bool) else region
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, set, frozenset)):
+            raise TypeError(f"regions[{r}] must be a label or a sequence of labels, got {type(region).__name__}")
+        labels = list(labels)
+        if not labels:
+            raise ValueError(f"regions[{r}] is empty: every region needs at least one label")
+        for v in labels:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"regions[{r}] must hold integer labels, got {v!r} ({type(v).__name__})")
+            if not 0 <= v <= MAX_REGION_LABEL:
+                raise ValueError(f"regions[{r}]: labels must lie in [0, {MAX_REGION_LABEL}], got {v}")
+        out.append(tuple(sorted(set(labels))))
+    return tuple(out)
+
+
+_TABLES: dict = {}
+
+
+def region_table(regions: tuple, device) -> torch.Tensor:
+    """The int64 ``(L,)`` label-to-regions table of :func:`check_regions`'s ``regions`` on ``device``
+    (``L`` = the largest label named + 1; bit ``r`` of entry ``l`` set when ``l`` is in ``regions[r]``).
+    Built once per (regions, device) and kept."""
+    key = (regions, str(torch.device(device)))
+    table = _TABLES.get(key)
+    if table is None:
+        bits = [0] * (max(max(region) for region in regions) + 1)
+        for r, region in enumerate(regions):
+            for label in region:
+                bits[label] |= 1 << r
+        table = torch.tensor(bits, dtype=torch.int64, device=device)
+        _TABLES[key] = table
+    return table
+
+
+def _region_target(input: torch.Tensor, target: torch.Tensor, regions: tuple, ignore_index: Optional[int],
+                   name: str) -> "Target":
+    """:func:`prepare_target` with ``regions``: integer labels only, one channel per region."""
+    B, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if C != len(regions):
+        raise ValueError(f"regions: the input must have one channel per region ({len(regions)} regions {regions}), "
+                         f"got {C} channels (input shape {tuple(input.shape)})")
+    if target.dtype.is_floating_point or target.dtype.is_complex:
+        raise TypeError(f"regions= needs integer labels (torch.long, int32, uint8, ...) in {name}, got dtype "
+                        f"{target.dtype}: the regions are made from the labels (a one-hot region target needs no "
+                        "regions=)")
+    if tuple(target.shape) not in ((B, 1) + spatial, (B,) + spatial):
+        raise ShapeMismatchError(
+            f"input and target shapes do not match: with regions= the {name} must be integer labels of shape "
+            f"{(B, 1) + spatial} or {(B,) + spatial}, got {tuple(target.shape)}"
+        )
+    N = 1
+    for s in spatial:
+        N *= s
+    labels = target.reshape(B, N)
+    if labels.dtype == torch.bool:
+        labels = labels.view(torch.uint8)
+    if label_checks_enabled():
+        seen = _CHECKED.get()
+        key = (labels.data_ptr(), labels.numel(), labels.dtype, labels.device, labels._version, "regions",
+               ignore_index)
+        if seen is None or key not in seen:
+            low = labels.long() if ignore_index is not None and ignore_index < 0 else labels
+            bad = low < 0 if ignore_index is None else (low < 0) & (low != ignore_index)
+            if bool(bad.any()):
+                values = torch.unique(low[bad].long())[:8].tolist()
+                raise ValueError(f"{name} labels must be >= 0 with regions="
+                                 + (f" (or equal ignore_index={ignore_index})" if ignore_index is not None else "")
+                                 + f"; found {values}")
+            if seen is not None:
+                seen.add(key)
+    mask = None
+    if ignore_index is not None:
+        dt = torch.float64 if input.dtype == torch.float64 else torch.float32
+        info = torch.iinfo(labels.dtype)
+        if info.min <= ignore_index <= info.max:
+            mask = (labels != ignore_index).to(dt)
+        else:
+            mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
+    return Target(labels, None, mask, C, spatial, ignore_index, regions=region_table(regions, input.device))
+
+
 def prepare_target(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -193,12 +318,14 @@ def prepare_target(
     ignore_index: Optional[int] = None,
     to_onehot_y: bool = False,
     name: str = "target",
+    regions: Optional[tuple] = None,
 ) -> Target:
     """Check ``target`` against logits ``input`` (already checked) and normalise it.
 
     Accepted: integer labels ``(B, 1, *spatial)`` or ``(B, *spatial)``; one-hot/soft ``(B, C, *spatial)``
     (float, or integer when C > 1). Float labels ``(B, 1, *spatial)`` are accepted only with
     ``to_onehot_y=True`` (MONAI's convention for label maps loaded as floats) and must be integral.
+    With ``regions`` (:func:`check_regions`'s tuple) only integer labels, and one input channel per region.
     """
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(target).__name__}")
@@ -206,6 +333,8 @@ def prepare_target(
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
     if target.device != input.device:
         raise ValueError(f"{name} is on {target.device} but input is on {input.device}")
+    if regions is not None:
+        return _region_target(input, target, regions, ignore_index, name)
     B, C = input.shape[:2]
     spatial = tuple(input.shape[2:])
     N = 1

@@ -260,6 +260,7 @@ def _stats_ops():
         ("sigmoid", "pg,p,pp,g,ce,focal,map_p,map_sqerr,count", "soft_mask_map", torch.float32),
         ("none", "pg,p,ce,ce_pow,focal,map_ce,count", "labels_ignore_map", torch.float32),
         ("softmax", "pg,p,g,sqerr_pos,sqerr_neg,absdiff,ce,count", "labels_ignore", torch.bfloat16),
+        ("sigmoid", "pg,p,g,ce,focal,count", "labels_regions_ignore", torch.float32),
     ],
 )
 def test_opcheck_class_stats_forward_and_backward(act, columns, target_kind, dtype):
@@ -270,7 +271,7 @@ def test_opcheck_class_stats_forward_and_backward(act, columns, target_kind, dty
         x = (torch.rand(B, Cc, N, generator=gen) * 0.9 + 0.05).to(dtype)
     else:
         x = torch.randn(B, Cc, N, generator=gen).to(dtype)
-    labels = soft = mask = vmap = None
+    labels = soft = mask = vmap = regions = None
     ignore = None
     if target_kind == "soft_mask_map":
         soft = torch.softmax(torch.randn(B, Cc, N, generator=gen), dim=1)
@@ -282,8 +283,12 @@ def test_opcheck_class_stats_forward_and_backward(act, columns, target_kind, dty
         ignore = 255
         if target_kind == "labels_ignore_map":
             vmap = torch.rand(B, 1, N, generator=gen) * 3  # one map shared by the classes
+        if target_kind == "labels_regions_ignore":  # labels 0..4, regions {1, 2}, {2}, {4} as a bit table
+            labels = torch.randint(0, 5, (B, N), generator=gen)
+            labels[:, ::5] = 255
+            regions = torch.tensor([0, 1, 3, 0, 4])
     log_eps = 1e-3 if act == "none" else 0.0
-    args = (x.requires_grad_(True), labels, soft, mask, vmap, act, columns, 2.0, 0.25, 0.3, log_eps, ignore)
+    args = (x.requires_grad_(True), labels, soft, mask, vmap, regions, act, columns, 2.0, 0.25, 0.3, log_eps, ignore)
     torch.library.opcheck(fwd, args)
     K = len(columns.split(","))
     grad = torch.randn(B, Cc, K, generator=gen)

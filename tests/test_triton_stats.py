@@ -253,7 +253,7 @@ def test_opcheck():
     gen = torch.Generator().manual_seed(15)
     x = torch.randn(2, 3, 40, generator=gen, requires_grad=True)
     lab = torch.randint(0, 3, (2, 40), generator=gen)
-    args = (x, lab, None, None, None, "softmax", "pg,p,pp,ce,focal", 2.0, None, 0.3, 0.0, None)
+    args = (x, lab, None, None, None, None, "softmax", "pg,p,pp,ce,focal", 2.0, None, 0.3, 0.0, None)
     torch.library.opcheck(torch.ops.fastloss.triton_class_stats.default, args)
 
 

@@ -30,6 +30,7 @@ from .._validation import (
     check_class_weight,
     check_logits,
     check_reduction,
+    check_regions,
     prepare_target,
 )
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
@@ -41,6 +42,7 @@ __all__ = [
     "check_bool",
     "check_ignore_index",
     "check_nonneg",
+    "check_region_activation",
     "expand_class_weight",
     "flatten_spatial",
     "functional_form",
@@ -79,6 +81,27 @@ def check_nonneg(value, name: str, *, positive: bool = False, upper: Optional[fl
     if upper is not None and value > upper:
         raise ValueError(f"{name} must be <= {upper}, got {value}")
     return value
+
+
+def check_region_activation(regions, activation: str, include_background: bool = True, name: str = "regions"):
+    """``regions=`` (:func:`fastloss._validation.check_regions`) with the loss's activation: regions overlap
+    (whole tumour contains tumour core), so each channel is an independent sigmoid probability. Returns the
+    checked tuple or None.
+
+    Raises:
+        ValueError: regions with another activation than the sigmoid, or with ``include_background=False``
+            (it would drop the first region: with regions there is no background channel).
+    """
+    regions = check_regions(regions)
+    if regions is None:
+        return None
+    if activation != "sigmoid":
+        raise ValueError(f"{name}= needs sigmoid outputs (regions overlap: one independent probability per "
+                         f"region), got activation {activation!r}; pass sigmoid=True")
+    if not include_background:
+        raise ValueError(f"{name}= with include_background=False would drop channel 0, the first region (there "
+                         "is no background channel with regions); leave include_background=True")
+    return regions
 
 
 def check_ignore_index(ignore_index) -> Optional[int]:
@@ -144,6 +167,7 @@ def prepare_inputs(
     ignore_index: Optional[int] = None,
     multiclass: Optional[str] = None,
     allow_flat: bool = False,
+    regions: Optional[tuple] = None,
 ) -> Prepared:
     """Validate ``input``/``target`` and resolve the activation, as MONAI's region losses do.
 
@@ -153,6 +177,9 @@ def prepare_inputs(
     ``allow_flat``: accept ``(B, C)`` inputs (no spatial dim), as MONAI's Dice, Tversky and Focal losses do;
     targets are then ``(B, C)`` one-hot/soft or ``(B, 1)``/``(B,)`` labels, and the returned ``input`` is
     ``(B, C, 1)`` (one voxel) with ``spatial_ndim == 0``, so the statistics run unchanged.
+
+    ``regions``: :func:`fastloss._validation.check_regions`'s tuple (the target is then integer labels and the
+    channels are the regions; :func:`fastloss._validation.prepare_target`).
 
     ``activation`` is :func:`fastloss._validation.check_activation`'s answer (``sigmoid``/``softmax``/
     ``other``/``none``). ``other_act`` is applied to the input (cast to the compute dtype) and the statistics
@@ -170,7 +197,7 @@ def prepare_inputs(
     act = resolve_activation(activation, C)
     if to_onehot_y and C == 1:
         warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
-    tgt = prepare_target(input, target, ignore_index=ignore_index, to_onehot_y=to_onehot_y)
+    tgt = prepare_target(input, target, ignore_index=ignore_index, to_onehot_y=to_onehot_y, regions=regions)
     x = input
     if activation == "other":
         x = other_act(input.to(compute_dtype(input)))
@@ -292,6 +319,10 @@ class LossBase(nn.Module):
         weight: per-class weights (number, sequence or 1D tensor, ``>= 0``), or None. Stored as the buffer
             ``class_weight`` like MONAI.
         ignore_index: a label (or one-hot class index / sentinel) whose voxels are excluded.
+        regions: region-based training (nnU-Net's BraTS-style regions): a sequence of label sets, one per
+            output channel (``[[1, 2, 3], [2, 3], [3]]``); the target is then integer labels and channel
+            ``r``'s target at a voxel is 1 when its label is in ``regions[r]``, read by the kernels from a
+            label-to-regions table (no ``(B, R, *spatial)`` tensor is built). Needs ``sigmoid=True``.
 
     Raises:
         TypeError: ``other_act`` not callable, a non-bool flag, a non-int ``ignore_index``.
@@ -310,6 +341,7 @@ class LossBase(nn.Module):
         batch: bool = False,
         weight: Optional[Sequence[float] | float | int | torch.Tensor] = None,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__()
         self.include_background = check_bool(include_background, "include_background")
@@ -321,6 +353,7 @@ class LossBase(nn.Module):
         self.reduction = check_reduction(reduction)
         self.batch = check_bool(batch, "batch")
         self.ignore_index = check_ignore_index(ignore_index)
+        self.regions = check_region_activation(regions, self.activation, self.include_background)
         if weight is not None:
             check_class_weight(weight)
             weight = torch.as_tensor(weight).detach().clone()
@@ -342,6 +375,7 @@ class LossBase(nn.Module):
             to_onehot_y=self.to_onehot_y,
             ignore_index=self.ignore_index,
             allow_flat=self._accepts_flat,
+            regions=self.regions,
         )
 
     # Set by fastloss.distributed.sync_batch_statistics: with batch=True the summed statistics are

@@ -136,7 +136,7 @@ def cross_entropy(loss, input: torch.Tensor, target: torch.Tensor) -> Optional[t
     if _serves(loss, input) is None or loss.sigmoid or loss.reduction not in ("mean", "sum"):
         return None
     prep = prepare_inputs(input, target, activation="none", to_onehot_y=loss.to_onehot_y,
-                          ignore_index=loss.ignore_index)
+                          ignore_index=loss.ignore_index, regions=loss.regions)
     C = input.shape[1]
     w = _weight(loss._weight_for(prep.target, input), C, input)
     stats = class_stats(input, prep.target, StatsSpec("softmax", ("ce", "g", "count")))
@@ -174,7 +174,7 @@ def focal(loss, input: torch.Tensor, target: torch.Tensor) -> Optional[torch.Ten
     if _serves(loss, input) is None or not _focal_covered(loss):
         return None
     prep = prepare_inputs(input, target, activation="none", to_onehot_y=loss.to_onehot_y,
-                          ignore_index=loss.ignore_index)
+                          ignore_index=loss.ignore_index, regions=loss.regions)
     kw, cw = _focal_config(loss, prep, input, 0, 1, 1.0)
     act = "softmax" if loss.use_softmax else "sigmoid"
     cols = ("focal", "count") if kw["focal_masked"] else ("focal",)

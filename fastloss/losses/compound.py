@@ -95,6 +95,9 @@ class DiceCELoss(nn.Module):
         lambda_ce: weight of the CE part, ``>= 0``.
         label_smoothing: in [0, 1], as ``torch.nn.CrossEntropyLoss`` (multi-class CE only, as MONAI).
         ignore_index: label (or one-hot class / sentinel, MONAI's rule) whose voxels are ignored.
+        regions: region-based training (not in MONAI): a sequence of label sets, one per channel, with
+            ``sigmoid=True``; the target is integer labels (never expanded) and the CE part is the binary CE
+            of every region channel, mean over every (voxel, region) element: nnU-Net's Dice + BCE.
 
     Raises:
         TypeError: bad flag types, non-callable ``other_act``, float labels without ``to_onehot_y``.
@@ -127,6 +130,7 @@ class DiceCELoss(nn.Module):
         lambda_ce: float = 1.0,
         label_smoothing: float = 0.0,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__()
         reduction = check_reduction(reduction, ("mean", "sum"))
@@ -153,9 +157,16 @@ class DiceCELoss(nn.Module):
             batch=batch,
             weight=dice_weight,
             ignore_index=ignore_index,
+            regions=regions,
         )
+        self.regions = self.dice.regions
+        if self.regions is not None and label_smoothing != 0.0:
+            raise ValueError(f"label_smoothing applies to the softmax CE; with regions= the CE part is the binary "
+                             f"CE of each region, got label_smoothing={label_smoothing}")
+        # with regions: nnU-Net's Dice + BCE, the binary CE of every region channel (MONAI has no regions)
         self.cross_entropy = CrossEntropyLoss(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, to_onehot_y=to_onehot_y
+            weight=weight, ignore_index=ignore_index, reduction=reduction, to_onehot_y=to_onehot_y,
+            sigmoid=self.regions is not None, regions=self.regions,
         )
         self.register_buffer("class_weight", weight)
         self.lambda_dice = check_nonneg(lambda_dice, "lambda_dice")
@@ -227,7 +238,10 @@ class DiceCELoss(nn.Module):
         # One statistics pass serves both parts when they share the activation (softmax Dice).
         with shared_statistics(("pg", "p", "g", "ce", "count")):
             dice_loss = self.dice(input, target)
-            ce_loss = self.ce(input, target) if input.shape[1] != 1 else self.bce(input, target)
+            if self.regions is not None:
+                ce_loss = self.cross_entropy(input, target)  # binary CE per region
+            else:
+                ce_loss = self.ce(input, target) if input.shape[1] != 1 else self.bce(input, target)
         return self.lambda_dice * dice_loss + self.lambda_ce * ce_loss
 
 
@@ -257,6 +271,8 @@ class DiceFocalLoss(nn.Module):
         focal_include_background: ``include_background`` of the focal part alone (None: the same as the
             Dice part, MONAI). The paper's DiceFocal uses Dice without background and Eq. (5) over all classes.
         focal_mean_over: the focal part's ``mean_over`` (``"elements"``, MONAI, or ``"voxels"``, Eq. 5).
+        regions: region-based training (not in MONAI): a sequence of label sets, one per channel, with
+            ``sigmoid=True`` (and the sigmoid focal term); the target is integer labels, never expanded.
 
     Raises:
         TypeError, ValueError: as the parts; negative lambdas.
@@ -291,6 +307,7 @@ class DiceFocalLoss(nn.Module):
         ignore_index: Optional[int] = None,
         focal_include_background: Optional[bool] = None,
         focal_mean_over: str = "elements",
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__()
         self.dice = DiceLoss(
@@ -307,7 +324,9 @@ class DiceFocalLoss(nn.Module):
             batch=batch,
             weight=weight,
             ignore_index=ignore_index,
+            regions=regions,
         )
+        self.regions = self.dice.regions
         self.focal = FocalLoss(
             include_background=include_background if focal_include_background is None else focal_include_background,
             to_onehot_y=to_onehot_y,
@@ -318,6 +337,7 @@ class DiceFocalLoss(nn.Module):
             use_softmax=use_softmax,
             ignore_index=ignore_index,
             mean_over=focal_mean_over,
+            regions=self.regions,
         )
         self.lambda_dice = check_nonneg(lambda_dice, "lambda_dice")
         self.lambda_focal = check_nonneg(lambda_focal, "lambda_focal")

@@ -29,6 +29,7 @@ from ..ops.topk import topk_ce_mean, topk_count, topk_select_mask, topk_sum, top
 from ._common import (
     check_bool,
     check_ignore_index,
+    check_region_activation,
     check_nonneg,
     expand_class_weight,
     flatten_spatial,
@@ -149,6 +150,8 @@ class CrossEntropyLoss(nn.Module):
             (``(B, C, *spatial)`` with ``sigmoid=True``), 0 at ignored voxels.
         sigmoid: binary CE per channel instead of the softmax CE.
         to_onehot_y: MONAI compatibility; integer labels are accepted either way, float labels need it.
+        regions: with ``sigmoid=True``, a sequence of label sets, one per channel (region-based training;
+            :class:`~fastloss.losses._common.LossBase`): the target is integer labels, never expanded.
 
     Raises:
         TypeError: non-bool flags, non-int ``ignore_index``, float labels without ``to_onehot_y``.
@@ -171,6 +174,7 @@ class CrossEntropyLoss(nn.Module):
         reduction: str = "mean",
         sigmoid: bool = False,
         to_onehot_y: bool = False,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__()
         self.register_buffer("class_weight", _weight_buffer(weight))
@@ -178,6 +182,7 @@ class CrossEntropyLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.sigmoid = check_bool(sigmoid, "sigmoid")
         self.to_onehot_y = check_bool(to_onehot_y, "to_onehot_y")
+        self.regions = check_region_activation(regions, "sigmoid" if self.sigmoid else "softmax")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         fused = _fused.cross_entropy(self, input, target)
@@ -190,6 +195,7 @@ class CrossEntropyLoss(nn.Module):
             to_onehot_y=self.to_onehot_y,
             ignore_index=self.ignore_index,
             allow_flat=True,  # (B, C) logits with (B,) labels or (B, C) probabilities, as torch's CE
+            regions=self.regions,
         )
         weight = self._weight_for(prep.target, input)
         return _cross_entropy(input, prep.target, weight, self.reduction, self.sigmoid)
@@ -575,6 +581,8 @@ class FocalLoss(nn.Module):
         mean_over: what ``"mean"`` divides by: ``"elements"`` (MONAI, above) or ``"voxels"``, the number
             of counted voxels, which is Eq. (5)'s ``1/N`` (the paper's and SegLoss's normalisation: the
             per-class terms are summed per voxel, then averaged over voxels). An addition to MONAI's API.
+        regions: with the sigmoid (``use_softmax=False``), a sequence of label sets, one per channel
+            (region-based training, :class:`~fastloss.losses._common.LossBase`). An addition to MONAI's API.
 
     Raises:
         TypeError: non-bool flags, non-number ``gamma``/``alpha``, non-int ``ignore_index``.
@@ -601,6 +609,7 @@ class FocalLoss(nn.Module):
         use_softmax: bool = False,
         ignore_index: Optional[int] = None,
         mean_over: str = "elements",
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__()
         self.include_background = check_bool(include_background, "include_background")
@@ -629,6 +638,8 @@ class FocalLoss(nn.Module):
         self.reduction = check_reduction(reduction)
         self.use_softmax = check_bool(use_softmax, "use_softmax")
         self.ignore_index = check_ignore_index(ignore_index)
+        self.regions = check_region_activation(regions, "softmax" if self.use_softmax else "sigmoid",
+                                               self.include_background)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``input``: logits ``(B, C, *spatial)``; ``target``: labels or one-hot/soft ``(B, C, *spatial)``."""
@@ -642,6 +653,7 @@ class FocalLoss(nn.Module):
             to_onehot_y=self.to_onehot_y,
             ignore_index=self.ignore_index,
             allow_flat=True,  # (B, C) as MONAI: one voxel per item, "sum" as MONAI's below
+            regions=self.regions,
         )
         tgt = prep.target
         B, C = input.shape[:2]

@@ -154,6 +154,10 @@ class DiceLoss(OverlapLoss):
         soft_label: the L1-norm formulation, exact for soft targets.
         ignore_index: labels equal to it are excluded; for one-hot targets a class index masks that class's
             voxels and any other value masks all-zero voxels (MONAI's rule).
+        regions: region-based training (nnU-Net's BraTS-style regions; not in MONAI): a sequence of label
+            sets, one per channel (``[[1, 2, 3], [2, 3], [3]]``), with ``sigmoid=True``. The target is then
+            integer labels and channel ``r``'s target is 1 where the label is in ``regions[r]``, read through a
+            label-to-regions table: no one-hot region tensor is built. Every loss of this module takes it.
 
     Raises:
         TypeError: ``other_act`` not callable; non-float input; float labels without ``to_onehot_y``.
@@ -186,6 +190,7 @@ class DiceLoss(OverlapLoss):
         weight: Optional[Sequence[float] | float | int | torch.Tensor] = None,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -197,6 +202,7 @@ class DiceLoss(OverlapLoss):
             batch=batch,
             weight=weight,
             ignore_index=ignore_index,
+            regions=regions,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
             soft_label=soft_label,
@@ -263,6 +269,7 @@ class IoULoss(DiceLoss):
         weight: Optional[Sequence[float] | float | int | torch.Tensor] = None,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -279,6 +286,7 @@ class IoULoss(DiceLoss):
             weight=weight,
             soft_label=soft_label,
             ignore_index=ignore_index,
+            regions=regions,
         )
 
 
@@ -346,6 +354,7 @@ class TverskyLoss(_TverskyFamily):
         batch: bool = False,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -358,6 +367,7 @@ class TverskyLoss(_TverskyFamily):
             reduction=reduction,
             batch=batch,
             ignore_index=ignore_index,
+            regions=regions,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
             soft_label=soft_label,
@@ -443,6 +453,7 @@ class FocalTverskyLoss(_TverskyFamily):
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
         per_class_power: bool = True,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -458,6 +469,7 @@ class FocalTverskyLoss(_TverskyFamily):
             batch=batch,
             soft_label=soft_label,
             ignore_index=ignore_index,
+            regions=regions,
             weight=weight,
         )
         self.gamma = check_nonneg(gamma, "gamma", positive=True)
@@ -522,6 +534,7 @@ class AsymmetricSimilarityLoss(_TverskyFamily):
         weight: Optional[Sequence[float] | float | int | torch.Tensor] = None,
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         b = check_nonneg(beta, "beta")
         super().__init__(
@@ -538,6 +551,7 @@ class AsymmetricSimilarityLoss(_TverskyFamily):
             batch=batch,
             soft_label=soft_label,
             ignore_index=ignore_index,
+            regions=regions,
             weight=weight,
         )
         self.f_beta = b
@@ -645,6 +659,7 @@ class GeneralizedDiceLoss(OverlapLoss):
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
         smooth_relative: bool = False,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -655,6 +670,7 @@ class GeneralizedDiceLoss(OverlapLoss):
             reduction=reduction,
             batch=batch,
             ignore_index=ignore_index,
+            regions=regions,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
             soft_label=soft_label,
@@ -732,6 +748,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
         soft_label: bool = False,
         ignore_index: Optional[int] = None,
         smooth_relative: bool = False,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -746,6 +763,7 @@ class PenaltyGeneralizedDiceLoss(GeneralizedDiceLoss):
             batch=batch,
             soft_label=soft_label,
             ignore_index=ignore_index,
+            regions=regions,
             smooth_relative=smooth_relative,
         )
         self.k = check_nonneg(k, "k")
@@ -802,6 +820,7 @@ class SensitivitySpecificityLoss(LossBase):
         smooth_dr: float = 1e-5,
         batch: bool = False,
         ignore_index: Optional[int] = None,
+        regions: Optional[Sequence] = None,
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -812,6 +831,7 @@ class SensitivitySpecificityLoss(LossBase):
             reduction=reduction,
             batch=batch,
             ignore_index=ignore_index,
+            regions=regions,
         )
         self.w = check_nonneg(w, "w", upper=1.0)
         self.smooth_nr = check_nonneg(smooth_nr, "smooth_nr")

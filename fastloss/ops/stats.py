@@ -81,8 +81,11 @@ def voxel_terms(
     if target.raw_labels is not None and not label_checks_enabled():
         # Out-of-range labels (possible only with the label check off) are ignored voxels, as in the
         # kernels; with the check on every label is in range or ignore_index (masked above).
-        hi = 2 if C == 1 else C
-        valid = ((target.labels >= 0) & (target.labels < hi)).to(dt).unsqueeze(1)
+        if target.regions is not None:  # any label >= 0 is a voxel (a label outside every region: g = 0)
+            valid = (target.labels >= 0).to(dt).unsqueeze(1)
+        else:
+            hi = 2 if C == 1 else C
+            valid = ((target.labels >= 0) & (target.labels < hi)).to(dt).unsqueeze(1)
         m = valid if m is None else m * valid
     pm = p if m is None else p * m  # MONAI masks p and g alike; g is already masked by dense()
     need = set(spec.columns)
@@ -164,7 +167,8 @@ def class_stats_torch(
     """Torch backend of :func:`class_stats`: ``(B, C, K)`` sums, differentiable by autograd."""
     B, C = input.shape[:2]
     x = input.reshape(B, C, -1)
-    if set(spec.columns) <= _LABEL_FAST and target.raw_labels is not None and C > 1 and spec.activation == "softmax":
+    if (set(spec.columns) <= _LABEL_FAST and target.raw_labels is not None and C > 1 and spec.activation == "softmax"
+            and target.regions is None):
         return _label_stats_softmax(x, target, spec)
     if voxel_map is not None:
         voxel_map = voxel_map.reshape(B, -1, x.shape[2])
@@ -224,10 +228,12 @@ def _compute(input, target, spec, voxel_map):
         if supports(input, target, spec, voxel_map):
             return class_stats_triton(input, target, spec, voxel_map)
     elif use_compiled_cpu(input):
-        from .cpu_stats import class_stats_cpu, supports
+        from . import cpu_stats
 
-        if supports(input, target, spec, voxel_map):
-            return class_stats_cpu(input, target, spec, voxel_map)
+        # a region table needs kernels that read it (cpu_stats.READS_REGIONS); else the torch backend
+        reads_regions = target.regions is None or getattr(cpu_stats, "READS_REGIONS", False)
+        if reads_regions and cpu_stats.supports(input, target, spec, voxel_map):
+            return cpu_stats.class_stats_cpu(input, target, spec, voxel_map)
     return class_stats_torch(input, target, spec, voxel_map)
 
 
@@ -301,7 +307,7 @@ def _shared_key(input: torch.Tensor, target: Target, activation: str) -> tuple:
     # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
     return (
         _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.raw_labels), _tensor_key(target.soft),
-        target.ignore_index, target.num_classes, activation,
+        target.ignore_index, target.num_classes, activation, _tensor_key(target.regions),
     )
 
 

@@ -60,7 +60,7 @@ def voxel_ce_kernel(input: torch.Tensor, target: Target) -> Optional[torch.Tenso
     from ..backend import use_compiled_cpu, use_triton
     from .stats import shared_voxel_ce
 
-    if target.raw_labels is None:
+    if target.raw_labels is None or target.regions is not None:
         return None
     shared = shared_voxel_ce(input, target)
     if shared is not None:

@@ -137,27 +137,38 @@ def _sign(d):
 # per-voxel loads shared by both kernels
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _voxel_mask(lab_row, mask_row, offs, lane, ignore_index,
-                C: tl.constexpr, TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr):
-    """m (float32) per voxel and the label (int32-safe; −1 where not a valid label)."""
+def _voxel_mask(lab_row, mask_row, offs, lane, ignore_index, table_ptr, L,
+                C: tl.constexpr, TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                REGIONS: tl.constexpr):
+    """m (float32) per voxel and the label (int32-safe; −1 where not a valid label). With ``REGIONS`` the
+    second value is the label's row of the label-to-regions table instead (bit r: region r; 0 for a label
+    outside the table), and every label >= 0 is a voxel."""
     m = lane.to(tl.float32)
     lab = tl.full(offs.shape, -1, tl.int64)
     if TGT_LABELS:
         lab = tl.load(lab_row + offs, mask=lane, other=-1).to(tl.int64)
-        valid = lane & (lab >= 0) & (lab < (2 if C == 1 else C))
+        if REGIONS:
+            valid = lane & (lab >= 0)
+        else:
+            valid = lane & (lab >= 0) & (lab < (2 if C == 1 else C))
         if HAS_IGNORE:
             valid = valid & (lab != ignore_index)
         m = valid.to(tl.float32)
         lab = tl.where(valid, lab, -1)
+        if REGIONS:
+            inside = valid & (lab < L)  # the table is read only inside its L entries
+            lab = tl.load(table_ptr + tl.where(inside, lab, 0), mask=inside, other=0)
     if HAS_MASK:
         m = m * tl.load(mask_row + offs, mask=lane, other=0.0).to(tl.float32)
     return m, lab
 
 
 @triton.jit
-def _target(lab, soft_row, offs, lane, m, c, C: tl.constexpr, TGT_LABELS: tl.constexpr):
+def _target(lab, soft_row, offs, lane, m, c, C: tl.constexpr, TGT_LABELS: tl.constexpr, REGIONS: tl.constexpr):
     """g_c = (raw target of class c)·m, the masked target of Target.dense."""
-    if TGT_LABELS:
+    if REGIONS:
+        g = tl.where(((lab >> c) & 1) != 0, m, 0.0)  # lab holds the label's region bits (_voxel_mask)
+    elif TGT_LABELS:
         g = tl.where(lab == c + (1 if C == 1 else 0), m, 0.0)  # one channel: the foreground label is 1
     else:
         g = tl.load(soft_row + offs, mask=lane, other=0.0).to(tl.float32) * m
@@ -216,10 +227,10 @@ def _sigmoid_focal_dx(x, g, m, alpha, GAMMA: tl.constexpr, HAS_ALPHA: tl.constex
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _stats_fwd_kernel(
-    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, part_ptr,
-    N, P, map_bs, map_cs, ignore_index, alpha, log_eps,
+    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, part_ptr,
+    N, P, map_bs, map_cs, ignore_index, alpha, log_eps, L,
     C: tl.constexpr, K: tl.constexpr, ACT: tl.constexpr,
-    TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr, REGIONS: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_LOG_EPS: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_G: tl.constexpr, I_GG: tl.constexpr,
     I_ABS: tl.constexpr, I_SQP: tl.constexpr, I_SQN: tl.constexpr, I_CE: tl.constexpr,
@@ -233,8 +244,8 @@ def _stats_fwd_kernel(
     offs = tl.arange(0, BLOCK)
     lane = offs < N - start
     x_row = x_ptr + b * C * N + start  # class c at + c·N
-    m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index,
-                         C, TGT_LABELS, HAS_MASK, HAS_IGNORE)
+    m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index, table_ptr,
+                         L, C, TGT_LABELS, HAS_MASK, HAS_IGNORE, REGIONS)
     if ACT == 0:
         mx, inv_se, log_se, r = _softmax_stats(x_row, offs, lane, N, C)
     # "none": masked lanes hold p = 1 so that log p = 0 there
@@ -243,7 +254,7 @@ def _stats_fwd_kernel(
     for c in range(C):
         cl = tl.cast(c, tl.int64)
         x = tl.load(x_row + cl * N + offs, mask=lane, other=other).to(tl.float32)
-        g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS)
+        g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS, REGIONS)
         w = tl.zeros_like(x)
         if I_MAPCE >= 0 or I_MAPP >= 0 or I_MAPSQ >= 0:
             w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
@@ -392,10 +403,10 @@ def _grad_coefs(
 
 @triton.jit
 def _stats_bwd_kernel(
-    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, gs_ptr, dx_ptr,
-    N, map_bs, map_cs, ignore_index, alpha, log_eps,
+    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, gs_ptr, dx_ptr,
+    N, map_bs, map_cs, ignore_index, alpha, log_eps, L,
     C: tl.constexpr, K: tl.constexpr, ACT: tl.constexpr,
-    TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr, REGIONS: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_LOG_EPS: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_ABS: tl.constexpr, I_SQP: tl.constexpr,
     I_SQN: tl.constexpr, I_CE: tl.constexpr, I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr,
@@ -409,8 +420,8 @@ def _stats_bwd_kernel(
     lane = offs < N - start
     x_row = x_ptr + b * C * N + start
     dx_row = dx_ptr + b * C * N + start
-    m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index,
-                         C, TGT_LABELS, HAS_MASK, HAS_IGNORE)
+    m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index, table_ptr,
+                         L, C, TGT_LABELS, HAS_MASK, HAS_IGNORE, REGIONS)
     other = 1.0 if ACT == 2 else 0.0
     gs_b = gs_ptr + b * C * K
     if ACT == 0:
@@ -428,7 +439,7 @@ def _stats_bwd_kernel(
         for c in range(C):  # pass 2: Sa, Sd
             cl = tl.cast(c, tl.int64)
             x = tl.load(x_row + cl * N + offs, mask=lane, other=0.0).to(tl.float32)
-            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS)
+            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS, REGIONS)
             w = tl.zeros_like(x)
             if NEED_MAP:
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
@@ -442,7 +453,7 @@ def _stats_bwd_kernel(
         for c in range(C):  # pass 3: write dL/dx_c
             cl = tl.cast(c, tl.int64)
             x = tl.load(x_row + cl * N + offs, mask=lane, other=0.0).to(tl.float32)
-            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS)
+            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS, REGIONS)
             w = tl.zeros_like(x)
             if NEED_MAP:
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
@@ -460,7 +471,7 @@ def _stats_bwd_kernel(
         for c in range(C):  # classes are independent: one pass
             cl = tl.cast(c, tl.int64)
             x = tl.load(x_row + cl * N + offs, mask=lane, other=other).to(tl.float32)
-            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS)
+            g = _target(lab, soft_ptr + (b * C + cl) * N + start, offs, lane, m, c, C, TGT_LABELS, REGIONS)
             w = tl.zeros_like(x)
             if NEED_MAP:
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
@@ -515,7 +526,7 @@ def _config(columns: tuple, activation: str, gamma: float, alpha, ce_exponent: f
     ), idx
 
 
-def _common_args(x, labels, soft, mask, vmap, ignore_index):
+def _common_args(x, labels, soft, mask, vmap, ignore_index, regions=None):
     B, C, N = x.shape
     dummy = x  # never read: the matching constexpr flag is False
     has_ignore = labels is not None and ignore_index is not None
@@ -528,45 +539,51 @@ def _common_args(x, labels, soft, mask, vmap, ignore_index):
         soft=soft if soft is not None else dummy,
         mask=mask if has_mask else dummy,
         vmap=vmap if vmap is not None else dummy,
+        table=regions if regions is not None else dummy,
+        L=0 if regions is None else regions.numel(),
         map_cs=map_cs,
         map_bs=map_bs,
         ignore=int(ignore_index) if has_ignore else 0,
-        flags=dict(TGT_LABELS=labels is not None, HAS_MASK=has_mask, HAS_IGNORE=has_ignore),
+        flags=dict(TGT_LABELS=labels is not None, HAS_MASK=has_mask, HAS_IGNORE=has_ignore,
+                   REGIONS=labels is not None and regions is not None),
     )
 
 
-def _forward_impl(x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _forward_impl(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
+                  ignore_index):
     cols = tuple(columns.split(","))
     B, C, N = x.shape
     K = len(cols)
     BLOCK = _block(N)
     P = triton.cdiv(N, BLOCK)
     cfg, idx = _config(cols, activation, gamma, alpha, ce_exponent, log_eps)
-    a = _common_args(x, labels, soft, mask, vmap, ignore_index)
+    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions)
     part = torch.empty((B, C, K, P), dtype=torch.float32, device=x.device)
     _stats_fwd_kernel[(P, B)](
-        x, a["lab"], a["soft"], a["mask"], a["vmap"], part,
+        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], part,
         N, P, a["map_bs"], a["map_cs"], a["ignore"], float(alpha) if alpha is not None else 0.0, float(log_eps),
+        a["L"],
         C=C, K=K, I_G=idx["g"], I_GG=idx["gg"], I_COUNT=idx["count"], BLOCK=BLOCK,
         **a["flags"], **cfg, num_warps=4,
     )
     return part.sum(dim=3)  # fixed-order reduction of the per-program partials: deterministic
 
 
-def _backward_impl(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps,
-                   ignore_index):
+def _backward_impl(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent,
+                   log_eps, ignore_index):
     cols = tuple(columns.split(","))
     B, C, N = x.shape
     K = len(cols)
     BLOCK = _block(N)
     P = triton.cdiv(N, BLOCK)
     cfg, idx = _config(cols, activation, gamma, alpha, ce_exponent, log_eps)
-    a = _common_args(x, labels, soft, mask, vmap, ignore_index)
+    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions)
     gs = grad.to(torch.float32).contiguous()
     dx = torch.empty_like(x)
     _stats_bwd_kernel[(P, B)](
-        x, a["lab"], a["soft"], a["mask"], a["vmap"], gs, dx,
+        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], gs, dx,
         N, a["map_bs"], a["map_cs"], a["ignore"], float(alpha) if alpha is not None else 0.0, float(log_eps),
+        a["L"],
         C=C, K=K, NEED_MAP=vmap is not None and any(idx[n] >= 0 for n in _MAP_COLUMNS), BLOCK=BLOCK,
         **a["flags"], **cfg, num_warps=4,
     )
@@ -579,30 +596,32 @@ def _backward_impl(grad, x, labels, soft, mask, vmap, activation, columns, gamma
 @torch.library.custom_op("fastloss::triton_class_stats", mutates_args=())
 def _class_stats_op(
     x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-    vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float, alpha: Optional[float],
-    ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
+    alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
 ) -> torch.Tensor:
-    return _forward_impl(x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps,
-                         ignore_index)
+    return _forward_impl(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent,
+                         log_eps, ignore_index)
 
 
 @_class_stats_op.register_fake
-def _(x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
     return x.new_empty((x.shape[0], x.shape[1], len(columns.split(","))), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastloss::triton_class_stats_backward", mutates_args=())
 def _class_stats_bwd_op(
     grad: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
-    alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str,
+    columns: str, gamma: float, alpha: Optional[float], ce_exponent: float, log_eps: float,
+    ignore_index: Optional[int],
 ) -> torch.Tensor:
-    return _backward_impl(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent,
-                          log_eps, ignore_index)
+    return _backward_impl(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha,
+                          ce_exponent, log_eps, ignore_index)
 
 
 @_class_stats_bwd_op.register_fake
-def _(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
+      ignore_index):
     return torch.empty_like(x)
 
 
@@ -635,7 +654,7 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
     N = input.numel() // (B * C)
     if target.num_classes != C:
         return False
-    tensors = [t for t in (target.labels, target.soft, target.mask, voxel_map) if t is not None]
+    tensors = [t for t in (target.labels, target.soft, target.mask, voxel_map, target.regions) if t is not None]
     if any(t.device != input.device for t in tensors):
         return False
     if target.raw_labels is not None:
@@ -675,7 +694,8 @@ def class_stats_triton(
     if vmap is not None:
         vmap = vmap.contiguous()
     alpha = None if spec.alpha is None else float(spec.alpha)
+    regions = target.regions.contiguous() if target.regions is not None and labels is not None else None
     return _class_stats_op(
-        x, labels, soft, mask, vmap, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
+        x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
         float(spec.ce_exponent), float(spec.log_eps), target.ignore_index,
     )
