@@ -94,3 +94,30 @@ def test_cli_trains_one_epoch(nnunet_env, loss):
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "tiny_000.nii.gz")))
         assert pred.shape == (32, 32, 32) and set(np.unique(pred)) <= {0, 1, 2}
+
+
+def test_nnunets_own_train_command_with_nnunet_ext_trainer(nnunet_env):
+    """nnU-Net's own nnUNetv2_train -tr nnUNetTrainer_fastloss_DiceCE, the trainer found through nnUNet_extTrainer
+    (python -m fastloss.nnunet trainer-dir), the short run set by the FASTLOSS_NNUNET_* variables. nnU-Net's lookup
+    imports its own trainer modules first, and with them timm and torchvision: skipped where torchvision does not
+    import beside this torch (the pair the test extra pins does)."""
+    r = subprocess.run([sys.executable, "-c", "import torchvision, torchvision.ops"], capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0:
+        pytest.skip("torchvision does not import beside this torch "
+                    f"({(r.stderr.strip().splitlines() or ['?'])[-1]}): nnUNetv2_train cannot look trainers up here")
+    root, env = nnunet_env
+    from fastloss.nnunet import EXT_TRAINER_DIR
+
+    env = dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR, FASTLOSS_NNUNET_EPOCHS="1", FASTLOSS_NNUNET_ITERATIONS="2",
+               FASTLOSS_NNUNET_VAL_ITERATIONS="1", FASTLOSS_NNUNET_SKIP_VALIDATION="1")
+    code = ("import sys; from nnunetv2.run.run_training import run_training_entry as f; sys.argv = ['nnUNetv2_train', "
+            "'901', '3d_fullres', 'all', '-tr', 'nnUNetTrainer_fastloss_DiceCE', '-device', 'cpu']; f()")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900,
+                       cwd=str(root))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    folder = root / "res" / DATASET / "nnUNetTrainer_fastloss_DiceCE__nnUNetPlans__3d_fullres" / "fold_all"
+    assert (folder / "checkpoint_final.pth").is_file(), sorted(p.name for p in folder.iterdir())
+    losses = [float(v) for v in re.findall(r"(?:train|val)_loss (-?[0-9.eE+-]+|nan|inf)", out)]
+    assert len(losses) == 2 and all(np.isfinite(losses)), out[-2000:]

@@ -2,20 +2,26 @@
 
 - :func:`build_nnunet_loss` (no nnunetv2 needed): a paper loss with nnU-Net's conventions;
 - :mod:`fastloss.nnunet.trainers` (needs the ``[nnunet]`` extra): ``nnUNetTrainer`` subclasses per loss;
-- ``python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss DiceTopK [nnU-Net options]`` and
-  ``python -m fastloss.nnunet list`` (:mod:`fastloss.nnunet.cli`).
+- ``python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss DiceTopK [nnU-Net options]``,
+  ``python -m fastloss.nnunet list`` and ``python -m fastloss.nnunet trainer-dir`` (:mod:`fastloss.nnunet.cli`);
+- :data:`EXT_TRAINER_DIR`: the folder for nnU-Net's ``nnUNet_extTrainer`` variable, with which nnU-Net's own
+  ``nnUNetv2_train``/``nnUNetv2_predict -tr nnUNetTrainer_fastloss_<Name>`` find the trainers.
 """
 
 from __future__ import annotations
+
+import os
 
 from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES, NNUNetLoss, RegionDiceBCELoss, build_nnunet_loss
 
 __all__ = [
     "NNUNET_VALUE_LOSSES", "REGION_LOSSES", "NNUNetLoss", "RegionDiceBCELoss", "build_nnunet_loss",
-    "require_nnunetv2",
+    "require_nnunetv2", "EXT_TRAINER_DIR",
 ]
 
 NNUNET_VERSION = "2.8.1"
+#: The folder for nnU-Net's ``nnUNet_extTrainer`` variable (``python -m fastloss.nnunet trainer-dir`` prints it).
+EXT_TRAINER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
 
 
 def require_nnunetv2() -> None:

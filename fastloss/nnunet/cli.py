@@ -11,7 +11,13 @@ wraps its DDP worker so that spawned workers do the same. nnU-Net's folder is ne
 nnUNetv2_predict options]`` runs nnU-Net's own ``nnUNetv2_predict`` with a model trained that way (nnU-Net
 looks the trainer up by name there too).
 
-``list`` prints the loss names and their trainer names.
+``list`` prints the loss names and their trainer names, and what the tags beside them mean.
+
+``trainer-dir`` prints the folder to give nnU-Net as ``nnUNet_extTrainer``: with it, nnU-Net's own
+``nnUNetv2_train ... -tr nnUNetTrainer_fastloss_<NAME>`` and ``nnUNetv2_predict`` find the trainers too, where
+nnU-Net's lookup itself works (it imports every trainer module of nnU-Net first, and through its Primus trainers
+timm and torchvision: a torchvision that does not import beside your torch stops it; ``train``/``predict`` here
+resolve the fastloss names before that walk).
 """
 
 from __future__ import annotations
@@ -85,7 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--loss", required=True, help="the loss the model was trained with")
     pr.add_argument("--nnunet-values", action="store_true", help="the model was trained with --nnunet-values")
     sub.add_parser("list", help="the loss names and their trainer names")
+    sub.add_parser("trainer-dir", help="the folder for nnU-Net's nnUNet_extTrainer variable (for nnUNetv2_train "
+                   "-tr nnUNetTrainer_fastloss_<Name>)")
     return p
+
+
+LIST_LEGEND = """\
+Tags:
+  [regions]        also trains nnU-Net's region-based datasets (dataset.json with "regions_class_order":
+                   sigmoid outputs, every region kept); untagged losses take a softmax over classes and
+                   train label datasets only.
+  [regions, no ignore label]
+                   region-based training, but not with an ignore label (its statistics cannot mask voxels).
+  [nnunet-values]  --nnunet-values (trainer ..._nnUNetValues) logs nnU-Net's own numbers for this loss
+                   (its Dice part is -Dice, fastloss's 1 - Dice: the same gradients).
+Train: python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss NAME [-device cpu]
+   or: nnUNet_extTrainer="$(python -m fastloss.nnunet trainer-dir)" nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER
+       (nnU-Net's own command: needs a torchvision that imports beside your torch)"""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -103,10 +125,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES
 
         for name in PAPER_LOSSES:
-            notes = [n for n, ok in (("regions", name in REGION_LOSSES),
-                                     ("nnunet-values", name in NNUNET_VALUE_LOSSES)) if ok]
-            tail = f"  [{', '.join(notes)}]" if notes else ""
+            notes = []
+            if name in REGION_LOSSES:
+                notes.append("regions" if REGION_LOSSES[name] else "regions, no ignore label")
+            if name in NNUNET_VALUE_LOSSES:
+                notes.append("nnunet-values")
+            tail = "".join(f"  [{n}]" for n in notes)
             print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}{tail}")
+        print()
+        print(LIST_LEGEND)
+        return 0
+    if args.command == "trainer-dir":
+        from . import EXT_TRAINER_DIR
+
+        print(EXT_TRAINER_DIR)
         return 0
     if rest and args.command not in ("train", "predict"):
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")

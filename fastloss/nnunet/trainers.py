@@ -7,8 +7,11 @@ weights computed exactly as nnU-Net's ``_build_loss`` does, and the batch statis
 with an epoch schedule (DiceBD's α) step it at the end of every epoch. Everything else (network, data, optimiser,
 validation, checkpoints) is nnU-Net's.
 
-nnU-Net finds trainers by name inside its own package folder only; ``python -m fastloss.nnunet train`` (see
-:mod:`fastloss.nnunet.cli`) resolves these names without touching that folder.
+nnU-Net finds trainers by name inside its own package folder and in the folders of its ``nnUNet_extTrainer``
+environment variable: ``nnUNet_extTrainer=$(python -m fastloss.nnunet trainer-dir)``
+(:data:`fastloss.nnunet.EXT_TRAINER_DIR`) lets
+nnU-Net's own commands find these names; ``python -m fastloss.nnunet train`` (see :mod:`fastloss.nnunet.cli`)
+resolves them without either.
 
 Environment knobs (read when a trainer is built, inherited by DDP workers): ``FASTLOSS_NNUNET_EPOCHS``,
 ``FASTLOSS_NNUNET_ITERATIONS`` and ``FASTLOSS_NNUNET_VAL_ITERATIONS`` replace nnU-Net's 1000 epochs, 250 training
@@ -30,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
-__all__ = ["PREFIX", "FastlossTrainer", "trainer_class", "trainer_name", "parse_trainer_name"]
+__all__ = ["PREFIX", "FastlossTrainer", "trainer_class", "trainer_name", "parse_trainer_name", "all_trainer_classes"]
 
 PREFIX = "nnUNetTrainer_fastloss_"
 VALUES_SUFFIX = "_nnUNetValues"
@@ -143,3 +146,16 @@ def trainer_class(loss: str, nnunet_values: bool = False) -> type:
             "__doc__": f"nnU-Net v2 trainer with fastloss's {canon!r} (the paper's configuration).",
         })
     return _CLASSES[name]
+
+
+def all_trainer_classes() -> Dict[str, type]:
+    """``{trainer name: class}`` for every paper loss (and ``..._nnUNetValues`` for the losses nnU-Net has)."""
+    from ..registry import PAPER_LOSSES
+    from .losses import NNUNET_VALUE_LOSSES
+
+    out = {}
+    for canon in PAPER_LOSSES:
+        for values in ((False, True) if canon in NNUNET_VALUE_LOSSES else (False,)):
+            cls = trainer_class(canon, values)
+            out[cls.__name__] = cls
+    return out
