@@ -104,7 +104,7 @@ def draw(out: Path, case_rows: List[dict], speed_rows: List[dict], run_id: Optio
     if fig is not None:
         if run_id:
             ax = fig.axes[0]
-            ax.set_title(ax.get_title() + tag, fontsize=10)
+            ax.set_title(ax.get_title() + "\n" + tag.strip(), fontsize=9)
         p = out / "step_time.png"
         fig.savefig(p, dpi=80)
         plt.close(fig)
