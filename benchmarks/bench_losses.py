@@ -272,8 +272,9 @@ def run(quick: bool = True, device: str | None = None, losses=None, full: bool =
             try:
                 naive = prov == "reference" or slow  # python loops / scipy: a call or two is enough
                 # >= 10 samples where a call is cheap, so p20/p80 are samples, not interpolations
-                wall = common.time_wall(step, device, reps=(1 if slow else 3) if naive else (30 if cuda else (15 if quick else 25)),
-                                        warmup=0 if naive else 2, budget_s=5 if quick else 30)
+                # quick on the CPU: 10 calls or 2 s a row, so that a busy machine does not stretch the job
+                wall = common.time_wall(step, device, reps=(1 if slow else 3) if naive else (30 if cuda else (10 if quick else 25)),
+                                        warmup=0 if naive else 2, budget_s=(5 if cuda else 2) if quick else 30)
                 row.update({f"wall_{k}": v for k, v in wall.items()})
                 if cuda and not slow:
                     g = common.time_cuda_graph(step)
