@@ -18,6 +18,7 @@ from .losses.distribution import (
 )
 from .losses.lovasz import lovasz_softmax_loss
 from .losses.monai_extra import generalized_dice_focal_loss, masked_dice_loss
+from .losses.monai_more import asymmetric_unified_focal_loss, generalized_wasserstein_dice_loss, mcc_loss, nacl_loss
 from .losses.region import (
     asymmetric_similarity_loss,
     dice_loss,
@@ -36,4 +37,5 @@ __all__ = [
     "hausdorff_dt_loss", "iou_loss", "log_hausdorff_dt_loss", "lovasz_softmax_loss", "masked_dice_loss",
     "penalty_generalized_dice_loss", "sensitivity_specificity_loss", "topk_loss", "tversky_loss",
     "weighted_cross_entropy_loss",
+    "asymmetric_unified_focal_loss", "generalized_wasserstein_dice_loss", "mcc_loss", "nacl_loss",
 ]

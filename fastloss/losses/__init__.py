@@ -20,6 +20,7 @@ from .distribution import (
 )
 from .lovasz import LovaszSoftmaxLoss
 from .monai_extra import GeneralizedDiceFocalLoss, MaskedDiceLoss
+from .monai_more import AsymmetricUnifiedFocalLoss, GeneralizedWassersteinDiceLoss, MCCLoss, NACLLoss
 from .region import (
     AsymmetricSimilarityLoss,
     DiceLoss,
@@ -39,4 +40,5 @@ __all__ = [
     "TverskyLoss", "WeightedCrossEntropyLoss", "class_weights_from_labels",
     # MONAI losses outside the paper
     "GeneralizedDiceFocalLoss", "LogHausdorffDTLoss", "MaskedDiceLoss",
+    "AsymmetricUnifiedFocalLoss", "GeneralizedWassersteinDiceLoss", "MCCLoss", "NACLLoss",
 ]

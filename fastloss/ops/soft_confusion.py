@@ -1,0 +1,99 @@
+"""The soft confusion matrix of a softmax prediction and integer labels, without a one-hot target.
+
+For logits ``x`` ``(B, C, N)`` with ``p = softmax(x)`` over the classes and labels ``y`` ``(B, N)`` in ``[0, C)``:
+
+    S[b, l, c] = Σ_{v : y[b, v] = l} p[b, c, v]                         (B, C, C)
+
+Row ``l`` sums the predicted probabilities of the voxels of true class ``l``. Every loss that is linear in
+the one-hot target *and* in the prediction, with a class-pair weight, is a formula of ``S``: the generalized
+Wasserstein Dice loss (Fidon et al. 2017) sums ``M[l, c]·S[l, c]`` for its Wasserstein distances
+``Σ_c p_c M[y, c]``; ``S[l, l]`` is the Dice statistic ``Σ p·g`` of class ``l``.
+
+Memory: the forward keeps nothing of size ``B·C·N``; the backward recomputes the softmax from ``x``:
+
+    dL/dp[b, c, v] = G[b, y[b, v], c]                          (G = dL/dS: one row gathered per voxel)
+    dL/dx[b, c, v] = p_c · (dL/dp_c − Σ_k p_k · dL/dp_k)       (softmax Jacobian)
+
+Labels outside ``[0, C)`` (possible only with the loss's label check off) count nowhere and get no gradient.
+Sums accumulate in float32 for float16/bfloat16/float32 logits, float64 for float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["soft_confusion", "soft_confusion_torch"]
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _labels(labels: torch.Tensor, C: int):
+    """``(index (B, N) int64 in [0, C), valid (B, N) bool or None)``."""
+    lab = labels.long()
+    valid = (lab >= 0) & (lab < C)
+    return torch.where(valid, lab, torch.zeros_like(lab)), valid
+
+
+def _forward(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    B, C, N = x.shape
+    dt = _dtype(x)
+    p = torch.softmax(x.to(dt), dim=1)
+    lab, valid = _labels(labels, C)
+    p = p * valid.unsqueeze(1).to(dt)
+    # S2[b, c, l] = Σ_v [y_v = l] p[b, c, v]: a scatter along the voxel axis, the index broadcast over c
+    s2 = torch.zeros(B, C, C, dtype=dt, device=x.device)
+    s2.scatter_add_(2, lab.unsqueeze(1).expand(B, C, N), p)
+    return s2.transpose(1, 2).contiguous()
+
+
+class _SoftConfusion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, labels):
+        ctx.save_for_backward(x, labels)
+        with torch.no_grad():
+            return _forward(x, labels)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, labels = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        B, C, N = x.shape
+        dt = _dtype(x)
+        with torch.no_grad():
+            p = torch.softmax(x.to(dt), dim=1)
+            lab, valid = _labels(labels, C)
+            g2 = grad.to(dt).transpose(1, 2)  # (B, c, l)
+            dp = g2.gather(2, lab.unsqueeze(1).expand(B, C, N)) * valid.unsqueeze(1).to(dt)
+            dx = p * (dp - (p * dp).sum(dim=1, keepdim=True))
+        return dx.to(x.dtype), None
+
+
+def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Plain autograd version of :func:`soft_confusion` (the second opinion in the tests)."""
+    B, C, N = x.shape
+    dt = _dtype(x)
+    p = torch.softmax(x.to(dt), dim=1)
+    lab, valid = _labels(labels, C)
+    p = p * valid.unsqueeze(1).to(dt)
+    s2 = torch.zeros(B, C, C, dtype=dt, device=x.device).scatter_add(2, lab.unsqueeze(1).expand(B, C, N), p)
+    return s2.transpose(1, 2)
+
+
+def soft_confusion(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``S[b, l, c] = Σ_{v: labels[b, v] = l} softmax(x)[b, c, v]``, shape ``(B, C, C)`` (see the module doc).
+
+    ``x``: logits ``(B, C, N)``; ``labels``: integer ``(B, N)``. Differentiable in ``x``.
+
+    Raises:
+        ValueError: shapes that do not fit; TypeError: float labels.
+    """
+    if x.ndim != 3 or labels.ndim != 2 or tuple(labels.shape) != (x.shape[0], x.shape[2]):
+        raise ValueError(f"expected logits (B, C, N) and labels (B, N), got {tuple(x.shape)} and {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.device != x.device:
+        raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
+    return _SoftConfusion.apply(x, labels)
