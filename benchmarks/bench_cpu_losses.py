@@ -483,13 +483,14 @@ def target_notes(rows) -> list:
     if not v:
         return []
     counts, missed = {}, []
+    shapes = {d["row"]["shape"] for d in v}
     for d in v:
         for what, key in (("speed", "speed_ok"), ("memory", "mem_ok"), ("1t/2t", "scale_ok")):
             if d[key] in ("met", "missed"):
                 c = counts.setdefault(what, [0, 0])
                 c[0 if d[key] == "met" else 1] += 1
                 if d[key] == "missed":
-                    missed.append(f"{d['row']['loss']} {what}")
+                    missed.append(f"{d['row']['loss']} {what}" + (f" at {d['row']['shape']}" if len(shapes) > 1 else ""))
     text = "targets " + ", ".join(f"{w} {c[0]}/{c[0] + c[1]} met" for w, c in counts.items())
     if missed:
         text += "; missed: " + ", ".join(missed)
