@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,11 @@ def _load(name: str):
     return mod
 
 
+_had_run_id = "FASTLOSS_BENCH_RUN_ID" in os.environ
 common = _load("common")
 run = _load("run")
+if not _had_run_id:  # common.py exports its run id for its worker processes; not for the rest of the suite
+    os.environ.pop("FASTLOSS_BENCH_RUN_ID", None)
 
 
 @pytest.fixture(autouse=True)
