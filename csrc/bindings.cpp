@@ -15,6 +15,7 @@
 #include "edt.h"
 #include "formula_cpu.h"
 #include "lovasz_cpu.h"
+#include "skeleton_cpu.h"
 #include "stats_cpu.h"
 
 namespace py = pybind11;
@@ -197,6 +198,19 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("b"), py::arg("c"), py::arg("lo"), py::arg("hi"), py::arg("nd"), py::arg("out_ptr"),
       py::arg("threads"), "Border voxels of volume (b, c) of x in the box [lo, hi) into a contiguous uint8 box; returns their count.");
+
+  m.def(
+      "skeletonize_cpu",
+      [](std::uintptr_t mask, std::uintptr_t out, int64_t batch, std::vector<int64_t> shape, int threads) {
+        if (!mask || !out) throw std::invalid_argument("null data pointer");
+        if (mask == out) throw std::invalid_argument("the output must not alias the mask");
+        py::gil_scoped_release release;
+        fastloss::skeletonize_cpu(reinterpret_cast<const uint8_t*>(mask), reinterpret_cast<uint8_t*>(out), batch,
+                                  shape, threads);
+      },
+      py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("batch"), py::arg("shape"), py::arg("threads"),
+      "Skeletons (scikit-image 0.26's: Zhang-Suen for 2 sizes, Lee 1994 for 3) of `batch` contiguous uint8 masks "
+      "(non-zero = foreground) of `shape` into contiguous uint8 `out` (0/1).");
 
   m.def(
       "has_cuda",

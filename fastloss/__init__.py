@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 
 from . import functional, losses  # noqa: E402
 from .distance import distance_field, edt, hausdorff_distance_maps, signed_distance  # noqa: E402
+from .skeleton import skeletonize  # noqa: E402
 from .losses import *  # noqa: E402,F401,F403
 from .losses import __all__ as _loss_names  # noqa: E402
 from .registry import PAPER_LOSSES, get_loss, paper_loss_names  # noqa: E402
@@ -13,7 +14,7 @@ from .class_weights import class_counts, class_weights  # noqa: E402  (the name 
 __all__ = [
     *_loss_names,
     "PAPER_LOSSES", "get_loss", "paper_loss_names", "class_counts", "class_weights", "edt", "signed_distance",
-    "distance_field", "hausdorff_distance_maps", "functional", "losses", "metrics", "ranking", "__version__",
+    "distance_field", "hausdorff_distance_maps", "skeletonize", "functional", "losses", "metrics", "ranking", "__version__",
 ]
 
 
