@@ -206,7 +206,7 @@ class Target:
 
 # ------------------------------------------------------------------------------------------------- regions
 MAX_REGION_LABEL = (1 << 16) - 1  # the label-to-regions table has at most 65536 entries
-MAX_REGIONS = 62  # one bit per region in an int64 table entry
+MAX_REGIONS = 31  # one bit per region in a table entry (the C++ kernels hold the bits in an int32)
 
 
 def check_regions(regions) -> Optional[tuple]:
@@ -216,7 +216,7 @@ def check_regions(regions) -> Optional[tuple]:
 
     Raises:
         TypeError: not a sequence of ints / sequences of ints.
-        ValueError: no region, an empty region, a label outside ``[0, 65535]``, more than 62 regions.
+        ValueError: no region, an empty region, a label outside ``[0, 65535]``, more than 31 regions.
     """
     if regions is None:
         return None

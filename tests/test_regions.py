@@ -223,3 +223,35 @@ def test_bad_regions_are_refused(make, target, error, match):
         elif target == "negative":
             y[0, 0, 0, 0, 0] = -3
         loss(x, y)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_regions_narrow_strided_labels_and_labels_outside_the_table(label_dtype, dtype, monkeypatch):
+    """The compiled CPU kernels on region targets: labels of any integer dtype, read through a stride, labels
+    above every region (in no region) and, with the label check off, negative labels (ignored voxels, as the
+    torch backend treats them): the torch backend's value and gradient."""
+    if not _cpu_reads_regions():
+        pytest.skip("the compiled CPU kernels do not read region tables in this build")
+    from fastloss.ops import stats as S
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 4, 5, 6, 7, generator=gen, dtype=dtype)
+    wide = torch.randint(0, 9, (2, 1, 5, 6, 14), generator=gen)  # labels 6..8 lie above every region
+    if label_dtype != torch.uint8:
+        wide[:, :, 0, 0, ::3] = -2  # negative: refused with the check on, ignored voxels with it off
+        monkeypatch.setenv("FASTLOSS_CHECK_LABELS", "0")
+    y = wide.to(label_dtype)[..., ::2]  # a strided view of the labels
+    assert not y.is_contiguous()
+    loss = fastloss.DiceFocalLoss(sigmoid=True, regions=OVERLAP, batch=True, lambda_focal=0.5)
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    ref = _value_and_grad(loss, x, y)
+    served = []
+    real = S.class_stats_torch
+    monkeypatch.setattr(S, "class_stats_torch", lambda *a, **k: served.append("torch") or real(*a, **k))
+    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
+    got = _value_and_grad(loss, x, y)
+    assert served == []
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(got[0], ref[0], **tol)
+    torch.testing.assert_close(got[1], ref[1], **tol)
