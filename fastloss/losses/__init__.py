@@ -21,6 +21,7 @@ from .distribution import (
 from .lovasz import LovaszSoftmaxLoss
 from .monai_extra import GeneralizedDiceFocalLoss, MaskedDiceLoss
 from .monai_more import AsymmetricUnifiedFocalLoss, GeneralizedWassersteinDiceLoss, MCCLoss, NACLLoss
+from .topology import BoundaryDoULoss, DiceCESkeletonRecallLoss, SkeletonRecallLoss
 from .region import (
     AsymmetricSimilarityLoss,
     DiceLoss,
@@ -41,4 +42,6 @@ __all__ = [
     # MONAI losses outside the paper
     "GeneralizedDiceFocalLoss", "LogHausdorffDTLoss", "MaskedDiceLoss",
     "AsymmetricUnifiedFocalLoss", "GeneralizedWassersteinDiceLoss", "MCCLoss", "NACLLoss",
+    # after the paper: topology- and boundary-aware losses (issue 22)
+    "SkeletonRecallLoss", "DiceCESkeletonRecallLoss", "BoundaryDoULoss",
 ]

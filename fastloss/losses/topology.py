@@ -1,0 +1,280 @@
+"""Topology- and boundary-aware losses after the paper: Skeleton Recall (Kirchhoff et al., ECCV 2024), its
+nnU-Net compound with Dice + CE, and Boundary DoU (Sun et al., MICCAI 2023).
+
+All three are formulas of the fused per-class statistics (:func:`fastloss.ops.stats.class_stats`):
+
+- Skeleton Recall is ``Σ p·g`` and ``Σ g`` of the softmax against the *tubed skeleton* of the labels
+  (:func:`fastloss.skeleton.tubed_skeleton`, computed by the compiled :func:`fastloss.skeletonize`), i.e. the
+  ``pg`` and ``g`` columns of one statistics pass whose target is the skeleton label map (no one-hot tensor);
+- Boundary DoU is ``Σ p²``, ``Σ g``, ``Σ p·g`` per class and the number of boundary voxels of each class in the
+  target (a few integer ops on the labels).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._validation import check_logits
+from ..skeleton import tubed_skeleton
+from ._common import LossBase, check_bool, check_nonneg, functional_form, reduce_loss
+from .compound import DiceCELoss
+
+__all__ = [
+    "SkeletonRecallLoss", "DiceCESkeletonRecallLoss", "BoundaryDoULoss",
+    "skeleton_recall_loss", "dice_ce_skeleton_recall_loss", "boundary_dou_loss",
+]
+
+
+def _label_map(input: torch.Tensor, target: torch.Tensor, name: str = "target") -> torch.Tensor:
+    """Integer labels ``(B, 1, *spatial)`` or ``(B, *spatial)`` of ``input``'s batch and spatial shape -> ``(B, *spatial)``."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer labels, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype.is_complex:
+        raise TypeError(
+            f"{name} must hold integer class labels (B, 1, *spatial) or (B, *spatial), got dtype {target.dtype}"
+        )
+    B, spatial = input.shape[0], tuple(input.shape[2:])
+    if tuple(target.shape) == (B, 1) + spatial:
+        target = target[:, 0]
+    if tuple(target.shape) != (B,) + spatial:
+        raise ValueError(
+            f"{name} must be integer labels of shape {(B, 1) + spatial} or {(B,) + spatial} for an input of shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if target.device != input.device:
+        raise ValueError(f"{name} is on {target.device} but the input is on {input.device}")
+    return target
+
+
+class SkeletonRecallLoss(LossBase):
+    r"""Skeleton Recall loss (Kirchhoff et al., "Skeleton Recall Loss for Connectivity Conserving and Resource
+    Efficient Segmentation of Thin Tubular Structures", ECCV 2024), as the authors' ``SoftSkeletonRecallLoss``.
+
+    .. math:: L = 1 - \frac{1}{|B'||C'|} \sum_{b, c} \frac{\sum_v p_{b,c,v} S_{b,c,v} + s}{\sum_v S_{b,c,v} + s}
+
+    ``p`` the softmax (without the background channel), ``S`` the one-hot *tubed skeleton* of the labels:
+    the skeleton of the foreground (all classes together, :func:`fastloss.skeletonize`, scikit-image's answer
+    voxel for voxel) dilated twice by the cross, each tube voxel carrying the label of the voxel it lies on
+    (the authors' ``SkeletonTransform``). Their loss returns ``-recall``; this one ``1 - recall`` (the same
+    gradient). Per sample, classes averaged; ``batch=True`` sums over the batch first.
+
+    The skeleton is computed here from the labels (on the CPU, in compiled code, threads over the batch), or
+    passed in as ``skeleton=`` (the labels' shape, class ids) when the dataloader made it.
+
+    Args:
+        softmax: apply the softmax (default True, as the authors); False: the input is probabilities.
+        smooth: the smoothing of numerator and denominator (1.0, the class default of the authors' loss;
+            their nnU-Net trainer passes 1e-5).
+        batch: sum the statistics over the batch (nnU-Net's ``batch_dice``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the per-(batch, class) values.
+        ignore_index: voxels with this label count nowhere (the authors' ``loss_mask``). The skeleton is taken
+            of ``labels > 0``, which includes a positive ``ignore_index``'s voxels, as in the authors' pipeline.
+        tube_dilations: cross dilations of the skeleton (2, the authors' tube; 0 for the bare skeleton).
+        include_background: must be False (the authors refuse the background too).
+
+    Raises:
+        ValueError: ``include_background=True``, fewer than 2 channels, 1 spatial dim without ``skeleton=``,
+            shapes that do not match, negative ``smooth``/``tube_dilations``.
+        TypeError: float labels or skeleton, bad argument types.
+
+    Example:
+        >>> x = torch.randn(2, 3, 32, 32, requires_grad=True)
+        >>> y = torch.randint(0, 3, (2, 1, 32, 32))
+        >>> SkeletonRecallLoss()(x, y).backward()
+    """
+
+    def __init__(
+        self,
+        softmax: bool = True,
+        smooth: float = 1.0,
+        batch: bool = False,
+        reduction: str = "mean",
+        ignore_index: Optional[int] = None,
+        tube_dilations: int = 2,
+        include_background: bool = False,
+    ) -> None:
+        if check_bool(include_background, "include_background"):
+            raise ValueError("SkeletonRecallLoss does not work with the background (include_background must be False)")
+        super().__init__(include_background=False, softmax=softmax, reduction=reduction, batch=batch,
+                         ignore_index=ignore_index)
+        self.smooth = check_nonneg(smooth, "smooth")
+        if isinstance(tube_dilations, bool) or not isinstance(tube_dilations, numbers.Integral) or tube_dilations < 0:
+            raise ValueError(f"tube_dilations must be an int >= 0, got {tube_dilations!r}")
+        self.tube_dilations = int(tube_dilations)
+
+    def skeleton_target(self, labels: torch.Tensor) -> torch.Tensor:
+        """The tubed skeleton of ``(B, *spatial)`` labels (``(B, *spatial)``, class ids)."""
+        sd = labels.ndim - 1
+        if sd not in (2, 3):
+            raise ValueError(f"the skeleton needs 2 or 3 spatial dims, got {sd}; pass skeleton= for other inputs")
+        return tubed_skeleton(labels, sd, dilations=self.tube_dilations)
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, skeleton: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``input`` logits ``(B, C, *spatial)``, ``target`` integer labels ``(B, 1, *spatial)`` or
+        ``(B, *spatial)``; ``skeleton``: the tubed skeleton (class ids, the labels' shape), or None to compute it."""
+        check_logits(input)
+        if input.shape[1] < 2:
+            raise ValueError(f"SkeletonRecallLoss needs at least 2 channels (softmax, no background), got C={input.shape[1]}")
+        labels = _label_map(input, target)
+        skel = self.skeleton_target(labels) if skeleton is None else _label_map(input, skeleton, "skeleton")
+        if self.ignore_index is not None:  # the ignored voxels keep the ignore label: the pass masks them
+            skel = torch.where(labels == self.ignore_index, labels.to(skel.dtype), skel)
+        stats, prep = self.class_stats(input, skel.unsqueeze(1), ("pg", "g"))
+        recall = (stats[..., 0] + self.smooth) / (stats[..., 1] + self.smooth).clamp_min(1e-8)
+        return reduce_loss(1.0 - recall, self.reduction, prep.spatial_ndim)
+
+    def extra_repr(self) -> str:
+        return f"smooth={self.smooth}, batch={self.batch}, tube_dilations={self.tube_dilations}, ignore_index={self.ignore_index}"
+
+
+class DiceCESkeletonRecallLoss(nn.Module):
+    r"""Dice + CE + Skeleton Recall, the loss of the authors' ``nnUNetTrainerSkeletonRecall``
+    (``DC_SkelREC_and_CE_loss``: nnU-Net's soft Dice without background, cross entropy and the skeleton recall,
+    all of weight 1, smoothing 1e-5).
+
+    .. math:: L = \lambda_{dice} L_{Dice} + \lambda_{ce} L_{CE} + \lambda_{srec} L_{SkelRec}
+
+    :class:`fastloss.DiceCELoss` (softmax, no background, ``smooth_nr = smooth_dr = smooth``; one statistics
+    pass for Dice and CE) plus :class:`SkeletonRecallLoss` (its own pass: its target is the skeleton). The
+    authors' Dice and recall terms are ``-dice`` and ``-recall``; these are ``1 - dice`` and ``1 - recall``, so the
+    value is theirs + ``lambda_dice + lambda_srec`` and the gradient theirs.
+
+    Args:
+        batch: nnU-Net's ``batch_dice`` for the Dice and recall parts.
+        smooth: the Dice and recall smoothing (1e-5, as the trainer).
+        lambda_dice, lambda_ce, lambda_srec: the parts' weights (1, 1, 1).
+        ignore_index: excluded from all three parts (the authors' ``ignore_label``).
+        tube_dilations: as :class:`SkeletonRecallLoss`.
+
+    Example:
+        >>> x = torch.randn(2, 3, 16, 16, 16, requires_grad=True)
+        >>> y = torch.randint(0, 3, (2, 1, 16, 16, 16))
+        >>> DiceCESkeletonRecallLoss()(x, y).backward()
+    """
+
+    def __init__(
+        self,
+        batch: bool = False,
+        smooth: float = 1e-5,
+        lambda_dice: float = 1.0,
+        lambda_ce: float = 1.0,
+        lambda_srec: float = 1.0,
+        ignore_index: Optional[int] = None,
+        tube_dilations: int = 2,
+    ) -> None:
+        super().__init__()
+        self.dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=smooth,
+                                  smooth_dr=smooth, batch=batch, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                                  ignore_index=ignore_index)
+        self.skeleton_recall = SkeletonRecallLoss(smooth=smooth, batch=batch, ignore_index=ignore_index,
+                                                  tube_dilations=tube_dilations)
+        self.lambda_srec = check_nonneg(lambda_srec, "lambda_srec")
+
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, skeleton: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """As :class:`SkeletonRecallLoss` (``skeleton=`` the tubed skeleton, or None to compute it)."""
+        srec = self.skeleton_recall(input, target, skeleton)
+        return self.dice_ce(input, target) + self.lambda_srec * srec
+
+
+def boundary_counts(labels: torch.Tensor, num_classes: int, spatial_dims: int,
+                    ignore_index: Optional[int] = None) -> torch.Tensor:
+    """``(B, num_classes)`` numbers of boundary voxels of each class: voxels of the class with a face neighbour
+    of another label or on the image edge (Sun et al.'s count: the cross-kernel convolution of the class mask,
+    times the mask, below its maximum 2·spatial_dims + 1). Ignored voxels count in no class (as a neighbour they
+    are another label)."""
+    B = labels.shape[0]
+    inner = torch.ones_like(labels, dtype=torch.bool)
+    for d in range(labels.ndim - spatial_dims, labels.ndim):
+        n = labels.shape[d]
+        if n == 1:
+            inner.zero_()
+            break
+        same = labels.narrow(d, 1, n - 1) == labels.narrow(d, 0, n - 1)
+        inner.narrow(d, 1, n - 1).logical_and_(same)
+        inner.narrow(d, 0, n - 1).logical_and_(same)
+        inner.select(d, 0).zero_()
+        inner.select(d, n - 1).zero_()
+    lab = labels.reshape(B, -1).long()
+    edge = ~inner.reshape(B, -1) & (lab >= 0) & (lab < num_classes)
+    if ignore_index is not None:
+        edge &= lab != ignore_index
+    idx = torch.where(edge, lab, torch.zeros_like(lab))
+    return torch.zeros(B, num_classes, dtype=torch.float64, device=labels.device).scatter_add_(
+        1, idx, edge.to(torch.float64))
+
+
+class BoundaryDoULoss(LossBase):
+    r"""Boundary Difference over Union loss (Sun et al., "Boundary Difference Over Union Loss For Medical Image
+    Segmentation", MICCAI 2023), 2D and 3D, multi-class.
+
+    Per class ``c`` (sums over the batch and the voxels; per sample with ``batch=False``):
+
+    .. math::
+        L_c = \frac{\sum p^2 + \sum g - 2 \sum pg + s}{\sum p^2 + \sum g - (1 + \alpha_c) \sum pg + s},\quad
+        \alpha_c = \min\Big(2 \big(1 - \frac{C_c + s}{S_c + s}\big) - 1,\ 0.8\Big)
+
+    ``C_c`` the number of boundary voxels of class ``c`` in the target (a voxel of the class with a face neighbour
+    outside it or beyond the image edge), ``S_c`` its number of voxels, ``s = 1e-5``; ``L`` the mean of ``L_c``
+    over the classes (the background included, as the authors). Their code loops over classes and batch, 2D only;
+    here one statistics pass (``Σ p²``, ``Σ g``, ``Σ pg``) and one integer pass over the labels.
+
+    Args:
+        softmax: apply the softmax (default True, as the authors).
+        include_background: keep class 0 (default True, as the authors).
+        batch: sum over the batch before the formula (default True: the authors' sums run over the batch).
+        alpha_max: the cap of alpha (0.8, the paper's recommendation); None for no cap.
+        smooth: ``s`` (1e-5).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-class (per-(batch, class)) values.
+        ignore_index: voxels with this label count nowhere.
+
+    Raises:
+        ValueError / TypeError: bad input (as the other losses), integer labels required.
+    """
+
+    def __init__(
+        self,
+        softmax: bool = True,
+        include_background: bool = True,
+        batch: bool = True,
+        alpha_max: Optional[float] = 0.8,
+        smooth: float = 1e-5,
+        reduction: str = "mean",
+        ignore_index: Optional[int] = None,
+    ) -> None:
+        super().__init__(include_background=include_background, softmax=softmax, reduction=reduction, batch=batch,
+                         ignore_index=ignore_index)
+        self.alpha_max = None if alpha_max is None else float(alpha_max)
+        self.smooth = check_nonneg(smooth, "smooth")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``input`` logits ``(B, C, *spatial)``; ``target`` integer labels ``(B, 1, *spatial)`` or ``(B, *spatial)``."""
+        check_logits(input)
+        labels = _label_map(input, target)
+        stats, prep = self.class_stats(input, labels.unsqueeze(1), ("pp", "g", "pg"))
+        C = input.shape[1]
+        counts = boundary_counts(labels, C, input.ndim - 2, self.ignore_index).to(stats.dtype)
+        edge = self.reduce_stats(counts.unsqueeze(-1))[..., 0]  # C_c
+        size = stats[..., 1]  # S_c: the class's counted voxels (Σ g)
+        s = self.smooth
+        alpha = 2.0 * (1.0 - (edge + s) / (size + s)) - 1.0
+        if self.alpha_max is not None:
+            alpha = alpha.clamp_max(self.alpha_max)
+        pp, g, pg = stats[..., 0], stats[..., 1], stats[..., 2]
+        f = (pp + g - 2.0 * pg + s) / (pp + g - (1.0 + alpha) * pg + s)
+        return reduce_loss(f, self.reduction, prep.spatial_ndim)
+
+    def extra_repr(self) -> str:
+        return f"batch={self.batch}, alpha_max={self.alpha_max}, include_background={self.include_background}"
+
+
+skeleton_recall_loss = functional_form(SkeletonRecallLoss, "skeleton_recall_loss", ("skeleton",))
+dice_ce_skeleton_recall_loss = functional_form(DiceCESkeletonRecallLoss, "dice_ce_skeleton_recall_loss", ("skeleton",))
+boundary_dou_loss = functional_form(BoundaryDoULoss, "boundary_dou_loss")
