@@ -111,6 +111,18 @@ for _cname, _name in _CLASS_NAMES.items():
     if _cname.endswith("Loss") and _cname[:-4] not in PAPER_LOSSES:
         _ALIASES.setdefault(_cname[:-4], _name)
 
+# Losses after the paper (issue 22), built by get_loss too but not in PAPER_LOSSES (the paper's tables): the
+# class defaults (the authors' settings; DiceCESkeletonRecall is the Skeleton Recall authors' nnU-Net trainer loss).
+BEYOND_PAPER: Dict[str, Tuple[type, dict]] = {
+    "SkeletonRecall": (L.SkeletonRecallLoss, {}),
+    "DiceCESkeletonRecall": (L.DiceCESkeletonRecallLoss, {}),
+    "BoundaryDoU": (L.BoundaryDoULoss, {}),
+}
+# (looked up by get_loss after the paper's names, by name or class name; canonical_name knows the paper's only)
+_BEYOND_LOOKUP: Dict[str, str] = {}
+for _name, (_cls, _) in BEYOND_PAPER.items():
+    _BEYOND_LOOKUP[name_key(_name)] = _BEYOND_LOOKUP[name_key(_cls.__name__)] = _name
+
 _LOOKUP: Dict[str, str] = {}
 for _name in list(PAPER_LOSSES) + list(_ALIASES):
     _canon = _ALIASES.get(_name, _name)
@@ -183,9 +195,11 @@ def get_loss(name: str, **overrides) -> nn.Module:
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     canon = canonical_name(name)
     if canon is None:
+        canon = _BEYOND_LOOKUP.get(name_key(name))
+    if canon is None:
         raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
                          "(or a loss class name such as 'DiceCELoss')")
-    cls, kwargs = PAPER_LOSSES[canon]
+    cls, kwargs = PAPER_LOSSES[canon] if canon in PAPER_LOSSES else BEYOND_PAPER[canon]
     _check_overrides(name, canon, cls, overrides)
     if canon == "DiceBD":
         _warn_dicebd_schedule({**kwargs, **overrides})

@@ -213,3 +213,15 @@ def test_exports_and_registry():
     assert isinstance(fastloss.get_loss("SkeletonRecall"), SkeletonRecallLoss)
     assert isinstance(fastloss.get_loss("DiceCESkeletonRecall"), DiceCESkeletonRecallLoss)
     assert isinstance(fastloss.get_loss("BoundaryDoU"), BoundaryDoULoss)
+
+
+def test_functional_forms():
+    rng = np.random.default_rng(12)
+    seg = torch.from_numpy(np.stack([_labels(rng, (16, 15), 3) for _ in range(2)]))
+    x = torch.randn(2, 3, 16, 15)
+    F = fastloss.functional
+    torch.testing.assert_close(F.skeleton_recall_loss(x, seg, batch=True), SkeletonRecallLoss(batch=True)(x, seg))
+    skel = tubed_skeleton(seg, 2)
+    torch.testing.assert_close(F.skeleton_recall_loss(x, seg, skeleton=skel), SkeletonRecallLoss()(x, seg))
+    torch.testing.assert_close(F.dice_ce_skeleton_recall_loss(x, seg), DiceCESkeletonRecallLoss()(x, seg))
+    torch.testing.assert_close(F.boundary_dou_loss(x, seg), BoundaryDoULoss()(x, seg))
