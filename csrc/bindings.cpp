@@ -15,6 +15,7 @@
 #include "edt.h"
 #include "formula_cpu.h"
 #include "lovasz_cpu.h"
+#include "soft_skeleton_cpu.h"
 #include "skeleton_cpu.h"
 #include "stats_cpu.h"
 
@@ -319,6 +320,25 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values_ptr"), py::arg("m"), py::arg("k"), py::arg("threads"),
       "(sum of the k largest, k-th largest, #greater, #equal) of m contiguous float32 values.");
+
+  // clDice's soft skeleton (csrc/soft_skeleton_cpu.h): R planes of H x W x D, forward and recomputing backward.
+  m.def(
+      "soft_skeleton_cpu",
+      [](std::uintptr_t x, std::uintptr_t grad_out, std::uintptr_t out, int64_t R, int64_t H, int64_t W, int64_t D,
+         int nd, int iters, int elem, int threads) {
+        if (!x || !out) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        if (grad_out)
+          fastloss::soft_skeleton_backward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(grad_out),
+                                               reinterpret_cast<void*>(out), R, H, W, D, nd, iters, elem, threads);
+        else
+          fastloss::soft_skeleton_forward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), R, H, W, D,
+                                              nd, iters, elem, threads);
+      },
+      py::arg("x_ptr"), py::arg("grad_out_ptr"), py::arg("out_ptr"), py::arg("R"), py::arg("H"), py::arg("W"),
+      py::arg("D"), py::arg("nd"), py::arg("iters"), py::arg("elem"), py::arg("threads"),
+      "MONAI's soft_skel of R contiguous planes (float32: elem 4, float64: elem 8): grad_out_ptr 0 writes the "
+      "skeleton to out, otherwise out = (d skel/dx)^T grad_out.");
 
   m.def(
       "lovasz_cpu",

@@ -20,6 +20,7 @@ from .distribution import (
 )
 from .lovasz import LovaszSoftmaxLoss
 from .monai_extra import GeneralizedDiceFocalLoss, MaskedDiceLoss
+from .cldice import SoftclDiceLoss, SoftDiceclDiceLoss
 from .monai_more import AsymmetricUnifiedFocalLoss, GeneralizedWassersteinDiceLoss, MCCLoss, NACLLoss
 from .topology import BoundaryDoULoss, DiceCESkeletonRecallLoss, SkeletonRecallLoss
 from .region import (
@@ -41,7 +42,8 @@ __all__ = [
     "TverskyLoss", "WeightedCrossEntropyLoss", "class_weights_from_labels",
     # MONAI losses outside the paper
     "GeneralizedDiceFocalLoss", "LogHausdorffDTLoss", "MaskedDiceLoss",
-    "AsymmetricUnifiedFocalLoss", "GeneralizedWassersteinDiceLoss", "MCCLoss", "NACLLoss",
+    "AsymmetricUnifiedFocalLoss", "GeneralizedWassersteinDiceLoss", "MCCLoss", "NACLLoss", "SoftclDiceLoss",
+    "SoftDiceclDiceLoss",
     # after the paper: topology- and boundary-aware losses (issue 22)
     "SkeletonRecallLoss", "DiceCESkeletonRecallLoss", "BoundaryDoULoss",
 ]
