@@ -117,6 +117,14 @@ BEYOND_PAPER: Dict[str, Tuple[type, dict]] = {
     "SkeletonRecall": (L.SkeletonRecallLoss, {}),
     "DiceCESkeletonRecall": (L.DiceCESkeletonRecallLoss, {}),
     "BoundaryDoU": (L.BoundaryDoULoss, {}),
+    # MONAI's other segmentation losses (issue 21): MONAI's defaults, with a softmax where MONAI's default (no
+    # activation) would read logits as probabilities; UnifiedFocal takes probabilities, as MONAI's
+    "clDice": (L.SoftclDiceLoss, dict(softmax=True)),
+    "DiceclDice": (L.SoftDiceclDiceLoss, dict(softmax=True)),
+    "UnifiedFocal": (L.AsymmetricUnifiedFocalLoss, {}),
+    "GWDice": (L.GeneralizedWassersteinDiceLoss, {}),
+    "MCC": (L.MCCLoss, dict(softmax=True)),
+    "NACL": (L.NACLLoss, {}),
 }
 # (looked up by get_loss after the paper's names, by name or class name; canonical_name knows the paper's only)
 _BEYOND_LOOKUP: Dict[str, str] = {}

@@ -464,3 +464,19 @@ def test_compile_fullgraph(make, probs, monkeypatch):
         for a, b in zip(gg, rg):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_get_loss_names():
+    from fastloss.losses.cldice import SoftclDiceLoss, SoftDiceclDiceLoss
+
+    x, y = _data((2, 3, 6, 5, 4), seed=22, dtype=torch.float32)
+    for name, cls in [("clDice", SoftclDiceLoss), ("DiceclDice", SoftDiceclDiceLoss), ("GWDice", GeneralizedWassersteinDiceLoss),
+                      ("MCC", MCCLoss), ("NACL", NACLLoss), ("UnifiedFocal", AsymmetricUnifiedFocalLoss),
+                      ("MCCLoss", MCCLoss), ("soft cl dice loss", SoftclDiceLoss)]:
+        loss = fastloss.get_loss(name)
+        assert type(loss) is cls
+    # the softmax where MONAI's default would read logits as probabilities: the values of the configured classes
+    torch.testing.assert_close(fastloss.get_loss("MCC")(x, y), MCCLoss(softmax=True)(x, y))
+    torch.testing.assert_close(fastloss.get_loss("clDice", iter_=2)(x, y), SoftclDiceLoss(softmax=True, iter_=2)(x, y))
+    uf = fastloss.get_loss("UnifiedFocal", num_classes=3, rare_classes=[1, 2])
+    assert uf.rare_classes == (1, 2) and torch.isfinite(uf(torch.softmax(x, 1), y))
