@@ -8,10 +8,13 @@
 - background excluded (the paper's and nnU-Net's ``do_bg=False``), softmax outputs;
 - the ignore label of the label manager as ``ignore_index``;
 - region-based training (``label_manager.has_regions``): sigmoid outputs, every region kept (nnU-Net's
-  ``do_bg=True``: regions have no background channel), one-hot region targets whose last channel marks the
-  ignored voxels when there is an ignore label (nnU-Net's layout). ``DiceCE`` becomes nnU-Net's
-  ``DC_and_BCE_loss`` (Dice on the sigmoid + BCE averaged over the counted voxels); the other region losses
-  that take ``sigmoid`` work as they are;
+  ``do_bg=True``: regions have no background channel). With ``regions`` (the label manager's
+  ``foreground_regions``, what fastloss's trainers pass) the targets are the integer labels and the losses read
+  them through a label-to-regions table (``regions=``): nnU-Net's region conversion is not run, no one-hot
+  region tensor is built, and the ignore label is an exact ``ignore_index``. Without ``regions``: nnU-Net's
+  one-hot region targets, whose last channel marks the ignored voxels when there is an ignore label (nnU-Net's
+  layout). ``DiceCE`` becomes nnU-Net's ``DC_and_BCE_loss`` (Dice on the sigmoid + BCE averaged over the
+  counted voxels); the other region losses that take ``sigmoid`` work as they are;
 - deep supervision (:class:`~fastloss.DeepSupervisionLoss` with the trainer's weights);
 - DDP: batch statistics all-reduced over the ranks and TopK over the whole batch of all ranks
   (:func:`fastloss.distributed.sync_batch_statistics`).
@@ -50,6 +53,7 @@ __all__ = [
     "REGION_LOSSES",
     "NNUNetLoss",
     "RegionDiceBCELoss",
+    "RegionLabelsDiceBCELoss",
     "build_nnunet_loss",
     "canonical_name",
 ]
@@ -112,6 +116,40 @@ class RegionDiceBCELoss(nn.Module):
         return self.weight_dice * dice + self.weight_ce * bce
 
 
+class RegionLabelsDiceBCELoss(nn.Module):
+    """nnU-Net's ``DC_and_BCE_loss`` from integer labels and the regions (no one-hot region target): the sigmoid
+    Dice of every region and the binary CE of every region channel, one statistics pass for both, equal to
+    :class:`RegionDiceBCELoss` on nnU-Net's converted target.
+
+    nnU-Net's BCE is ``BCEWithLogits`` (mean over every (voxel, region) element) without an ignore label, and
+    ``Σ mask·bce / max(Σ mask, 1e-8)`` (the sum over regions divided by the counted voxels) with one: so
+    the summed binary CE is divided by ``R·N`` or by the counted voxels.
+    """
+
+    def __init__(self, regions: Sequence, batch: bool, ignore_index: Optional[int] = None, smooth: float = 1e-5,
+                 weight_dice: float = 1.0, weight_ce: float = 1.0) -> None:
+        super().__init__()
+        self.dice = L.DiceLoss(sigmoid=True, include_background=True, batch=batch, smooth_nr=smooth,
+                               smooth_dr=smooth, regions=regions, ignore_index=ignore_index)
+        self.bce = L.CrossEntropyLoss(sigmoid=True, regions=regions, ignore_index=ignore_index, reduction="sum")
+        self.ignore_index = ignore_index
+        self.weight_dice = float(weight_dice)
+        self.weight_ce = float(weight_ce)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from ..ops.stats import shared_statistics
+
+        with shared_statistics(("pg", "p", "g", "ce", "count")):  # both parts from one pass over the logits
+            dice = self.dice(input, target)
+            bce_sum = self.bce(input, target)
+        if self.ignore_index is None:
+            bce = bce_sum / float(target[:, :1].numel() * input.shape[1])
+        else:
+            counted = (target != self.ignore_index).sum().to(bce_sum.dtype)
+            bce = bce_sum / counted.clamp_min(1e-8)
+        return self.weight_dice * dice + self.weight_ce * bce
+
+
 def _masked_logits(input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits with the ignored voxels set to a value whose sigmoid is exactly 0: a masked voxel then adds 0 to
     Σp and Σpg, and ``torch.where`` sends no gradient to it (nnU-Net multiplies by the mask: the same)."""
@@ -168,6 +206,7 @@ def build_nnunet_loss(
     ddp: bool = False,
     process_group=None,
     nnunet_values: bool = False,
+    regions: Optional[Sequence] = None,
     **overrides,
 ) -> nn.Module:
     """The paper's loss ``name`` with nnU-Net v2's conventions (see the module docstring).
@@ -183,6 +222,8 @@ def build_nnunet_loss(
         ddp: all-reduce the batch statistics over ``process_group`` (None: the default group) when the loss
             has any (losses without batch statistics need nothing).
         nnunet_values: subtract the Dice part's constant so values equal nnU-Net's (``−Dice`` convention).
+        regions: with ``has_regions``, the label manager's ``foreground_regions``: the targets are then the
+            integer labels (nnU-Net's region conversion switched off), read through a label-to-regions table.
         **overrides: constructor arguments for the loss, as :func:`fastloss.get_loss`.
 
     Returns:
@@ -220,7 +261,28 @@ def build_nnunet_loss(
     if "batch" in params and canon not in _FIXED_BATCH:
         kwargs["batch"] = batch_dice
     region_ignore = False
-    if has_regions:
+    if regions is not None and not has_regions:
+        raise ValueError("regions= is for region-based training: pass has_regions=True with it")
+    if has_regions and regions is not None:
+        if canon not in REGION_LOSSES:
+            raise ValueError(
+                f"loss {canon!r} takes a softmax over classes and cannot train on nnU-Net's regions (sigmoid "
+                f"outputs); region-based training supports {', '.join(REGION_LOSSES)}"
+            )
+        # integer labels and the regions: the ignore label is an exact ignore_index for every region loss
+        if canon == "DiceCE":
+            loss = RegionLabelsDiceBCELoss(regions, batch=kwargs["batch"], ignore_index=ignore_label,
+                                           smooth=kwargs.get("smooth_nr", 1e-5),
+                                           weight_dice=overrides.pop("lambda_dice", 1.0),
+                                           weight_ce=overrides.pop("lambda_ce", 1.0))
+            if overrides:
+                raise TypeError(f"region DiceCE takes no arguments {sorted(overrides)}")
+        else:
+            kwargs.update(softmax=False, sigmoid=True, include_background=True, regions=regions,
+                          ignore_index=ignore_label)
+            loss = cls(**{**kwargs, **overrides})
+        has_regions = False  # NNUNetLoss passes the labels on as labels
+    elif has_regions:
         if canon not in REGION_LOSSES:
             raise ValueError(
                 f"loss {canon!r} takes a softmax over classes and cannot train on nnU-Net's regions (sigmoid "

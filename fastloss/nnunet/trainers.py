@@ -13,6 +13,16 @@ environment variable: ``nnUNet_extTrainer=$(python -m fastloss.nnunet trainer-di
 nnU-Net's own commands find these names; ``python -m fastloss.nnunet train`` (see :mod:`fastloss.nnunet.cli`)
 resolves them without either.
 
+Targets on the loss's device: nnU-Net's data loader makes one target per deep-supervision output
+(``DownsampleSegForDSTransform``) and, for region-based datasets, a one-hot region tensor
+(``ConvertSegmentationToRegionsTransform``) on the CPU, for every patch. These trainers switch both transforms off
+(training and validation) and hand the loss the one integer label patch: :class:`fastloss.DeepSupervisionLoss`
+downsamples it on the logits' device (``nearest-exact``, as nnU-Net's transform), and a region loss reads the
+labels through a label-to-regions table (``regions=``), so the regions are applied after downsampling, from
+integer labels, and the ignore label is an exact ``ignore_index``. The online pseudo-Dice of validation is
+computed from the same labels on the device. ``FASTLOSS_NNUNET_TARGETS_ON_DEVICE=0`` keeps nnU-Net's loader
+transforms (and its one-hot region targets).
+
 Environment knobs (read when a trainer is built, inherited by DDP workers): ``FASTLOSS_NNUNET_EPOCHS``,
 ``FASTLOSS_NNUNET_ITERATIONS`` and ``FASTLOSS_NNUNET_VAL_ITERATIONS`` replace nnU-Net's 1000 epochs, 250 training
 and 50 validation iterations per epoch (for short runs and tests); ``FASTLOSS_NNUNET_SKIP_VALIDATION=1`` skips the
@@ -25,6 +35,7 @@ import os
 from typing import Dict
 
 from . import require_nnunetv2
+from .._validation import check_regions
 from .losses import build_nnunet_loss, canonical_name, trainer_suffix
 
 require_nnunetv2()
@@ -45,7 +56,8 @@ _ENV_INT = {
 
 
 class FastlossTrainer(nnUNetTrainer):
-    """``nnUNetTrainer`` whose loss is the paper's ``fastloss_loss`` with nnU-Net's conventions."""
+    """``nnUNetTrainer`` whose loss is the paper's ``fastloss_loss`` with nnU-Net's conventions, and whose
+    targets are made on the loss's device (see the module docstring)."""
 
     fastloss_loss: str = "DiceCE"
     nnunet_values: bool = False
@@ -60,6 +72,46 @@ class FastlossTrainer(nnUNetTrainer):
                 if value < 1:
                     raise ValueError(f"{env} must be >= 1, got {value}")
                 setattr(self, attr, value)
+        flag = os.environ.get("FASTLOSS_NNUNET_TARGETS_ON_DEVICE", "1").strip()
+        if flag not in ("0", "1"):
+            raise ValueError(f"FASTLOSS_NNUNET_TARGETS_ON_DEVICE must be 0 or 1, got {flag!r}")
+        self.targets_on_device = flag == "1"
+
+    # ------------------------------------------------------------------ targets made on the loss's device
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, **kwargs):
+        """nnU-Net's training transforms, without the deep-supervision downsampling and the region conversion
+        when the targets are made on the device (nnU-Net's own method is a staticmethod: called the same way)."""
+        if getattr(self, "targets_on_device", False):
+            deep_supervision_scales = None
+            kwargs["regions"] = None
+        return nnUNetTrainer.get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales,
+                                                     mirror_axes, do_dummy_2d_data_aug, **kwargs)
+
+    def get_validation_transforms(self, deep_supervision_scales, **kwargs):
+        """nnU-Net's validation transforms, without the same two transforms (see :meth:`get_training_transforms`)."""
+        if getattr(self, "targets_on_device", False):
+            deep_supervision_scales = None
+            kwargs["regions"] = None
+        return nnUNetTrainer.get_validation_transforms(deep_supervision_scales, **kwargs)
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation step (loss and the online pseudo-Dice counts) on the one integer label patch."""
+        if not self.targets_on_device:
+            return super().validation_step(batch)
+        from nnunetv2.utilities.helpers import dummy_context
+
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            del data
+            value = self.loss(output, target)
+        if self.enable_deep_supervision:
+            output = output[0]
+        tp, fp, fn = online_counts(output, target, self.label_manager)
+        return {"loss": value.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
+                "fn_hard": fn.cpu().numpy()}
 
     def deep_supervision_weights(self):
         """nnU-Net's weights (``nnUNetTrainer._build_loss``): ``1/2^i``, the lowest resolution 0 (1e-6 under DDP
@@ -82,6 +134,7 @@ class FastlossTrainer(nnUNetTrainer):
             deep_supervision_weights=self.deep_supervision_weights(),
             ddp=self.is_ddp,
             nnunet_values=self.nnunet_values,
+            regions=lm.foreground_regions if lm.has_regions and self.targets_on_device else None,
         )
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -96,6 +149,35 @@ class FastlossTrainer(nnUNetTrainer):
             if callable(step) and m is not self.loss:
                 step()
         super().on_epoch_end()
+
+
+def online_counts(output: torch.Tensor, labels: torch.Tensor, label_manager):
+    """The per-channel ``(tp, fp, fn)`` of nnU-Net's online pseudo-Dice from the full-resolution ``output`` and
+    the integer ``labels`` ``(B, 1, *spatial)``, summed over the batch and the voxels, as nnU-Net's
+    ``validation_step`` counts them on its own targets: regions are ``sigmoid > 0.5`` against each region's
+    label set, classes the argmax against the label without the background channel; ignored voxels are not
+    counted."""
+    lab = labels[:, 0].round().long() if labels.is_floating_point() else labels[:, 0].long()
+    ignore = label_manager.ignore_label if label_manager.has_ignore_label else None
+    counted = None if ignore is None else (lab != ignore)
+    if label_manager.has_regions:
+        pred = torch.sigmoid(output.float()) > 0.5  # (B, R, *spatial)
+        regions = check_regions([list(r) if not isinstance(r, int) else r for r in label_manager.foreground_regions])
+        truth = torch.stack([torch.isin(lab, torch.tensor(r, device=lab.device)) for r in regions], dim=1)
+        first = 0
+    else:
+        C = output.shape[1]
+        pred = torch.nn.functional.one_hot(output.argmax(1), C).movedim(-1, 1).bool()
+        truth = torch.nn.functional.one_hot(lab.clamp(0, C - 1), C).movedim(-1, 1).bool() & (lab < C).unsqueeze(1)
+        first = 1  # the background is not reported (nnU-Net's [1:])
+    if counted is not None:
+        pred = pred & counted.unsqueeze(1)
+        truth = truth & counted.unsqueeze(1)
+    axes = [0] + list(range(2, pred.ndim))
+    tp = (pred & truth).sum(axes)
+    fp = (pred & ~truth).sum(axes)
+    fn = (~pred & truth).sum(axes)
+    return tp[first:], fp[first:], fn[first:]
 
 
 _CLASSES: Dict[str, type] = {}
