@@ -297,7 +297,8 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
   std::vector<uint8_t> flags(img.size(), kDirty);
   uint8_t* fl = flags.data();
   const int64_t face[6] = {-sp, -sr, -1, 1, sr, sp};
-  std::vector<int64_t> surface, joined, merged;
+  std::vector<int64_t> surface, joined, merged, scratch;
+  std::vector<int64_t> joined_by_face[6];  // i + face[f] for candidates i in C order: each list is sorted
   for (const int64_t i : alive) {
     bool open = false;
     for (const int64_t f : face) open |= im[i + f] == 0;
@@ -326,7 +327,7 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
       }
       // sequential re-check: a candidate whose neighbourhood is unchanged since its test is still simple
       bool changed = false;
-      joined.clear();
+      for (auto& v : joined_by_face) v.clear();
       for (const int64_t i : candidates)
         if (!(fl[i] & kDirty) || is_simple(g.gather(im, i))) {
           im[i] = 0;
@@ -338,16 +339,23 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
             w |= 0x010101u * kDirty;
             std::memcpy(f, &w, 4);
           }
-          for (const int64_t f : face) {
-            const int64_t n = i + f;
+          for (int f = 0; f < 6; ++f) {
+            const int64_t n = i + face[f];
             if (im[n] && !(fl[n] & kSurface)) {
               fl[n] |= kSurface;
-              joined.push_back(n);
+              joined_by_face[f].push_back(n);
             }
           }
         }
       if (changed) {  // drop the deleted voxels and merge the ones that joined, in C order
-        std::sort(joined.begin(), joined.end());
+        // the six sorted lists into one (pairwise merges; a voxel joins once, so they are disjoint)
+        joined.clear();
+        for (const auto& v : joined_by_face) {
+          if (v.empty()) continue;
+          scratch.resize(joined.size() + v.size());
+          std::merge(joined.begin(), joined.end(), v.begin(), v.end(), scratch.begin());
+          joined.swap(scratch);
+        }
         merged.clear();
         size_t a = 0;
         for (const int64_t i : surface) {
