@@ -61,8 +61,10 @@ inline bool has_extra_columns(const StatsArgs& a) {
 }
 
 // The fused path: float32/16/bf16 logits, softmax, integer labels, no mask tensor, the fused columns, and
-// the focal and sigmoid-focal columns with γ = 2 (MONAI's and the paper's default).
+// the focal and sigmoid-focal columns with γ = 2 (MONAI's and the paper's default); two classes or more
+// (one channel's foreground is label 1, which the general path reads: g = [label = 1], not [label = c]).
 inline bool stats_fused_path(const StatsArgs& a) {
+  if (a.C < 2) return false;
   const int extra[7] = {kAbsDiff, kSqErrPos, kSqErrNeg, kCEPow, kMapCE, kMapP, kMapSqErr};
   for (int k : extra)
     if (a.col[k] >= 0) return false;
