@@ -162,16 +162,18 @@ void topk_weights_cpu(const float* v, int64_t m, float thr, float share, float g
 }
 
 // One histogram pass over the top 11 bits of the keys finds the bucket d holding the k-th largest value;
-// a second pass gathers the keys of that bucket (a small share of the values) and sums the values above it,
-// and two more digits (11 and 10 bits) of histogram over the gathered keys give the exact key, #{key > it}
-// and #{key == it}. Histograms are integers (merged in any order, same result); the sums add fixed tiles'
-// double partials in tile order: deterministic for any thread count.
+// a second pass gathers the keys of that bucket (when they are a small share of the values) and sums the
+// values above it, and two more digits (11 and 10 bits) of histogram over the gathered keys give the exact
+// key, #{key > it} and #{key == it} (a large bucket: the digits and the sum by passes over the values).
+// Histograms are integers (merged in any order, same result); the sums add fixed tiles' double partials in
+// tile order: deterministic for any thread count.
 TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
   if (m < 1 || k < 1 || k > m) throw std::invalid_argument("topk_select_cpu: expected 1 <= k <= m");
   const int nthreads = resolve_threads(threads);
   constexpr int kShift = 21, kBins = 1 << 11;
-  // one contiguous range per thread (counts are integers: merged in any order, the same result)
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nthreads, m / 4096));
+  // one contiguous range per thread (counts are integers: merged in any order, the same result), and at
+  // most 2^30 values per range, so that its int32 counters cannot overflow
+  const int64_t parts = std::max<int64_t>({int64_t(1), std::min<int64_t>(nthreads, m / 4096), (m + (int64_t(1) << 30) - 1) >> 30});
   auto range = [&](int64_t p) { return std::make_pair(m * p / parts, m * (p + 1) / parts); };
   std::vector<int32_t> local(static_cast<size_t>(parts) * 4 * kBins, 0);
   parallel_for(parts, nthreads, [&](int64_t p0, int64_t p1) {
@@ -195,47 +197,24 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
     if (above + hist[static_cast<size_t>(d)] >= k) break;
     above += hist[static_cast<size_t>(d)];
   }
-  // One more pass, in fixed tiles: the keys of bucket d gathered (without a branch: a key is written at the
-  // end, which advances only on a match; one spare slot per tile bounds every write), and the sum of the
-  // values above bucket d, which are in the top k whatever the threshold inside d turns out to be (8 double
-  // lanes per tile, tiles added in tile order: the same bits for any thread count).
+  // The remaining 21 bits: two more digits (11 and 10 bits) of histogram over bucket d's keys, then the sum
+  // of the values above the threshold. Bucket d holds a small share of the values in the common case:
+  // its keys are gathered in one pass (which also sums the values above bucket d), and the digits read
+  // the gathered keys only. When it holds many (a flat top bucket, many equal values, everything equal),
+  // gathering them would keep up to 4 bytes per value, as much memory as the input itself (~8 GiB for
+  // 2^31 values): those inputs take three more passes over the values instead, with nothing kept.
+  const int64_t bucket_count = hist[static_cast<size_t>(d)];
+  const bool gather = bucket_count <= std::max<int64_t>(int64_t(1) << 20, m / 16);
   const int64_t tile = 1 << 14;
   const int64_t tiles = (m + tile - 1) / tile;
-  std::vector<std::vector<uint32_t>> gathered(static_cast<size_t>(tiles));
-  std::vector<double> part(static_cast<size_t>(tiles), 0.0);
-  parallel_for(tiles, nthreads, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t lo = t * tile, hi = std::min(m, (t + 1) * tile);
-      std::vector<uint32_t>& out = gathered[static_cast<size_t>(t)];
-      out.resize(static_cast<size_t>(hi - lo) + 1);
-      size_t n = 0;
-      uint32_t* o = out.data();
-      double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t i = lo; i < hi; ++i) {
-        const uint32_t key = topk_key(v[i]);
-        const uint32_t bucket = key >> kShift;
-        o[n] = key;
-        n += static_cast<size_t>(bucket == static_cast<uint32_t>(d));
-        s[(i - lo) & 7] += bucket > static_cast<uint32_t>(d) ? static_cast<double>(v[i]) : 0.0;
-      }
-      out.resize(n);
-      part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-    }
-  });
-  std::vector<uint32_t> cand;
-  cand.reserve(static_cast<size_t>(hist[static_cast<size_t>(d)]));
-  for (const auto& g : gathered) cand.insert(cand.end(), g.begin(), g.end());
-  // the remaining 21 bits: two more digits (11 and 10 bits) over the bucket's keys only
-  int64_t krem = k - above;  // 1 <= krem <= cand.size()
+  int64_t krem = k - above;  // 1 <= krem <= bucket_count
   int64_t greater = above, equal = 0;
   uint32_t prefix = static_cast<uint32_t>(d);
   const int shifts[2] = {10, 0};
   const int widths[2] = {11, 10};
-  for (int pass = 0; pass < 2; ++pass) {
-    const int shift = shifts[pass], nb = 1 << widths[pass];
-    std::vector<int64_t> h(static_cast<size_t>(nb), 0);
-    for (uint32_t key : cand)
-      if ((key >> (shift + widths[pass])) == prefix) ++h[(key >> shift) & static_cast<uint32_t>(nb - 1)];
+  // one digit: the bucket dd of the krem-th largest key among keys with the prefix, from the histogram h
+  auto descend = [&](const std::vector<int64_t>& h, int pass) {
+    const int nb = 1 << widths[pass];
     int64_t ab = 0;
     int dd = nb - 1;
     for (; dd > 0; --dd) {
@@ -246,13 +225,84 @@ TopkResult topk_select_cpu(const float* v, int64_t m, int64_t k, int threads) {
     krem -= ab;
     equal = h[static_cast<size_t>(dd)];
     prefix = (prefix << widths[pass]) | static_cast<uint32_t>(dd);
+  };
+  double sum = 0.0;
+  if (gather) {
+    // One pass in fixed tiles: the keys of bucket d gathered (without a branch: a key is written at the
+    // end, which advances only on a match; one spare slot per tile bounds every write) into a per-thread
+    // tile buffer and kept in a vector of their own size, and the sum of the values above bucket d, which
+    // are in the top k whatever the threshold inside d turns out to be (8 double lanes per tile, tiles
+    // added in tile order: the same bits for any thread count).
+    std::vector<std::vector<uint32_t>> gathered(static_cast<size_t>(tiles));
+    std::vector<double> part(static_cast<size_t>(tiles), 0.0);
+    parallel_for(tiles, nthreads, [&](int64_t t0, int64_t t1) {
+      std::vector<uint32_t> buf(static_cast<size_t>(tile) + 1);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t lo = t * tile, hi = std::min(m, (t + 1) * tile);
+        size_t n = 0;
+        uint32_t* o = buf.data();
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = lo; i < hi; ++i) {
+          const uint32_t key = topk_key(v[i]);
+          const uint32_t bucket = key >> kShift;
+          o[n] = key;
+          n += static_cast<size_t>(bucket == static_cast<uint32_t>(d));
+          s[(i - lo) & 7] += bucket > static_cast<uint32_t>(d) ? static_cast<double>(v[i]) : 0.0;
+        }
+        gathered[static_cast<size_t>(t)].assign(o, o + n);
+        part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+      }
+    });
+    for (int pass = 0; pass < 2; ++pass) {
+      const int shift = shifts[pass], nb = 1 << widths[pass];
+      std::vector<int64_t> h(static_cast<size_t>(nb), 0);
+      for (const auto& g : gathered)
+        for (uint32_t key : g)
+          if ((key >> (shift + widths[pass])) == prefix) ++h[(key >> shift) & static_cast<uint32_t>(nb - 1)];
+      descend(h, pass);
+    }
+    const uint32_t thr_key = prefix;
+    for (double s : part) sum += s;
+    for (const auto& g : gathered)  // bucket d's values above the threshold, in tile order (the key is the value)
+      for (uint32_t key : g)
+        if (key > thr_key) sum += static_cast<double>(key_value(key));
+  } else {
+    // the two digits by histograms over all values (keys outside the prefix skipped), per part as above
+    for (int pass = 0; pass < 2; ++pass) {
+      const int shift = shifts[pass], nb = 1 << widths[pass];
+      const uint32_t want = prefix;
+      std::vector<int64_t> lh(static_cast<size_t>(parts) * static_cast<size_t>(nb), 0);
+      parallel_for(parts, nthreads, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          int64_t* h = lh.data() + p * nb;
+          const auto [begin, end] = range(p);
+          for (int64_t i = begin; i < end; ++i) {
+            const uint32_t key = topk_key(v[i]);
+            if ((key >> (shift + widths[pass])) == want) ++h[(key >> shift) & static_cast<uint32_t>(nb - 1)];
+          }
+        }
+      });
+      std::vector<int64_t> h(static_cast<size_t>(nb), 0);
+      for (int64_t p = 0; p < parts; ++p)
+        for (int b = 0; b < nb; ++b) h[static_cast<size_t>(b)] += lh[static_cast<size_t>(p * nb + b)];
+      descend(h, pass);
+    }
+    // the values above the threshold, fixed tiles of 8 double lanes added in tile order
+    const uint32_t thr_key = prefix;
+    std::vector<double> part(static_cast<size_t>(tiles), 0.0);
+    parallel_for(tiles, nthreads, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t lo = t * tile, hi = std::min(m, (t + 1) * tile);
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = lo; i < hi; ++i)
+          s[(i - lo) & 7] += topk_key(v[i]) > thr_key ? static_cast<double>(v[i]) : 0.0;
+        part[static_cast<size_t>(t)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+      }
+    });
+    for (double s : part) sum += s;
   }
   const uint32_t thr_key = prefix;
   const float thr = key_value(thr_key);
-  double sum = 0.0;
-  for (double s : part) sum += s;
-  for (uint32_t key : cand)  // bucket d's values above the threshold, in tile order (the key is the value)
-    if (key > thr_key) sum += static_cast<double>(key_value(key));
   sum += static_cast<double>(k - greater) * static_cast<double>(thr);
   return TopkResult{sum, thr, greater, equal};
 }
