@@ -15,8 +15,8 @@
 #include "edt.h"
 #include "formula_cpu.h"
 #include "lovasz_cpu.h"
-#include "soft_skeleton_cpu.h"
 #include "skeleton_cpu.h"
+#include "soft_skeleton_cpu.h"
 #include "stats_cpu.h"
 
 namespace py = pybind11;
@@ -39,6 +39,7 @@ void check_geometry(int64_t batch, const std::vector<int64_t>& shape, const std:
   for (double s : spacing)
     if (!(s > 0.0) || s == std::numeric_limits<double>::infinity())
       throw std::invalid_argument("expected positive finite spacing, got " + std::to_string(s));
+  (void)fastloss::normalise_spacing(spacing, shape);  // refuses spacings too far apart for float32 squares
 }
 
 // (data_ptr, word_size, zero_mask, one_bits, [5 strides in elements]) -> MaskView
@@ -116,8 +117,22 @@ fastloss::StatsArgs stats_args(const py::object& x, const py::object& labels, co
   a.alpha = a.has_alpha ? alpha.cast<double>() : 0.0;
   a.ce_exponent = ce_exponent;
   a.log_eps = log_eps;
-  a.has_ignore = !ignore_index.is_none();
-  a.ignore_index = a.has_ignore ? ignore_index.cast<int64_t>() : 0;
+  // ignore_index: any Python int. One outside int64 (2**63, -2**63 - 1) equals no label of any integer
+  // dtype, so it ignores nothing (as the torch backend's comparison finds).
+  a.has_ignore = false;
+  a.ignore_index = 0;
+  if (!ignore_index.is_none()) {
+    // any integer (numpy's too, through __index__); a float or anything else is a TypeError
+    const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(ignore_index.ptr()));
+    if (!index) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (overflow == 0) {
+      if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+      a.has_ignore = true;
+      a.ignore_index = static_cast<int64_t>(v);
+    }
+  }
   return a;
 }
 
@@ -161,6 +176,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("shape"), py::arg("spacing"), py::arg("features_nonzero"), py::arg("max_distance"), py::arg("threads"),
       "EDT of `batch` contiguous uint8 volumes read at the non-zero voxels of the uint8 `query` (same layout), "
       "in C order, into float32 `out` of `capacity` (= number of query voxels) values.");
+
+  m.def(
+      "edt_normalise_spacing",
+      [](std::vector<double> spacing, std::vector<int64_t> shape) {
+        if (spacing.size() != shape.size()) throw std::invalid_argument("expected one spacing per spatial dim");
+        const fastloss::SpacingScale r = fastloss::normalise_spacing(spacing, shape);
+        return py::make_tuple(r.spacing, r.scale);
+      },
+      py::arg("spacing"), py::arg("shape"),
+      "(spacing the passes use, scale): spacings whose float32 squares could overflow or underflow divided by a "
+      "power of two, the distances to be multiplied by it afterwards (see csrc/edt.h; edt_cpu and edt_query_cpu "
+      "do so themselves, edt_cuda does not).");
 
   m.def(
       "mask_boxes_cpu",

@@ -9,6 +9,23 @@
 
 namespace fastloss {
 
+// Spacings: the transform is homogeneous (edt(mask, c·s) = c·edt(mask, s)), and its passes keep squared
+// distances in float32 between them, which overflow above ~3.4e38 and lose their precision (or become 0,
+// which later passes read as background) below ~1.2e-38. When a stored square could leave that range
+// (an axis's extent above 2^62 or a step below 2^-60), the spacings are divided by a power of two 2^e
+// (exactly) that brings every extent below 2^62 and every step above 2^-60, and the results are scaled
+// back by 2^e (2^2e when squared) in double and rounded once to float32: the values of the exact
+// transform, rounded to float32 (inf where they exceed its range). Spacings for which no such 2^e exists
+// (largest extent / smallest spacing above 2^122) are refused (std::invalid_argument).
+constexpr double kSpacingExtentHi = 0x1p62, kSpacingStepLo = 0x1p-60;
+struct SpacingScale {
+  std::vector<double> spacing;  // what the passes use
+  double scale;                 // results times this (squared: its square); 1 when spacing is as given
+};
+SpacingScale normalise_spacing(const std::vector<double>& spacing, const std::vector<int64_t>& shape);
+// out[i] *= scale (squared: scale^2), computed in double and rounded once; nothing when scale == 1.
+void scale_distances(float* out, int64_t n, double scale, bool squared, int threads);
+
 // Squared (or plain, if !squared) EDT of `batch` contiguous volumes of shape `shape` (1 to 3 dims,
 // C order), read from a uint8 mask (non-zero = foreground) into float32 `out` (same layout). Distance to
 // the nearest zero voxel, axes scaled by `spacing`; a volume without zeros is +inf everywhere.

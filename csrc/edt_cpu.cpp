@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -82,30 +83,25 @@ void parabola_pass(float* out, int64_t outer, int64_t n, int64_t inner, double s
         }
       }
       if (!any_nonzero) continue;  // all zero: the pass changes nothing (and sqrt(0) = 0)
+      // the last pass of a plain transform takes the square root in double, before the float32 store (as
+      // the CUDA kernels do): a square below float32's range (spacing 1e-25 along the first axis) must not
+      // be stored as 0 first
       for (int64_t c = 0; c < w; ++c) {
         double* line = buf.data() + c * n;
         edt1d::parabola_line(
-            n, s, false, [line](int64_t q) { return line[q]; }, [line](int64_t q, float v) { line[q] = v; }, env);
+            n, s, take_sqrt, [line](int64_t q) { return line[q]; }, [line](int64_t q, float v) { line[q] = v; }, env);
       }
-      if (take_sqrt) {
-        for (int64_t j = 0; j < n; ++j) {
-          float* row = base + j * inner;
-          for (int64_t c = 0; c < w; ++c) row[c] = static_cast<float>(std::sqrt(buf[static_cast<size_t>(c * n + j)]));
-        }
-      } else {
-        for (int64_t j = 0; j < n; ++j) {
-          float* row = base + j * inner;
-          for (int64_t c = 0; c < w; ++c) row[c] = static_cast<float>(buf[static_cast<size_t>(c * n + j)]);
-        }
+      for (int64_t j = 0; j < n; ++j) {
+        float* row = base + j * inner;
+        for (int64_t c = 0; c < w; ++c) row[c] = static_cast<float>(buf[static_cast<size_t>(c * n + j)]);
       }
     }
   });
 }
 
-}  // namespace
-
-void edt_cpu(const uint8_t* mask, float* out, int64_t batch, const std::vector<int64_t>& shape,
-             const std::vector<double>& spacing, bool squared, int threads) {
+// The transform for spacings within the safe range (see normalise_spacing).
+void edt_cpu_normalised(const uint8_t* mask, float* out, int64_t batch, const std::vector<int64_t>& shape,
+                        const std::vector<double>& spacing, bool squared, int threads) {
   const int64_t nd = static_cast<int64_t>(shape.size());
   if (nd < 1 || nd > 3) throw std::invalid_argument("edt_cpu: 1 to 3 spatial dims expected");
   if (static_cast<int64_t>(spacing.size()) != nd) throw std::invalid_argument("edt_cpu: one spacing per spatial dim");
@@ -128,6 +124,84 @@ void edt_cpu(const uint8_t* mask, float* out, int64_t batch, const std::vector<i
     const int64_t outer = total / (n * inner);
     parabola_pass(out, outer, n, inner, spacing[a], !squared && a == 0, threads);
     inner *= n;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// floor(log2 x) and ceil(log2 x) of a positive finite double, exactly
+int floor_log2(double x) {
+  int e = 0;
+  std::frexp(x, &e);  // x = f * 2^e, f in [0.5, 1)
+  return e - 1;
+}
+int ceil_log2(double x) {
+  int e = 0;
+  const double f = std::frexp(x, &e);
+  return f == 0.5 ? e - 1 : e;
+}
+
+}  // namespace
+
+SpacingScale normalise_spacing(const std::vector<double>& spacing, const std::vector<int64_t>& shape) {
+  SpacingScale r{spacing, 1.0};
+  const size_t nd = spacing.size();
+  if (nd == 0 || shape.size() != nd) return r;
+  for (double s : spacing)
+    if (!(s > 0.0) || !std::isfinite(s)) throw std::invalid_argument("expected positive finite spacing");
+  // the axes whose squares are stored between passes: all but the first (whose pass is the last), and in
+  // 1D the one axis (edt_query_cpu keeps its pass-1 squares in float32 too)
+  const size_t inner0 = nd == 1 ? 0 : 1;
+  double big_inner = 0.0, small_inner = std::numeric_limits<double>::infinity();
+  double big = 0.0, small = std::numeric_limits<double>::infinity();
+  for (size_t a = 0; a < nd; ++a) {
+    const double extent = spacing[a] * static_cast<double>(std::max<int64_t>(shape[a], 1));
+    big = std::max(big, extent);
+    small = std::min(small, spacing[a]);
+    if (a >= inner0) {
+      big_inner = std::max(big_inner, extent);
+      small_inner = std::min(small_inner, spacing[a]);
+    }
+  }
+  if (big_inner <= kSpacingExtentHi && small_inner >= kSpacingStepLo) return r;  // the common case: as given
+  // 2^e with every extent / 2^e <= 2^62 and every spacing / 2^e >= 2^-60: then no stored square
+  // overflows or leaves float32's normal range, whichever pass stores it
+  const int lo_e = ceil_log2(big) - 62, hi_e = floor_log2(small) + 60;
+  if (lo_e > hi_e)
+    throw std::invalid_argument(
+        "spacing too far apart for the transform's float32 squared distances: the largest spacing times its axis "
+        "length (" + std::to_string(big) + ") may exceed the smallest spacing (" + std::to_string(small) +
+        ") at most 2^122 (~5e36) times");
+  const int e = lo_e + (hi_e - lo_e) / 2;
+  r.scale = std::ldexp(1.0, e);
+  for (double& s : r.spacing) s = std::ldexp(s, -e);  // exact: a power of two
+  return r;
+}
+
+void scale_distances(float* out, int64_t n, double scale, bool squared, int threads) {
+  if (scale == 1.0 || n <= 0) return;
+  const int64_t chunk = int64_t(1) << 16;
+  parallel_for((n + chunk - 1) / chunk, resolve_threads(threads), [&](int64_t begin, int64_t end) {
+    const int64_t lo = begin * chunk, hi = std::min(n, end * chunk);
+    for (int64_t i = lo; i < hi; ++i) {
+      const double v = static_cast<double>(out[i]);
+      // one rounding from the exact product (0 stays 0, inf stays inf: never 0 * inf)
+      const double w = v == 0.0 ? 0.0 : (squared ? v * scale * scale : v * scale);
+      out[i] = static_cast<float>(w);
+    }
+  });
+}
+
+void edt_cpu(const uint8_t* mask, float* out, int64_t batch, const std::vector<int64_t>& shape,
+             const std::vector<double>& spacing, bool squared, int threads) {
+  const SpacingScale norm = normalise_spacing(spacing, shape);
+  edt_cpu_normalised(mask, out, batch, shape, norm.spacing, squared, threads);
+  if (norm.scale != 1.0) {
+    int64_t total = batch;
+    for (int64_t d : shape) total *= d;
+    scale_distances(out, total, norm.scale, squared, threads);
   }
 }
 

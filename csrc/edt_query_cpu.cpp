@@ -153,11 +153,10 @@ std::vector<BallOffset> ball_offsets(const int64_t n[3], const double s[3], doub
   return ball;
 }
 
-}  // namespace
-
-void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_t capacity, int64_t batch,
-                   const std::vector<int64_t>& shape, const std::vector<double>& spacing, bool features_nonzero,
-                   double max_distance, int threads) {
+// edt_query_cpu for spacings in the safe range (normalise_spacing in edt_cpu.cpp).
+void edt_query_normalised(const uint8_t* mask, const uint8_t* query, float* out, int64_t capacity, int64_t batch,
+                          const std::vector<int64_t>& shape, const std::vector<double>& spacing,
+                          bool features_nonzero, double max_distance, int threads) {
   const int64_t nd = static_cast<int64_t>(shape.size());
   if (nd < 1 || nd > 3) throw std::invalid_argument("edt_query_cpu: 1 to 3 spatial dims expected");
   if (static_cast<int64_t>(spacing.size()) != nd)
@@ -343,6 +342,19 @@ void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_
       }
     });
   }
+}
+
+}  // namespace
+
+void edt_query_cpu(const uint8_t* mask, const uint8_t* query, float* out, int64_t capacity, int64_t batch,
+                   const std::vector<int64_t>& shape, const std::vector<double>& spacing, bool features_nonzero,
+                   double max_distance, int threads) {
+  // the search and its float32 squares in the safe range, the distances scaled back at the end (the
+  // max_distance cut compares like with like: both scaled by the same power of two)
+  const SpacingScale norm = normalise_spacing(spacing, shape);
+  edt_query_normalised(mask, query, out, capacity, batch, shape, norm.spacing, features_nonzero,
+                       max_distance / norm.scale, threads);
+  scale_distances(out, capacity, norm.scale, false, threads);
 }
 
 }  // namespace fastloss

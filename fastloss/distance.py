@@ -16,6 +16,7 @@ Tensors go through the custom op ``torch.ops.fastloss.edt`` (with a fake impleme
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -83,6 +84,14 @@ def _warn_ambiguous_stack(shape, spatial_dims) -> None:
         )
 
 
+def max_threads() -> int:
+    """The most CPU threads a distance function uses: the number of hardware threads
+    (``os.cpu_count()``). A larger ``threads=`` is reduced to it: the transform is compute-bound, and
+    thousands of threads (``threads=30000``) would each take a stack, or kill the process inside the
+    OpenMP runtime when their stacks do not fit."""
+    return max(1, os.cpu_count() or 1)
+
+
 def _check_threads(threads) -> int:
     if threads is None:
         return 0
@@ -90,7 +99,23 @@ def _check_threads(threads) -> int:
         raise TypeError(f"threads must be a non-negative int or None, got {type(threads).__name__}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 or None: all hardware threads), got {threads}")
-    return int(threads)
+    return min(int(threads), max_threads())
+
+
+def _nonzero_u8(t: torch.Tensor) -> torch.Tensor:
+    """A uint8 tensor (a view where it can be) whose non-zero bytes are the non-zero voxels of ``t``.
+    bool, uint8 and int8 masks are viewed as they are: ``mask != 0`` on a bool tensor first widens the
+    whole mask to int64 (8 bytes a voxel: 17 GiB for a 1291³ volume) to compare it with the int 0."""
+    if t.dtype in (torch.bool, torch.uint8, torch.int8):
+        return t.view(torch.uint8)
+    return (t != 0).view(torch.uint8)
+
+
+def _nonzero_u8_numpy(a: np.ndarray) -> np.ndarray:
+    """:func:`_nonzero_u8` for numpy: a contiguous uint8 array, non-zero where ``a`` is."""
+    if a.dtype.itemsize == 1 and a.dtype.kind in "biu":
+        return np.ascontiguousarray(a).view(np.uint8)
+    return np.ascontiguousarray(a != 0).view(np.uint8)
 
 
 def _spacing_list(spacing, spatial_dims: int) -> list:
@@ -111,6 +136,22 @@ def _run_cpu(mask_u8: torch.Tensor, spacing: list, squared: bool, threads: int) 
 
 
 def _run_cuda(mask_u8: torch.Tensor, spacing: list, squared: bool) -> torch.Tensor:
+    # Spacings far from 1 (1e20, 1e-20) would overflow or underflow the passes' float32 squares:
+    # the CPU code scales them by a power of two and its results back (csrc/edt.h); the CUDA kernels do
+    # not, so that is done here, the results scaled back in float64 and rounded once.
+    scale = 1.0
+    if _extension.has("edt_normalise_spacing"):
+        spacing, scale = _ext().edt_normalise_spacing(list(spacing), list(mask_u8.shape[1:]))
+    out = _run_cuda_normalised(mask_u8, list(spacing), squared)
+    if scale != 1.0:
+        wide = out.double() * scale
+        if squared:
+            wide *= scale
+        out = wide.float()
+    return out
+
+
+def _run_cuda_normalised(mask_u8: torch.Tensor, spacing: list, squared: bool) -> torch.Tensor:
     with torch.cuda.device(mask_u8.device):
         out = torch.empty(mask_u8.shape, dtype=torch.float32, device=mask_u8.device)
         # envelope scratch: one float32 value and one int32 root per voxel
@@ -173,11 +214,17 @@ def edt(
     Args:
         mask: torch tensor (CPU or CUDA) or numpy array of bool, integer or float; non-zero is
             foreground. The last ``spatial_dims`` dims are spatial, leading dims are a batch.
-        spacing: voxel size, one number or one per spatial dim (positive, finite); default 1.
+        spacing: voxel size, one number or one per spatial dim (positive, finite); default 1. Values far
+            from 1 (1e20, 1e-20) are exact too: they are scaled by a power of two for the passes and the
+            distances scaled back, so that the passes' float32 squares neither overflow nor underflow (the
+            result itself is float32: ``inf`` beyond 3.4e38). Refused only where no such scale exists: the
+            largest spacing times its axis length more than 2^122 (~5e36) times the smallest spacing.
         spatial_dims: 1, 2 or 3; default ``min(mask.ndim, 3)``. **A (B, H, W) stack of 2D masks is one
             3D volume unless ``spatial_dims=2``** (a warning says so when the shape looks like a stack).
         squared: return squared distances (skips the square root).
-        threads: CPU threads; ``None`` or 0 uses every hardware thread. Ignored on the GPU.
+        threads: CPU threads; ``None`` or 0 uses every hardware thread, and at most
+            :func:`max_threads` (``os.cpu_count()``) are used: a larger value is reduced to it. Ignored
+            on the GPU.
 
     Returns:
         float32 distances of the mask's shape, of the same kind (tensor or array) and on the same
@@ -185,8 +232,8 @@ def edt(
 
     Raises:
         TypeError: mask is not a tensor/array, or has a complex or non-numeric dtype; bad argument types.
-        ValueError: empty mask, spatial_dims out of range, spacing of the wrong length or not positive,
-            negative threads.
+        ValueError: empty mask, spatial_dims out of range, spacing of the wrong length, not positive or
+            too far apart (above), negative threads.
 
     Example:
         >>> d = edt(torch.tensor([[1, 1, 0, 1]]), spatial_dims=1)   # tensor([[2., 1., 0., 1.]])
@@ -203,12 +250,12 @@ def edt(
         batch *= s
 
     if isinstance(mask, np.ndarray):
-        m = np.ascontiguousarray(mask != 0).view(np.uint8).reshape((batch,) + spatial)
+        m = _nonzero_u8_numpy(mask).reshape((batch,) + spatial)
         out = np.empty(m.shape, dtype=np.float32)
         _ext().edt_cpu(m.ctypes.data, out.ctypes.data, batch, list(spatial), sp, bool(squared), nthreads)
         return out.reshape(shape)
 
-    m = (mask != 0).view(torch.uint8).reshape((batch,) + spatial).contiguous()
+    m = _nonzero_u8(mask).reshape((batch,) + spatial).contiguous()
     if _is_compiling():
         return torch.ops.fastloss.edt(m, sp, bool(squared), nthreads).reshape(shape)
     # Eager: call the implementation directly. The custom op's dispatcher imports torch._dynamo on its
@@ -259,8 +306,8 @@ def edt_at(
     sp = _spacing_list(spacing, sd)
     nthreads = _check_threads(threads)
     was_numpy = isinstance(mask, np.ndarray)
-    if was_numpy:  # any numpy dtype and byte order: only "!= 0" is read
-        mask, query = np.ascontiguousarray(mask != 0), np.ascontiguousarray(query != 0)
+    if was_numpy:  # any numpy dtype, byte order and strides: only "!= 0" is read
+        mask, query = _nonzero_u8_numpy(mask), _nonzero_u8_numpy(query)
     t, _ = _as_tensor(mask)
     qt, _ = _as_tensor(query)
     if qt.device != t.device:
@@ -269,8 +316,8 @@ def edt_at(
         values = edt(t, sp, spatial_dims=sd, threads=nthreads)[qt != 0]
         return values
     spatial = tuple(t.shape[t.ndim - sd :])
-    m = (t != 0).view(torch.uint8).reshape((-1,) + spatial)
-    q = (qt != 0).view(torch.uint8).reshape((-1,) + spatial)
+    m = _nonzero_u8(t).reshape((-1,) + spatial)
+    q = _nonzero_u8(qt).reshape((-1,) + spatial)
     out = edt_at_cpu(m, q, int(q.count_nonzero()), sp, nthreads)
     return out.numpy() if was_numpy else out
 
@@ -315,7 +362,12 @@ def _is_compiling() -> bool:
 
 def _as_tensor(mask):
     if isinstance(mask, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(mask)), True
+        a = np.ascontiguousarray(mask)
+        # numpy calls an array with a negative stride on a size-1 axis contiguous, and a non-native byte
+        # order is contiguous too; torch.from_numpy refuses both: a fresh native copy then
+        if any(st < 0 for st in a.strides) or not a.dtype.isnative:
+            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+        return torch.from_numpy(a), True
     return mask, False
 
 
@@ -364,18 +416,30 @@ def signed_distance(
     _warn_ambiguous_stack(tuple(mask.shape), spatial_dims)
     sp = _spacing_list(spacing, sd)
     t, was_numpy = _as_tensor(mask)
-    g = t != 0
+    g = t if t.dtype == torch.bool else t != 0  # (a bool compared with 0 would be widened to int64 first)
     # One transform for both halves: index 0 = outside distances, 1 = inside distances.
+    # (Memory: the two transforms, 8 bytes a voxel, and the map, 4: the rest is done in place.)
     d = edt(torch.stack((~g, g)), sp, spatial_dims=sd, squared=False)
     d_out, d_in = d[0], d[1]
-    phi = torch.where(g, 1.0 - d_in, d_out)
+    phi = torch.where(g, d_in.neg_().add_(1.0), d_out)  # 1 − d_in, formed in place
+    del d, d_out, d_in
     # d_out is +inf only in a volume with no inside voxel (empty mask): 0 there.
     # d_in is +inf only in a volume with no outside voxel (all foreground): distance to the image edge.
-    phi = torch.where(phi == float("inf"), torch.zeros((), dtype=phi.dtype, device=phi.device), phi)
+    phi.masked_fill_(phi == float("inf"), 0.0)
     spatial = tuple(mask.shape[mask.ndim - sd :])
     edge = 1.0 - _border_distance(spatial, sp, phi.device)
-    phi = torch.where(phi == -float("inf"), edge.expand_as(phi), phi)
+    torch.where(phi == -float("inf"), edge.expand_as(phi), phi, out=phi)
     return phi.numpy() if was_numpy else phi
+
+
+def _above_half(t: torch.Tensor) -> torch.Tensor:
+    """``t > 0.5`` (MONAI's threshold) as a bool tensor without a widened copy: a bool mask is itself, an
+    integer one is ``t > 0`` (comparing it with 0.5 would first convert it to float32)."""
+    if t.dtype == torch.bool:
+        return t
+    if not t.dtype.is_floating_point:
+        return t > 0
+    return t > 0.5
 
 
 def distance_field(
@@ -406,7 +470,7 @@ def distance_field(
     sd = _check_spatial_dims(spatial_dims, mask.ndim, default)
     sp = _spacing_list(spacing, sd)
     t, was_numpy = _as_tensor(mask)
-    fg = (t.to(torch.uint8) if t.dtype == torch.bool else t) > 0.5
+    fg = _above_half(t)
     d = edt(torch.stack((fg, ~fg)), sp, spatial_dims=sd, squared=False)
     field = d[0] + d[1]
     # inf only where one side is absent (an all-fg or all-bg volume): MONAI leaves those at 0.
@@ -439,8 +503,8 @@ def hausdorff_distance_maps(
     g, _ = _as_tensor(target_mask)
     if p.device != g.device:
         raise ValueError(f"pred_mask is on {p.device} but target_mask is on {g.device}")
-    p = (p.to(torch.uint8) if p.dtype == torch.bool else p) > 0.5
-    g = (g.to(torch.uint8) if g.dtype == torch.bool else g) > 0.5
+    p = _above_half(p)
+    g = _above_half(g)
     sd = spatial_dims if spatial_dims is not None else p.ndim - 2
     fields = distance_field(torch.stack((p, g)), spacing, spatial_dims=sd)
     maps = fields[0] ** alpha + fields[1] ** alpha

@@ -77,6 +77,18 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _ignore(ignore_index: Optional[int]) -> Optional[int]:
+    """``ignore_index`` as the kernels (and the custom ops' int64 schema) take it: one outside int64
+    (``2**63``) equals no label of any integer dtype, so it ignores nothing: None, as the torch backend's
+    comparison finds."""
+    if ignore_index is None or not (_INT64[0] <= int(ignore_index) <= _INT64[1]):
+        return None
+    return int(ignore_index)
+
+
 # ----------------------------------------------------------------------------------------------------
 # custom ops
 # ----------------------------------------------------------------------------------------------------
@@ -330,7 +342,7 @@ def class_stats_cpu(
         mask = mask.to(torch.uint8)
     if soft is not None and soft.dtype == torch.bool:
         soft = soft.to(torch.uint8)
-    ignore = target.ignore_index if labels is not None else None
+    ignore = _ignore(target.ignore_index) if labels is not None else None
     alpha = None if spec.alpha is None else float(spec.alpha)
     op = _class_stats_op if _is_compiling() else _ClassStatsFunction.apply
     return op(
@@ -363,7 +375,7 @@ def class_stats_with_voxel_ce_cpu(input: torch.Tensor, target: Target, spec: Sta
     x = input.reshape(B, C, -1)
     labels = target.raw_labels.reshape(B, x.shape[2])
     op = _class_stats_vce_op if _is_compiling() else _ClassStatsVCEFunction.apply
-    return op(x, labels, ",".join(spec.columns), target.ignore_index)
+    return op(x, labels, ",".join(spec.columns), _ignore(target.ignore_index))
 
 
 def voxel_ce_cpu(input: torch.Tensor, labels: torch.Tensor, ignore_index: Optional[int] = None) -> torch.Tensor:
@@ -372,7 +384,7 @@ def voxel_ce_cpu(input: torch.Tensor, labels: torch.Tensor, ignore_index: Option
     B, C = input.shape[:2]
     x = input.reshape(B, C, -1)
     op = _voxel_ce_op if _is_compiling() else _VoxelCEFunction.apply
-    return op(x, labels.reshape(B, x.shape[2]), ignore_index)
+    return op(x, labels.reshape(B, x.shape[2]), _ignore(ignore_index))
 
 
 def voxel_ce_supported(input: torch.Tensor, labels: Optional[torch.Tensor]) -> bool:
