@@ -33,12 +33,20 @@ def supports(errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Tenso
         return False
     if fg.device.type != "cpu" or fg.requires_grad or (valid is not None and valid.device.type != "cpu"):
         return False
-    return errors.ndim == 2 and errors.shape[1] < 2**32
+    if valid is not None and valid.shape != errors.shape:
+        return False
+    return errors.ndim == 2 and fg.shape == errors.shape and errors.shape[1] < 2**32
 
 
 @torch.library.custom_op("fastloss::cpu_lovasz", mutates_args=(), device_types="cpu")
 def _lovasz_op(errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     R, P = errors.shape
+    # the kernel reads R·P values of each: anything smaller would be read past its end
+    if fg.shape != errors.shape or (valid is not None and valid.shape != errors.shape):
+        raise ValueError(
+            f"fastloss::cpu_lovasz: errors, fg and valid must have one shape, got {tuple(errors.shape)}, "
+            f"{tuple(fg.shape)} and {None if valid is None else tuple(valid.shape)}"
+        )
     e = errors.contiguous()
     g = fg.to(errors.dtype).contiguous()
     v = None if valid is None else valid.to(torch.uint8).contiguous()

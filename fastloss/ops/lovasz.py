@@ -38,6 +38,23 @@ def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
     return torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], dim=-1)
 
 
+def check_valid(errors: torch.Tensor, valid: Optional[torch.Tensor]) -> None:
+    """``valid`` must be None or a bool tensor of the errors' shape on their device: the compiled and
+    Triton kernels read it as ``R·P`` flags, so a smaller (broadcastable) mask would be read past its end."""
+    if valid is None:
+        return
+    if not isinstance(valid, torch.Tensor):
+        raise TypeError(f"valid must be None or a bool tensor, got {type(valid).__name__}")
+    if valid.dtype != torch.bool:
+        raise TypeError(f"valid must be a bool tensor, got dtype {valid.dtype}")
+    if valid.shape != errors.shape:
+        raise ValueError(
+            f"valid must have the errors' shape {tuple(errors.shape)} (one flag per element), got {tuple(valid.shape)}"
+        )
+    if valid.device != errors.device:
+        raise ValueError(f"valid is on {valid.device} but errors are on {errors.device}")
+
+
 def lovasz_extension(
     errors: torch.Tensor, fg: torch.Tensor, valid: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -45,9 +62,14 @@ def lovasz_extension(
 
     ``errors`` carries the gradient; ``fg`` (0/1 or soft foreground) and ``valid`` (bool, same shape,
     None for all counted) are constants.
+
+    Raises:
+        ValueError: ``errors``/``fg`` not of one ``(R, P)`` shape; ``valid`` of another shape or device.
+        TypeError: ``valid`` not a bool tensor.
     """
     if errors.shape != fg.shape or errors.ndim != 2:
         raise ValueError(f"errors and fg must both be (R, P), got {tuple(errors.shape)} and {tuple(fg.shape)}")
+    check_valid(errors, valid)
     if errors.shape[1] == 0:
         return errors.sum(dim=1) * 0.0
     from ..backend import use_compiled_cpu, use_triton
