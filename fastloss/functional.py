@@ -20,7 +20,7 @@ from .losses.lovasz import lovasz_softmax_loss
 from .losses.monai_extra import generalized_dice_focal_loss, masked_dice_loss
 from .losses.cldice import soft_cl_dice_loss, soft_dice_cl_dice_loss
 from .losses.monai_more import asymmetric_unified_focal_loss, generalized_wasserstein_dice_loss, mcc_loss, nacl_loss
-from .losses.topology import boundary_dou_loss, dice_ce_skeleton_recall_loss, skeleton_recall_loss
+from .losses.topology import boundary_dou_loss, cb_dice_loss, dice_ce_skeleton_recall_loss, skeleton_recall_loss
 from .losses.region import (
     asymmetric_similarity_loss,
     dice_loss,
@@ -41,5 +41,5 @@ __all__ = [
     "weighted_cross_entropy_loss",
     "asymmetric_unified_focal_loss", "generalized_wasserstein_dice_loss", "mcc_loss", "nacl_loss",
     "soft_cl_dice_loss", "soft_dice_cl_dice_loss",
-    "skeleton_recall_loss", "dice_ce_skeleton_recall_loss", "boundary_dou_loss",
+    "skeleton_recall_loss", "dice_ce_skeleton_recall_loss", "boundary_dou_loss", "cb_dice_loss",
 ]

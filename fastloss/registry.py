@@ -117,6 +117,7 @@ BEYOND_PAPER: Dict[str, Tuple[type, dict]] = {
     "SkeletonRecall": (L.SkeletonRecallLoss, {}),
     "DiceCESkeletonRecall": (L.DiceCESkeletonRecallLoss, {}),
     "BoundaryDoU": (L.BoundaryDoULoss, {}),
+    "cbDice": (L.CbDiceLoss, {}),
     # MONAI's other segmentation losses (issue 21): MONAI's defaults, with a softmax where MONAI's default (no
     # activation) would read logits as probabilities; UnifiedFocal takes probabilities, as MONAI's
     "clDice": (L.SoftclDiceLoss, dict(softmax=True)),

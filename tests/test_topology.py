@@ -225,3 +225,99 @@ def test_functional_forms():
     torch.testing.assert_close(F.skeleton_recall_loss(x, seg, skeleton=skel), SkeletonRecallLoss()(x, seg))
     torch.testing.assert_close(F.dice_ce_skeleton_recall_loss(x, seg), DiceCESkeletonRecallLoss()(x, seg))
     torch.testing.assert_close(F.boundary_dou_loss(x, seg), BoundaryDoULoss()(x, seg))
+
+
+# ------------------------------------------------------------------------------------------------ cbDice
+def _authors_soft_skel(img, iters):
+    """clDice's / the cbDice authors' SoftSkeletonize (soft erode: plus-shaped min pools; dilate: box max pool)."""
+    F = torch.nn.functional
+    if img.ndim == 4:
+        erode = lambda t: torch.min(-F.max_pool2d(-t, (3, 1), 1, (1, 0)), -F.max_pool2d(-t, (1, 3), 1, (0, 1)))  # noqa: E731
+        dilate = lambda t: F.max_pool2d(t, 3, 1, 1)  # noqa: E731
+    else:
+        erode = lambda t: torch.min(torch.min(-F.max_pool3d(-t, (3, 1, 1), 1, (1, 0, 0)),  # noqa: E731
+                                              -F.max_pool3d(-t, (1, 3, 1), 1, (0, 1, 0))),
+                                    -F.max_pool3d(-t, (1, 1, 3), 1, (0, 0, 1)))
+        dilate = lambda t: F.max_pool3d(t, 3, 1, 1)  # noqa: E731
+    skel = F.relu(img - dilate(erode(img)))
+    for _ in range(iters):
+        img = erode(img)
+        delta = F.relu(img - dilate(erode(img)))
+        skel = skel + F.relu(delta - skel * delta)
+    return skel
+
+
+def _authors_weights(mask_input, skel_input, dim, prob_flag):
+    from monai.transforms import distance_transform_edt
+
+    if prob_flag:
+        mask_prob, skel_prob = mask_input, skel_input
+        mask, skel = (mask_prob > 0.5).int(), (skel_prob > 0.5).int()
+    else:
+        mask, skel = mask_input, skel_input
+    distances = distance_transform_edt(mask).float()
+    distances[mask == 0] = 0
+    skel_radius = torch.zeros_like(distances)
+    skel_radius[skel == 1] = distances[skel == 1]
+    dist_norm = torch.zeros_like(distances)
+    skel_norm = torch.zeros_like(skel_radius)
+    for i in range(skel_radius.shape[0]):
+        d_i, s_i = distances[i], skel_radius[i]
+        r = max(s_i.max(), 1)
+        d_i[d_i > r] = r
+        dist_norm[i] = d_i / r
+        skel_norm[i] = s_i / r
+    eps = 1e-7
+    inv = (1 + eps) / ((skel_norm if dim == 2 else skel_norm**2) + eps)
+    inv[skel == 0] = 0
+    if prob_flag:
+        return dist_norm * mask_prob, skel_norm * mask_prob, inv * skel_prob
+    return dist_norm * mask, skel_norm * mask, inv * skel
+
+
+def authors_cbdice(y_pred, y_true, iters=10, smooth=1.0):
+    """SoftcbDiceLoss.forward (morphological skeleton), transcribed: -2 T_prec T_sens / (T_prec + T_sens)."""
+    dim = y_pred.ndim - 2
+    fore = torch.max(y_pred[:, 1:], dim=1, keepdim=True)[0]
+    p = torch.softmax(torch.cat([y_pred[:, :1], fore], dim=1), 1)[:, 1]
+    y = torch.where(y_true > 0, 1, 0).squeeze(1).to(y_pred.dtype)
+    sp = _authors_soft_skel(p.unsqueeze(1), iters).squeeze(1)
+    sl = _authors_soft_skel(y.unsqueeze(1), iters).squeeze(1)
+    q_vl, q_slvl, q_sl = _authors_weights(y, sl, dim, False)
+    q_vp, q_spvp, q_sp = _authors_weights(p, sp, dim, True)
+
+    def comb(a, b, c):
+        d = (b * c).clone()
+        m = (a != 0) & (b == 0)
+        d[m] = (a * c)[m]
+        return d
+
+    tprec = (torch.sum(q_sp * q_vl) + smooth) / (torch.sum(comb(q_spvp, q_slvl, q_sp)) + smooth)
+    tsens = (torch.sum(q_sl * q_vp) + smooth) / (torch.sum(comb(q_slvl, q_spvp, q_sl)) + smooth)
+    return -2.0 * (tprec * tsens) / (tprec + tsens)
+
+
+@pytest.mark.parametrize("spatial, iters", [((30, 27), 10), ((18, 16, 17), 5), ((25, 26), 0)])
+def test_cbdice_against_authors(spatial, iters):
+    pytest.importorskip("monai")
+    rng = np.random.default_rng(13)
+    C = 3
+    seg = torch.from_numpy(np.stack([_labels(rng, spatial, C, 2.0) for _ in range(2)])).unsqueeze(1)
+    # logits that look like a half-trained network: the labels' one-hot, smoothed, plus noise
+    onehot = torch.nn.functional.one_hot(seg[:, 0], C).movedim(-1, 1).double()
+    x = (3 * onehot + torch.randn(onehot.shape, dtype=torch.float64)).requires_grad_(True)
+    ref = authors_cbdice(x, seg, iters)
+    ours = fastloss.CbDiceLoss(iter_=iters)(x, seg)
+    torch.testing.assert_close(ours, 1 + ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-5, atol=1e-8)
+
+
+def test_cbdice_edge_cases_and_registry():
+    x = torch.randn(2, 2, 12, 13)
+    for y in (torch.zeros(2, 12, 13, dtype=torch.long), torch.ones(2, 12, 13, dtype=torch.long)):
+        assert torch.isfinite(fastloss.CbDiceLoss()(x, y))
+    with pytest.raises(ValueError):
+        fastloss.CbDiceLoss()(torch.randn(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError):
+        fastloss.CbDiceLoss()(x, torch.zeros(2, 1, 12, 13))
+    assert isinstance(fastloss.get_loss("cbDice"), fastloss.CbDiceLoss)

@@ -22,7 +22,7 @@ from .lovasz import LovaszSoftmaxLoss
 from .monai_extra import GeneralizedDiceFocalLoss, MaskedDiceLoss
 from .cldice import SoftclDiceLoss, SoftDiceclDiceLoss
 from .monai_more import AsymmetricUnifiedFocalLoss, GeneralizedWassersteinDiceLoss, MCCLoss, NACLLoss
-from .topology import BoundaryDoULoss, DiceCESkeletonRecallLoss, SkeletonRecallLoss
+from .topology import BoundaryDoULoss, CbDiceLoss, DiceCESkeletonRecallLoss, SkeletonRecallLoss
 from .region import (
     AsymmetricSimilarityLoss,
     DiceLoss,
@@ -45,5 +45,5 @@ __all__ = [
     "AsymmetricUnifiedFocalLoss", "GeneralizedWassersteinDiceLoss", "MCCLoss", "NACLLoss", "SoftclDiceLoss",
     "SoftDiceclDiceLoss",
     # after the paper: topology- and boundary-aware losses (issue 22)
-    "SkeletonRecallLoss", "DiceCESkeletonRecallLoss", "BoundaryDoULoss",
+    "SkeletonRecallLoss", "DiceCESkeletonRecallLoss", "BoundaryDoULoss", "CbDiceLoss",
 ]
