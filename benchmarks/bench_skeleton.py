@@ -11,10 +11,14 @@ radius 2-5 voxels, vessels/airways). Rows:
   sample; then their ``SoftSkeletonRecallLoss`` in torch ops) against ``fastloss.SkeletonRecallLoss``
   (skeleton inside the loss, compiled statistics pass).
 
+- ``cbdice``: the cbDice loss (Shi et al. 2024), forward + backward, logits (2, 3, S^3) of the tubular labels
+  (S = ``--cbdice-size``, 64): the authors' ``SoftcbDiceLoss`` (transcribed: their soft skeleton in torch ops,
+  MONAI's scipy EDT, per-sample loops) against ``fastloss.CbDiceLoss`` (compiled soft skeleton and EDT).
+
 Median/p20/p80 wall ms and "x baseline". Appends to benchmarks/results/local/skeleton.csv (with --record: the
 committed benchmarks/results/skeleton.csv) and prints a table.
 
-    python benchmarks/bench_skeleton.py [--reps 7] [--size 96] [--record]
+    python benchmarks/bench_skeleton.py [--reps 7] [--size 96] [--cbdice-size 64] [--record]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import common  # noqa: E402
 import fastloss  # noqa: E402
 from fastloss import SkeletonRecallLoss, skeletonize  # noqa: E402
 
-TARGETS = {"skeletonize": 10.0, "skeleton_recall": 5.0}
+TARGETS = {"skeletonize": 10.0, "skeleton_recall": 5.0, "cbdice": 10.0}
 
 
 def organ_like(shape, seed):
@@ -94,6 +98,92 @@ def authors_loss(x, skel, smooth=1.0):
     return -((inter + smooth) / torch.clip(sum_gt + smooth, 1e-8)).mean()
 
 
+def authors_cbdice(y_pred, y_true, iters=10, smooth=1.0):
+    """SoftcbDiceLoss.forward of the cbDice authors (morphological skeleton), transcribed."""
+    import torch.nn.functional as F
+    from monai.transforms import distance_transform_edt
+
+    def erode(t):
+        return torch.min(torch.min(-F.max_pool3d(-t, (3, 1, 1), 1, (1, 0, 0)), -F.max_pool3d(-t, (1, 3, 1), 1, (0, 1, 0))),
+                         -F.max_pool3d(-t, (1, 1, 3), 1, (0, 0, 1)))
+
+    def soft_skel(img):
+        skel = F.relu(img - F.max_pool3d(erode(img), 3, 1, 1))
+        for _ in range(iters):
+            img = erode(img)
+            delta = F.relu(img - F.max_pool3d(erode(img), 3, 1, 1))
+            skel = skel + F.relu(delta - skel * delta)
+        return skel
+
+    def weights(mask_input, skel_input, prob):
+        mask, skel = ((mask_input > 0.5).int(), (skel_input > 0.5).int()) if prob else (mask_input, skel_input)
+        d = distance_transform_edt(mask).float()
+        d[mask == 0] = 0
+        rad = torch.zeros_like(d)
+        rad[skel == 1] = d[skel == 1]
+        dn, rn = torch.zeros_like(d), torch.zeros_like(rad)
+        for i in range(rad.shape[0]):
+            r = max(rad[i].max(), 1)
+            di = d[i]
+            di[di > r] = r
+            dn[i], rn[i] = di / r, rad[i] / r
+        inv = (1 + 1e-7) / (rn**2 + 1e-7)
+        inv[skel == 0] = 0
+        return dn * mask_input, rn * mask_input, inv * skel_input
+
+    def comb(a, b, c):
+        out = (b * c).clone()
+        m = (a != 0) & (b == 0)
+        out[m] = (a * c)[m]
+        return out
+
+    fore = torch.max(y_pred[:, 1:], dim=1, keepdim=True)[0]
+    p = torch.softmax(torch.cat([y_pred[:, :1], fore], dim=1), 1)[:, 1]
+    y = torch.where(y_true > 0, 1, 0).squeeze(1).float()
+    sp, sl = soft_skel(p.unsqueeze(1)).squeeze(1), soft_skel(y.unsqueeze(1)).squeeze(1)
+    q_vl, q_slvl, q_sl = weights(y, sl, False)
+    q_vp, q_spvp, q_sp = weights(p, sp, True)
+    tprec = (torch.sum(q_sp * q_vl) + smooth) / (torch.sum(comb(q_spvp, q_slvl, q_sp)) + smooth)
+    tsens = (torch.sum(q_sl * q_vp) + smooth) / (torch.sum(comb(q_slvl, q_spvp, q_sl)) + smooth)
+    return -2.0 * (tprec * tsens) / (tprec + tsens)
+
+
+def cbdice_rows(reps, size, ncpu):
+    """The cbDice rows (tubular labels, 3 classes), both sides on all torch threads."""
+    rows = []
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        return [common.skip_row({"bench": "cbdice", "provider": "authors"}, "monai not installed (pip install monai)")]
+    shape = (size, size, size)
+    lab = torch.from_numpy(np.stack([tubular(shape, seed) for seed in (1, 2)])).unsqueeze(1)
+    onehot = torch.nn.functional.one_hot(lab[:, 0], 3).movedim(-1, 1).float()
+    x = (3 * onehot + torch.randn(onehot.shape, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    loss = fastloss.CbDiceLoss()
+    tag = f"2x3x{size}^3"
+    with torch.no_grad():
+        v_theirs, v_ours = float(authors_cbdice(x, lab)), float(loss(x, lab))
+
+    def theirs():
+        x.grad = None
+        authors_cbdice(x, lab).backward()
+
+    def ours():
+        x.grad = None
+        loss(x, lab).backward()
+
+    th = common.time_wall(theirs, "cpu", reps=reps, warmup=1, budget_s=90)
+    rows.append(_row("cbdice", "tubular", tag, "authors (torch + MONAI scipy EDT)", ncpu, th))
+    if abs((1 + v_theirs) - v_ours) > 1e-4:
+        rows.append(common.stamp(common.error_row({"bench": "cbdice", "case": "tubular", "shape": tag,
+                                                   "provider": "fastloss", "threads": ncpu},
+                                                  AssertionError(f"loss {v_ours} != 1 + {v_theirs}")), "cpu"))
+    else:
+        st = common.time_wall(ours, "cpu", reps=max(reps, 10), warmup=1)
+        rows.append(_row("cbdice", "tubular", tag, "fastloss", ncpu, st, th["median_ms"]))
+    return rows
+
+
 def _row(bench, case, shape, provider, threads, stats, base_ms=None):
     row = {"bench": bench, "case": case, "shape": shape, "provider": provider, "threads": threads,
            "median_ms": round(stats["median_ms"], 3), "p20_ms": round(stats["p20_ms"], 3),
@@ -104,7 +194,7 @@ def _row(bench, case, shape, provider, threads, stats, base_ms=None):
     return common.stamp(row, "cpu")
 
 
-def run(reps: int = 7, size: int = 96):
+def run(reps: int = 7, size: int = 96, cbdice_size: int = 64):
     from skimage.morphology import skeletonize as sk
 
     ncpu = common.cpu_count()
@@ -161,6 +251,7 @@ def run(reps: int = 7, size: int = 96):
                 st = common.time_wall(ours, "cpu", reps=max(reps, 10), warmup=1)
                 rows.append(_row("skeleton_recall", case, tag_l, "fastloss", threads, st, th["median_ms"]))
         torch.set_num_threads(ncpu)
+    rows += cbdice_rows(reps, cbdice_size, ncpu)
     return rows
 
 
@@ -168,11 +259,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--cbdice-size", type=int, default=64)
     common.add_record_argument(ap)
     args = ap.parse_args(argv)
     if args.record:
         common.set_record(True)
-    rows = run(args.reps, args.size)
+    rows = run(args.reps, args.size, args.cbdice_size)
     path = common.append_csv("skeleton.csv", rows)
     print(f"{'bench':16s} {'case':11s} {'shape':12s} {'provider':26s} {'thr':>3s} {'median':>9s} "
           f"{'p20':>9s} {'p80':>9s}  x baseline")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fastloss import _ext
-from fastloss._validation import warn_once
+from fastloss._validation import _is_compiling, warn_once
 
 __all__ = ["skeletonize", "tubed_skeleton"]
 
@@ -186,7 +186,17 @@ def tubed_skeleton(
     sd = _check_spatial_dims(spatial_dims, labels.ndim)
     if labels.numel() == 0:
         raise ValueError(f"labels must not be empty, got shape {tuple(labels.shape)}")
-    nthreads = _check_threads(threads)
+    nthreads = 0 if threads is None else _check_threads(threads)  # 0: torch.get_num_threads() when it runs
+    if labels.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fastloss.tubed_skeleton supports CPU and CUDA tensors, got device {labels.device}")
+    if _is_compiling():  # a custom op, so that torch.compile(fullgraph=True) traces through the losses using it
+        return torch.ops.fastloss.tubed_skeleton(labels, sd, int(dilations), nthreads)
+    return _tubed_impl(labels, sd, int(dilations), nthreads)
+
+
+def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int) -> torch.Tensor:
+    """:func:`tubed_skeleton` of checked arguments (``nthreads`` 0: ``torch.get_num_threads()``)."""
+    nthreads = nthreads if nthreads > 0 else max(1, torch.get_num_threads())
     if labels.device.type == "cuda":
         warn_once(
             "fastloss.skeletonize has no GPU implementation yet: CUDA masks are copied to the CPU, thinned there "
@@ -208,3 +218,14 @@ def tubed_skeleton(
     if labels.dtype == torch.bool:
         out = out.view(torch.bool)
     return out.to(labels.device) if labels.device.type != "cpu" else out
+
+
+@torch.library.custom_op("fastloss::tubed_skeleton", mutates_args=())
+def _tubed_skeleton_op(labels: torch.Tensor, spatial_dims: int, dilations: int, threads: int) -> torch.Tensor:
+    """:func:`tubed_skeleton` as a torch custom op (not differentiable: its input is a label map)."""
+    return _tubed_impl(labels, spatial_dims, dilations, threads)
+
+
+@_tubed_skeleton_op.register_fake
+def _(labels, spatial_dims, dilations, threads):
+    return torch.empty_like(labels)
