@@ -10,7 +10,9 @@
 // Products and differences are separate statements and the file is built without FP contraction, so every
 // value is rounded as torch rounds its separate ops (the forward gives MONAI's bits).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("fp-contract=off")
+// no contraction (torch rounds products and sums separately); no trapping math, so that the row loops'
+// compare-selects vectorise (infinities and NaNs still behave as IEEE says; never -ffast-math)
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
 #endif
 
 #include "soft_skeleton_cpu.h"
@@ -62,75 +64,92 @@ inline void window_min(const T* x, int64_t i, int64_t st, bool lo, bool hi, T& v
   val = -best;
 }
 
+// Row helpers: plain compare-selects on contiguous rows, which vectorise (no trapping math; inputs are
+// finite, see soft_skeleton_cpu.h). Equal values give either operand: the same value.
 template <typename T>
-void erode(const T* x, T* e, const Geom& g) {
-  for (int64_t h = 0; h < g.H; ++h)
-    for (int64_t w = 0; w < g.W; ++w)
-      for (int64_t d = 0; d < g.D; ++d) {
-        const int64_t i = h * g.sH + w * g.sW + d;
-        T v1, v2;
-        int64_t i1, i2;
-        window_min(x, i, g.sH, h > 0, h + 1 < g.H, v1, i1);
-        window_min(x, i, g.sW, w > 0, w + 1 < g.W, v2, i2);
-        T m = nan_min(v1, v2);
-        if (g.three_d) {
-          T v3;
-          int64_t i3;
-          window_min(x, i, int64_t(1), d > 0, d + 1 < g.D, v3, i3);
-          m = nan_min(m, v3);
-        }
-        e[i] = m;
-      }
+inline T vmin(T a, T b) {
+  return b < a ? b : a;
 }
-
 template <typename T>
-inline T nan_max(T a, T b) {
-  if (std::isnan(a)) return a;
-  if (std::isnan(b)) return b;
+inline T vmax(T a, T b) {
   return b > a ? b : a;
 }
 
-// 3x3x3 max (the window clipped at the edges), separable: along d, then w, then h. A max is exact whatever the
-// order, and NaN propagates as in max_pool.
+// e = MONAI's erosion: min of x over the 3-windows along h, w (and d in 3D), the window clipped at the edges.
+template <typename T>
+void erode(const T* x, T* e, const Geom& g) {
+  const int64_t D = g.D;
+  for (int64_t h = 0; h < g.H; ++h)
+    for (int64_t w = 0; w < g.W; ++w) {
+      const int64_t base = h * g.sH + w * g.sW;
+      const T* xr = x + base;
+      T* er = e + base;
+      if (g.three_d && D > 1) {
+        er[0] = vmin(xr[0], xr[1]);
+        for (int64_t d = 1; d + 1 < D; ++d) er[d] = vmin(vmin(xr[d - 1], xr[d]), xr[d + 1]);
+        er[D - 1] = vmin(xr[D - 2], xr[D - 1]);
+      } else {
+        for (int64_t d = 0; d < D; ++d) er[d] = xr[d];
+      }
+      if (w > 0) {
+        const T* n = xr - g.sW;
+        for (int64_t d = 0; d < D; ++d) er[d] = vmin(er[d], n[d]);
+      }
+      if (w + 1 < g.W) {
+        const T* n = xr + g.sW;
+        for (int64_t d = 0; d < D; ++d) er[d] = vmin(er[d], n[d]);
+      }
+      if (h > 0) {
+        const T* n = xr - g.sH;
+        for (int64_t d = 0; d < D; ++d) er[d] = vmin(er[d], n[d]);
+      }
+      if (h + 1 < g.H) {
+        const T* n = xr + g.sH;
+        for (int64_t d = 0; d < D; ++d) er[d] = vmin(er[d], n[d]);
+      }
+    }
+}
+
+// o = the 3x3x3 max of x (the window clipped at the edges), separable: along d, then w, then h (a max is exact
+// whatever the order).
 template <typename T>
 void dilate(const T* x, T* o, T* tmp, const Geom& g) {
+  const int64_t D = g.D;
   for (int64_t hw = 0; hw < g.H * g.W; ++hw) {
-    const T* r = x + hw * g.D;
-    T* t = tmp + hw * g.D;
-    for (int64_t d = 0; d < g.D; ++d) {
-      T m = r[d];
-      if (d > 0) m = nan_max(m, r[d - 1]);
-      if (d + 1 < g.D) m = nan_max(m, r[d + 1]);
-      t[d] = m;
+    const T* r = x + hw * D;
+    T* t = tmp + hw * D;
+    if (D > 1) {
+      t[0] = vmax(r[0], r[1]);
+      for (int64_t d = 1; d + 1 < D; ++d) t[d] = vmax(vmax(r[d - 1], r[d]), r[d + 1]);
+      t[D - 1] = vmax(r[D - 2], r[D - 1]);
+    } else {
+      t[0] = r[0];
     }
   }
   for (int64_t h = 0; h < g.H; ++h)
     for (int64_t w = 0; w < g.W; ++w) {
       const T* c = tmp + h * g.sH + w * g.sW;
       T* out = o + h * g.sH + w * g.sW;
-      for (int64_t d = 0; d < g.D; ++d) {
-        T m = c[d];
-        if (w > 0) m = nan_max(m, c[d - g.sW]);
-        if (w + 1 < g.W) m = nan_max(m, c[d + g.sW]);
-        out[d] = m;
-      }
+      for (int64_t d = 0; d < D; ++d) out[d] = c[d];
+      if (w > 0)
+        for (int64_t d = 0; d < D; ++d) out[d] = vmax(out[d], c[d - g.sW]);
+      if (w + 1 < g.W)
+        for (int64_t d = 0; d < D; ++d) out[d] = vmax(out[d], c[d + g.sW]);
     }
   std::memcpy(tmp, o, sizeof(T) * static_cast<size_t>(g.N));
   for (int64_t h = 0; h < g.H; ++h) {
     const T* c = tmp + h * g.sH;
     T* out = o + h * g.sH;
-    for (int64_t j = 0; j < g.sH; ++j) {
-      T m = c[j];
-      if (h > 0) m = nan_max(m, c[j - g.sH]);
-      if (h + 1 < g.H) m = nan_max(m, c[j + g.sH]);
-      out[j] = m;
-    }
+    if (h > 0)
+      for (int64_t j = 0; j < g.sH; ++j) out[j] = vmax(out[j], c[j - g.sH]);
+    if (h + 1 < g.H)
+      for (int64_t j = 0; j < g.sH; ++j) out[j] = vmax(out[j], c[j + g.sH]);
   }
 }
 
 template <typename T>
 inline T relu(T v) {
-  return (v > T(0) || std::isnan(v)) ? v : T(0);
+  return v > T(0) ? v : T(0);
 }
 
 // Per-thread buffers for one plane.
@@ -207,9 +226,11 @@ void erode_backward(const T* x, const T* gin, T* out, const Geom& g) {
       }
 }
 
-// dilate^T: out[argmax of the window at i] += g[i] (max_pool's first maximum in (h, w, d) scan order).
+// dilate^T: out[argmax of the window at i] += g[i]: max_pool's first maximum in (h, w, d) scan order, i.e. the
+// first element equal to the window's max o[i] (for finite values; a window without one, possible only with
+// NaNs, routes to its first element: never outside the plane).
 template <typename T>
-void dilate_backward(const T* x, const T* gin, T* out, const Geom& g) {
+void dilate_backward(const T* x, const T* o, const T* gin, T* out, const Geom& g) {
   for (int64_t h = 0; h < g.H; ++h) {
     const int64_t h0 = h > 0 ? h - 1 : 0, h1 = h + 1 < g.H ? h + 1 : h;
     for (int64_t w = 0; w < g.W; ++w) {
@@ -219,16 +240,17 @@ void dilate_backward(const T* x, const T* gin, T* out, const Geom& g) {
         const T gr = gin[i];
         if (gr == T(0)) continue;
         const int64_t d0 = d > 0 ? d - 1 : 0, d1 = d + 1 < g.D ? d + 1 : d;
-        T best = -std::numeric_limits<T>::infinity();
+        const T m = o[i];
         int64_t arg = h0 * g.sH + w0 * g.sW + d0;
-        for (int64_t a = h0; a <= h1; ++a)
-          for (int64_t b = w0; b <= w1; ++b)
+        bool found = false;
+        for (int64_t a = h0; a <= h1 && !found; ++a)
+          for (int64_t b = w0; b <= w1 && !found; ++b)
             for (int64_t c = d0; c <= d1; ++c) {
               const int64_t j = a * g.sH + b * g.sW + c;
-              const T v = x[j];
-              if (v > best || std::isnan(v)) {
-                best = v;
+              if (x[j] == m) {
                 arg = j;
+                found = true;
+                break;
               }
             }
         out[arg] += gr;
@@ -285,7 +307,7 @@ void backward_plane(const T* x, const T* gout, T* gin, const Geom& g, int iters,
       ge[i] = have_gx ? gx[i] : T(0);                   // ∂L/∂e_k = ∂L/∂x_{k+1} − dilate^T(∂L/∂δ_k·q)
       gnew[i] = -gdq[i];
     }
-    dilate_backward(wk.e.data(), gnew.data(), ge.data(), g);
+    dilate_backward(wk.e.data(), wk.o.data(), gnew.data(), ge.data(), g);
     for (int64_t i = 0; i < N; ++i) gx[i] = gdq[i];     // ∂L/∂x_k = ∂L/∂δ_k·q + erode^T(∂L/∂e_k)
     erode_backward(xk, ge.data(), gx.data(), g);
     have_gx = true;

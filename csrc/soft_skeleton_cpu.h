@@ -2,6 +2,8 @@
 // erosion = directional 3-voxel min pools, dilation = 3x3x3 max pool, relu updates, iters + 1 steps).
 // Images are R contiguous planes of H x W x D values (D = 1 for a 2D image), float32 (elem 4) or float64
 // (elem 8). Planes are spread over `threads` threads; each plane's result does not depend on their number.
+// Values must be finite for MONAI's results (the Python layer sends other input to the torch backend); any
+// value is read and written inside the plane only.
 #pragma once
 
 #include <cstdint>

@@ -243,8 +243,12 @@ def test_cldice_bad_arguments_and_inputs():
     x, y, oh = _data((2, 3, 6, 5), seed=10)
     with pytest.raises(ValueError, match="2 or 3|H, W"):
         SoftclDiceLoss()(x[..., 0], y[..., 0])
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="ground truth has different shape"):
         SoftclDiceLoss()(x, oh[:, :2])
+    with pytest.raises(ValueError, match="ground truth has different shape"):
+        SoftclDiceLoss()(x, oh[..., :4])
+    with pytest.raises(TypeError, match="float dtype"):
+        SoftclDiceLoss()(x, y.double())  # float labels without to_onehot_y
     with pytest.raises(ValueError, match="number of dimensions"):
         SoftDiceclDiceLoss()(x, y[:, 0, :, 0])
     with pytest.raises(ValueError, match="neither 1 nor the same"):
@@ -285,3 +289,13 @@ def test_cldice_compile_fullgraph(cls, backend, monkeypatch):
         for a, b in zip(gg, rg):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_non_finite_input_gives_monai_result():
+    """NaN and inf go to the torch backend (the compiled kernel's compare-selects assume finite values)."""
+    x = torch.rand(1, 2, 6, 5, 4)
+    x[0, 0, 2, 2, 2] = float("nan")
+    x[0, 1, 1, 3, 0] = float("inf")
+    torch.testing.assert_close(soft_skeleton(x, 3), monai_soft_skel(x, 3), equal_nan=True)
+    if cpu_soft_skeleton.available():
+        assert not cpu_soft_skeleton.supports(x) and cpu_soft_skeleton.supports(torch.rand(1, 2, 6, 5, 4))

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .._validation import Target
+from .._validation import FloatLabelsError, ShapeMismatchError, Target
 from ..ops.soft_skeleton import check_iterations, soft_skeleton
 from ..ops.stats import StatsSpec, activate, class_stats, compute_dtype
 from ._common import LossBase, functional_form
@@ -83,7 +83,15 @@ class SoftclDiceLoss(LossBase):
         if isinstance(input, torch.Tensor) and input.ndim not in (4, 5):
             raise ValueError(f"input must have shape (B, C, H, W) or (B, C, H, W, D) (the soft skeleton is 2D or 3D), "
                              f"got shape {tuple(input.shape)}")
-        prep = self.prepare(input, target)
+        try:
+            prep = self.prepare(input, target)
+        except ShapeMismatchError as err:
+            if isinstance(err, FloatLabelsError):
+                raise
+            # MONAI's words first ("ground truth has different shape"), then ours
+            raise ShapeMismatchError(
+                f"ground truth has different shape ({tuple(target.shape)}) from input ({tuple(input.shape)}): {err}"
+            ) from None
         dt = compute_dtype(input)
         x = prep.input
         p = activate(x.to(dt), prep.activation)

@@ -25,11 +25,15 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor) -> bool:
-    """CPU float32/float64 ``(B, C, H, W[, D])`` tensors that are not empty."""
-    return (
+    """CPU float32/float64 ``(B, C, H, W[, D])`` tensors that are not empty and hold finite values (the kernel's
+    compare-selects do not propagate NaN as torch's pooling does; non-finite input goes to the torch backend,
+    checked outside ``torch.compile`` only)."""
+    if not (
         available() and isinstance(x, torch.Tensor) and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64) and x.ndim in (4, 5) and x.numel() > 0
-    )
+    ):
+        return False
+    return torch.compiler.is_compiling() or bool(torch.isfinite(x.detach()).all())
 
 
 def _geometry(x: torch.Tensor):
