@@ -249,6 +249,27 @@ inline bool is_euler_invariant(uint32_t nb, const int8_t* plane_sum) {
   return plane_sum[(lo << 8) | mid8] + plane_sum[(hi << 8) | mid8] == 0;
 }
 
+// Appends base + c for the non-zero bytes d[c] (0/1), c in [0, n), in order; 8 bytes per step where they are 0.
+inline void append_nonzero(const uint8_t* d, int64_t n, int64_t base, std::vector<int64_t>& out) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    uint64_t w;
+    std::memcpy(&w, d + c, 8);
+    while (w) {
+#if defined(__GNUC__) || defined(__clang__)
+      const int byte = __builtin_ctzll(w) >> 3;
+#else
+      int byte = 0;
+      while (!((w >> (8 * byte)) & 0xFF)) ++byte;
+#endif
+      out.push_back(base + c + byte);
+      w &= w - 1;  // the byte is 1: clearing its lowest set bit clears it
+    }
+  }
+  for (; c < n; ++c)
+    if (d[c]) out.push_back(base + c);
+}
+
 struct Lee {
   int64_t sp, sr;  // padded strides of p and r (c is 1)
   std::array<int64_t, 27> off{};
@@ -270,20 +291,40 @@ struct Lee {
   }
 };
 
+// Per-thread buffers of lee_one, kept between volumes and calls (the kernels' threads persist with OpenMP) so
+// that a volume does not pay page faults for fresh buffers; released after a volume whose buffers exceed 64 MiB.
+struct LeeScratch {
+  std::vector<uint8_t> img, flags;
+  std::vector<int64_t> alive, surface, joined, merged, scratch, candidates;
+  std::vector<int64_t> joined_by_face[6];
+  void trim() {
+    if (img.capacity() + flags.capacity() + 8 * (alive.capacity() + surface.capacity()) > (size_t(64) << 20))
+      *this = LeeScratch();
+  }
+};
+
+LeeScratch& lee_scratch() {
+  static thread_local LeeScratch s;
+  return s;
+}
+
 void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) {
   const Lee g(H, W);
   const int64_t sp = g.sp, sr = g.sr;
-  std::vector<uint8_t> img(static_cast<size_t>((D + 2) * sp + 8), 0);  // + 8: slack for gather's word loads
-  std::vector<int64_t> alive;  // padded indices of the foreground voxels, C order
-  for (int64_t p = 0; p < D; ++p)
-    for (int64_t r = 0; r < H; ++r)
-      for (int64_t c = 0; c < W; ++c)
-        if (src[(p * H + r) * W + c]) {
-          const int64_t i = (p + 1) * sp + (r + 1) * sr + (c + 1);
-          img[static_cast<size_t>(i)] = 1;
-          alive.push_back(i);
-        }
+  LeeScratch& w = lee_scratch();
+  std::vector<uint8_t>& img = w.img;
+  img.assign(static_cast<size_t>((D + 2) * sp + 8), 0);  // + 8: slack for gather's word loads
+  std::vector<int64_t>& alive = w.alive;  // padded indices of the foreground voxels, C order
+  alive.clear();
   uint8_t* im = img.data();
+  for (int64_t p = 0; p < D; ++p)
+    for (int64_t r = 0; r < H; ++r) {
+      const uint8_t* s = src + (p * H + r) * W;
+      const int64_t base = (p + 1) * sp + (r + 1) * sr + 1;
+      uint8_t* d = im + base;
+      for (int64_t c = 0; c < W; ++c) d[c] = s[c] != 0;  // 0/1 (vectorises)
+      append_nonzero(d, W, base, alive);
+    }
   // scikit-image's border order 4, 3, 2, 1, 5, 6: the neighbour at r-1, r+1, c+1, c-1, p+1, p-1 is empty
   const int64_t border_offset[6] = {-sr, sr, 1, -1, sp, -sp};
   const int num_borders = D == 1 ? 4 : 6;
@@ -294,11 +335,13 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
   // voxel only, so its result is kept per voxel (kOk) until a voxel next to it is deleted (kDirty). Both give
   // the same answers as scikit-image's full scans, at a fraction of the cost.
   constexpr uint8_t kDirty = 1, kOk = 2, kSurface = 4;
-  std::vector<uint8_t> flags(img.size(), kDirty);
+  std::vector<uint8_t>& flags = w.flags;
+  flags.assign(img.size(), kDirty);
   uint8_t* fl = flags.data();
   const int64_t face[6] = {-sp, -sr, -1, 1, sr, sp};
-  std::vector<int64_t> surface, joined, merged, scratch;
-  std::vector<int64_t> joined_by_face[6];  // i + face[f] for candidates i in C order: each list is sorted
+  std::vector<int64_t>&surface = w.surface, &joined = w.joined, &merged = w.merged, &scratch = w.scratch;
+  surface.clear();
+  auto& joined_by_face = w.joined_by_face;  // i + face[f] for candidates i in C order: each list sorted
   for (const int64_t i : alive) {
     bool open = false;
     for (const int64_t f : face) open |= im[i + f] == 0;
@@ -307,9 +350,7 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
       surface.push_back(i);
     }
   }
-  alive.clear();
-  alive.shrink_to_fit();
-  std::vector<int64_t> candidates;
+  std::vector<int64_t>& candidates = w.candidates;
   int unchanged = 0;
   while (unchanged < num_borders) {
     unchanged = 0;
@@ -373,6 +414,7 @@ void lee_one(const uint8_t* src, uint8_t* dst, int64_t D, int64_t H, int64_t W) 
   for (int64_t p = 0; p < D; ++p)
     for (int64_t r = 0; r < H; ++r)
       for (int64_t c = 0; c < W; ++c) dst[(p * H + r) * W + c] = im[(p + 1) * sp + (r + 1) * sr + (c + 1)];
+  w.trim();
 }
 
 }  // namespace
