@@ -480,3 +480,22 @@ def test_get_loss_names():
     torch.testing.assert_close(fastloss.get_loss("clDice", iter_=2)(x, y), SoftclDiceLoss(softmax=True, iter_=2)(x, y))
     uf = fastloss.get_loss("UnifiedFocal", num_classes=3, rare_classes=[1, 2])
     assert uf.rare_classes == (1, 2) and torch.isfinite(uf(torch.softmax(x, 1), y))
+
+
+def test_wasserstein_dice_dtype_follows_monai():
+    """MONAI's arithmetic: float32 softmax, then promoted with the distance matrix (a float64 numpy matrix gives a
+    float64 loss), so a float32 network trained with np.array distances sees MONAI's values (its upstream
+    test_convergence counts loss decreases at that precision)."""
+    x, y = _data((2, 3, 6, 5, 4), seed=23, dtype=torch.float32)
+    M64 = _dist(3, 3, "tensor64").numpy()
+    for M in (M64, M64.astype(np.float32)):
+        for t in (y, _onehot(y, 3, torch.float32)):
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            got = GeneralizedWassersteinDiceLoss(M, weighting_mode="GDL")(a, t)
+            want = monai_losses.GeneralizedWassersteinDiceLoss(M, weighting_mode="GDL")(b, y)
+            assert got.dtype == want.dtype
+            tol = dict(rtol=1e-12, atol=1e-12) if want.dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(got, want, **tol)
+            got.backward()
+            want.backward()
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)

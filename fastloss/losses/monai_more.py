@@ -143,7 +143,9 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
         L = 1 - \frac{2\,TP + s_{nr}}{D + s_{dr}},\quad
         D = 2\,TP + \sum_v w_v \ (\text{default}),\ \ D = \sum_v α_{y_v}(2 - w_v)\ (\text{GDL})
 
-    per batch item (``reduction="none"`` gives ``(B,)``). Every sum is a formula of the soft confusion matrix
+    per batch item (``reduction="none"`` gives ``(B,)``), in MONAI's dtype: the softmax in float32 (float64 for
+    float64 logits), the rest in the type promoted with ``dist_matrix``'s (a float64 numpy matrix gives a float64
+    loss, as MONAI's). Every sum is a formula of the soft confusion matrix
     ``S[l, c] = Σ_{y_v = l} p_c(v)``, computed from the integer labels without a one-hot target
     (:func:`fastloss.ops.soft_confusion.soft_confusion`). A one-hot or soft ``(B, C, *spatial)`` target (MONAI
     takes labels only) gives the same formulas with ``S = Σ_v g(v) p(v)ᵀ``; for a hard one-hot target that is
@@ -222,16 +224,18 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
         if self.m is not None and C != self.num_classes:
             raise ValueError(f"dist_matrix is {self.num_classes} x {self.num_classes} but the input has C={C} classes")
         tgt = self._target(input, target)
-        dt = compute_dtype(input)
+        cdt = compute_dtype(input)
+        # MONAI's arithmetic: the softmax in the input's dtype, the rest promoted with the distance matrix's
+        dt = cdt if self.m is None or not self.m.is_floating_point() else torch.promote_types(cdt, self.m.dtype)
         x = input.reshape(B, C, -1)
         if tgt.soft is not None:
             g = tgt.soft.to(dt)
-            p = torch.softmax(x.to(dt), dim=1)
+            p = torch.softmax(x.to(cdt), dim=1).to(dt)
             S = torch.bmm(g, p.transpose(1, 2))  # S[b, l, c] = Σ_v g_l p_c
             vol = g.sum(dim=2)
         else:
             lab = tgt.labels
-            S = soft_confusion(x, lab)
+            S = soft_confusion(x, lab, dt)
             with torch.no_grad():
                 vol = torch.zeros(B, C, dtype=dt, device=input.device).scatter_add_(
                     1, lab, torch.ones(lab.shape, dtype=dt, device=input.device))

@@ -20,6 +20,8 @@ Sums accumulate in float32 for float16/bfloat16/float32 logits, float64 for floa
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 __all__ = ["soft_confusion", "soft_confusion_torch"]
@@ -36,10 +38,10 @@ def _labels(labels: torch.Tensor, C: int):
     return torch.where(valid, lab, torch.zeros_like(lab)), valid
 
 
-def _forward(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _forward(x: torch.Tensor, labels: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     B, C, N = x.shape
-    dt = _dtype(x)
-    p = torch.softmax(x.to(dt), dim=1)
+    dt = acc
+    p = torch.softmax(x.to(_dtype(x)), dim=1).to(dt)
     lab, valid = _labels(labels, C)
     p = p * valid.unsqueeze(1).to(dt)
     # S2[b, c, l] = Σ_v [y_v = l] p[b, c, v]: a scatter along the voxel axis, the index broadcast over c
@@ -50,25 +52,26 @@ def _forward(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class _SoftConfusion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, labels):
+    def forward(ctx, x, labels, acc):
         ctx.save_for_backward(x, labels)
+        ctx.acc = acc
         with torch.no_grad():
-            return _forward(x, labels)
+            return _forward(x, labels, acc)
 
     @staticmethod
     def backward(ctx, grad):
         x, labels = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None
+            return None, None, None
         B, C, N = x.shape
-        dt = _dtype(x)
+        dt = ctx.acc
         with torch.no_grad():
-            p = torch.softmax(x.to(dt), dim=1)
+            p = torch.softmax(x.to(_dtype(x)), dim=1).to(dt)
             lab, valid = _labels(labels, C)
             g2 = grad.to(dt).transpose(1, 2)  # (B, c, l)
             dp = g2.gather(2, lab.unsqueeze(1).expand(B, C, N)) * valid.unsqueeze(1).to(dt)
             dx = p * (dp - (p * dp).sum(dim=1, keepdim=True))
-        return dx.to(x.dtype), None
+        return dx.to(x.dtype), None, None
 
 
 def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,10 +85,12 @@ def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return s2.transpose(1, 2)
 
 
-def soft_confusion(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``S[b, l, c] = Σ_{v: labels[b, v] = l} softmax(x)[b, c, v]``, shape ``(B, C, C)`` (see the module doc).
 
-    ``x``: logits ``(B, C, N)``; ``labels``: integer ``(B, N)``. Differentiable in ``x``.
+    ``x``: logits ``(B, C, N)``; ``labels``: integer ``(B, N)``. Differentiable in ``x``. ``dtype``: the sums'
+    dtype (default float32, float64 for float64 logits); the softmax is computed in that default either way and
+    then cast (float64 sums of float32 probabilities: MONAI's arithmetic when its distance matrix is float64).
 
     Raises:
         ValueError: shapes that do not fit; TypeError: float labels.
@@ -96,4 +101,4 @@ def soft_confusion(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.device != x.device:
         raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
-    return _SoftConfusion.apply(x, labels)
+    return _SoftConfusion.apply(x, labels, _dtype(x) if dtype is None else dtype)
