@@ -50,6 +50,11 @@ struct StatsArgs {
   // adds voxel_ce_grad·∂(−log p_y)/∂x. Both (B, N) contiguous float32, or nullptr.
   float* voxel_ce_out = nullptr;
   const float* voxel_ce_grad = nullptr;
+  // Region-based targets (fastloss/_validation.py region_table): with labels, channel c's target is bit c of
+  // regions[label] (0 for a label >= regions_len), every label >= 0 other than ignore_index is a voxel; the
+  // C <= 31 channels' bits fit the int32 the tiles hold. nullptr: class labels (g_c = [label == c]).
+  const int64_t* regions = nullptr;
+  int64_t regions_len = 0;
 };
 
 // Whether a column outside the fused set (pg, p, pp, g, gg, ce, count) is requested.
@@ -69,7 +74,7 @@ inline bool stats_fused_path(const StatsArgs& a) {
   for (int k : extra)
     if (a.col[k] >= 0) return false;
   if ((a.col[kFocal] >= 0 || a.col[kSigFocal] >= 0) && a.gamma != 2.0) return false;
-  return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.mask.data;
+  return a.x.dtype != kF64 && a.activation == kSoftmax && a.labels.data && !a.regions && !a.mask.data;
 }
 
 // Voxels per tile: the unit of work and of the fixed-order reduction (independent of the thread count).

@@ -335,7 +335,7 @@ def test_topk_select_matches_torch_topk():
 def test_custom_ops_pass_opcheck():
     x = _inputs(2, 3, (4, 5, 6), "softmax", torch.float32).reshape(2, 3, -1).requires_grad_()
     lab = torch.randint(0, 3, (2, 120))
-    args = (x, lab, None, None, None, "softmax", "pg,p,g,ce", 2.0, None, 0.3, 0.0, None)
+    args = (x, lab, None, None, None, None, "softmax", "pg,p,g,ce", 2.0, None, 0.3, 0.0, None)
     torch.library.opcheck(torch.ops.fastloss.cpu_class_stats.default, args)
     torch.library.opcheck(torch.ops.fastloss.cpu_voxel_ce.default, (x, lab, None))
 

@@ -255,3 +255,17 @@ def test_compiled_regions_narrow_strided_labels_and_labels_outside_the_table(lab
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
     torch.testing.assert_close(got[0], ref[0], **tol)
     torch.testing.assert_close(got[1], ref[1], **tol)
+
+
+def test_compiled_region_op_passes_opcheck():
+    """The compiled statistics op with a label-to-regions table (torch.library.opcheck: schema, fake kernel,
+    autograd registration)."""
+    if not _cpu_reads_regions():
+        pytest.skip("the compiled CPU kernels do not read region tables in this build")
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 120, generator=gen, requires_grad=True)
+    lab = torch.randint(0, 5, (2, 120), generator=gen)
+    lab[:, ::7] = 255
+    table = torch.tensor([0, 1, 3, 0, 4])  # {1, 2}, {2}, {4}
+    args = (x, lab, None, None, None, table, "sigmoid", "pg,p,g,ce,focal,count", 2.0, 0.25, 0.3, 0.0, 255)
+    torch.library.opcheck(torch.ops.fastloss.cpu_class_stats.default, args)

@@ -68,6 +68,17 @@ def _view(t: Optional[torch.Tensor]):
     return (t.data_ptr(), _DTYPE[t.dtype], t.stride(0), sc, t.stride(2))
 
 
+# The kernels read region targets (Target.regions, a label-to-regions table): ops/stats.py asks this.
+READS_REGIONS = True
+
+
+def _regions(table: Optional[torch.Tensor]) -> tuple:
+    """``(view, length)`` of a contiguous int64 label-to-regions table for the kernels, or ``(None, 0)``."""
+    if table is None:
+        return None, 0
+    return (table.data_ptr(), _DTYPE[torch.int64], 0, 0, 1), table.numel()
+
+
 def _columns(columns: str) -> list:
     cols = columns.split(",")
     return [cols.index(name) if name in cols else -1 for name in COLUMNS]
@@ -94,8 +105,8 @@ def _ignore(ignore_index: Optional[int]) -> Optional[int]:
 # ----------------------------------------------------------------------------------------------------
 def _class_stats_impl(
     x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-    vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float, alpha: Optional[float],
-    ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
+    alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
 ) -> torch.Tensor:
     B, C, N = x.shape
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -103,7 +114,8 @@ def _class_stats_impl(
     out = torch.empty((B, C, len(columns.split(","))), dtype=out_dtype)
     _C.class_stats_cpu_forward(
         _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], cols,
-        float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, out.data_ptr(), _threads(),
+        float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, out.data_ptr(), _threads(), 0,
+        *_regions(regions),
     )
     return out
 
@@ -113,15 +125,16 @@ _class_stats_op = torch.library.custom_op("fastloss::cpu_class_stats", mutates_a
 
 
 @_class_stats_op.register_fake
-def _(x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return x.new_empty((x.shape[0], x.shape[1], len(columns.split(","))), dtype=out_dtype)
 
 
 def _class_stats_bwd_impl(
     grad: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor],
-    mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
-    alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str,
+    columns: str, gamma: float, alpha: Optional[float], ce_exponent: float, log_eps: float,
+    ignore_index: Optional[int],
 ) -> torch.Tensor:
     B, C, N = x.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -130,6 +143,7 @@ def _class_stats_bwd_impl(
     _C.class_stats_cpu_backward(
         _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], _columns(columns),
         float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, gs.data_ptr(), _view(dx), _threads(),
+        0, *_regions(regions),
     )
     return dx
 
@@ -139,7 +153,8 @@ _class_stats_bwd_op = torch.library.custom_op(
 
 
 @_class_stats_bwd_op.register_fake
-def _(grad, x, labels, soft, mask, vmap, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
+      ignore_index):
     return torch.empty_like(x)
 
 
@@ -303,6 +318,10 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
         lab = target.raw_labels
         if lab.dtype not in _DTYPE or lab.dtype.is_floating_point or lab.numel() != B * N:
             return False
+        r = target.regions
+        if r is not None and (C > 31 or r.dtype != torch.int64 or r.ndim != 1 or not r.is_contiguous()
+                              or r.device.type != "cpu" or r.numel() < 1):
+            return False
     elif target.soft is None or target.soft.numel() != B * C * N or target.soft.dtype not in _DTYPE:
         return False
     if target.mask is not None and (target.mask.numel() != B * N or target.mask.dtype not in _DTYPE):
@@ -344,9 +363,10 @@ def class_stats_cpu(
         soft = soft.to(torch.uint8)
     ignore = _ignore(target.ignore_index) if labels is not None else None
     alpha = None if spec.alpha is None else float(spec.alpha)
+    regions = target.regions if labels is not None else None
     op = _class_stats_op if _is_compiling() else _ClassStatsFunction.apply
     return op(
-        x, labels, soft, mask, vmap, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
+        x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
         float(spec.ce_exponent), float(spec.log_eps), ignore,
     )
 
