@@ -74,40 +74,81 @@ const std::array<uint8_t, 256>& zhang_table() {
   return t;
 }
 
-// One (H, W) image: `src` read, `dst` written (0/1).
+// Appends base + c for the non-zero bytes d[c] (0/1), c in [0, n), in order; 8 bytes per step where they are 0.
+inline void append_nonzero(const uint8_t* d, int64_t n, int64_t base, std::vector<int64_t>& out) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    uint64_t w;
+    std::memcpy(&w, d + c, 8);
+    while (w) {
+#if defined(__GNUC__) || defined(__clang__)
+      const int byte = __builtin_ctzll(w) >> 3;
+#else
+      int byte = 0;
+      while (!((w >> (8 * byte)) & 0xFF)) ++byte;
+#endif
+      out.push_back(base + c + byte);
+      w &= w - 1;  // the byte is 1: clearing its lowest set bit clears it
+    }
+  }
+  for (; c < n; ++c)
+    if (d[c]) out.push_back(base + c);
+}
+
+// One (H, W) image: `src` read, `dst` written (0/1). A pixel whose 8 neighbours are all foreground (code 255)
+// is never deleted (no sub-pass deletes a code with more than 6 neighbours), so each sub-pass looks at the
+// pixels with a background neighbour only (a pixel joins them when a neighbour is deleted); a sub-pass decides
+// every pixel from the image as it was when the sub-pass began, so their order does not matter.
 void zhang_one(const uint8_t* src, uint8_t* dst, int64_t H, int64_t W) {
   const auto& table = zhang_table();
   const int64_t sw = W + 2;  // padded row stride
   std::vector<uint8_t> img(static_cast<size_t>((H + 2) * sw), 0);
-  std::vector<int64_t> alive;  // padded indices of the foreground pixels, row-major
-  for (int64_t r = 0; r < H; ++r)
-    for (int64_t c = 0; c < W; ++c)
-      if (src[r * W + c]) {
-        const int64_t i = (r + 1) * sw + (c + 1);
-        img[static_cast<size_t>(i)] = 1;
-        alive.push_back(i);
-      }
   uint8_t* im = img.data();
-  std::vector<int64_t> doomed;
+  std::vector<int64_t> fg;  // padded indices of the foreground pixels
+  for (int64_t r = 0; r < H; ++r) {
+    const uint8_t* s = src + r * W;
+    const int64_t base = (r + 1) * sw + 1;
+    for (int64_t c = 0; c < W; ++c) im[base + c] = s[c] != 0;
+    append_nonzero(im + base, W, base, fg);
+  }
+  const int64_t nb[8] = {-sw - 1, -sw, -sw + 1, 1, sw + 1, sw, sw - 1, -1};  // bit k of the code
+  auto code_of = [&](int64_t i) {
+    int code = 0;
+    for (int k = 0; k < 8; ++k) code |= im[i + nb[k]] << k;
+    return code;
+  };
+  std::vector<uint8_t> on_surface(img.size(), 0);
+  std::vector<int64_t> surface, doomed;
+  for (const int64_t i : fg)
+    if (code_of(i) != 255) {
+      on_surface[static_cast<size_t>(i)] = 1;
+      surface.push_back(i);
+    }
+  fg.clear();
+  fg.shrink_to_fit();
   bool removed = true;
   while (removed) {
     removed = false;
     for (int pass = 0; pass < 2; ++pass) {
       const uint8_t which = pass == 0 ? 1 : 2;
       doomed.clear();
-      for (const int64_t i : alive) {
-        const int code = im[i - sw - 1] | (im[i - sw] << 1) | (im[i - sw + 1] << 2) | (im[i + 1] << 3) |
-                         (im[i + sw + 1] << 4) | (im[i + sw] << 5) | (im[i + sw - 1] << 6) | (im[i - 1] << 7);
-        if (table[static_cast<size_t>(code)] & which) doomed.push_back(i);
-      }
-      if (!doomed.empty()) {
-        removed = true;
-        for (const int64_t i : doomed) im[i] = 0;
-        size_t k = 0;
-        for (const int64_t i : alive)
-          if (im[i]) alive[k++] = i;
-        alive.resize(k);
-      }
+      for (const int64_t i : surface)
+        if (table[static_cast<size_t>(code_of(i))] & which) doomed.push_back(i);
+      if (doomed.empty()) continue;
+      removed = true;
+      for (const int64_t i : doomed) im[i] = 0;
+      size_t k = 0;
+      for (const int64_t i : surface)
+        if (im[i]) surface[k++] = i;
+      surface.resize(k);
+      for (const int64_t i : doomed)
+        for (const int64_t o : nb) {
+          const int64_t n = i + o;
+          if (im[n] && !on_surface[static_cast<size_t>(n)]) {
+            on_surface[static_cast<size_t>(n)] = 1;
+            surface.push_back(n);
+          }
+        }
     }
   }
   for (int64_t r = 0; r < H; ++r)
@@ -247,27 +288,6 @@ inline bool is_euler_invariant(uint32_t nb, const int8_t* plane_sum) {
   const uint32_t lo = nb & 0x1FF, hi = nb >> 18, mid = (nb >> 9) & 0x1FF;
   const uint32_t mid8 = (mid & 0xF) | ((mid >> 5) << 4);
   return plane_sum[(lo << 8) | mid8] + plane_sum[(hi << 8) | mid8] == 0;
-}
-
-// Appends base + c for the non-zero bytes d[c] (0/1), c in [0, n), in order; 8 bytes per step where they are 0.
-inline void append_nonzero(const uint8_t* d, int64_t n, int64_t base, std::vector<int64_t>& out) {
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    uint64_t w;
-    std::memcpy(&w, d + c, 8);
-    while (w) {
-#if defined(__GNUC__) || defined(__clang__)
-      const int byte = __builtin_ctzll(w) >> 3;
-#else
-      int byte = 0;
-      while (!((w >> (8 * byte)) & 0xFF)) ++byte;
-#endif
-      out.push_back(base + c + byte);
-      w &= w - 1;  // the byte is 1: clearing its lowest set bit clears it
-    }
-  }
-  for (; c < n; ++c)
-    if (d[c]) out.push_back(base + c);
 }
 
 struct Lee {
