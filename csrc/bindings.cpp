@@ -1,5 +1,6 @@
-// pybind11 module fastloss._C. It links neither libtorch nor numpy: the Python layer (fastloss/edt.py)
-// validates inputs and passes raw data pointers (integers), sizes, spacing and a CUDA stream handle.
+// pybind11 module fastloss._C, imported by fastloss/_ext.py only. It links neither libtorch nor numpy: the
+// Python layer (fastloss/distance.py, fastloss/metrics/, fastloss/skeleton.py and the ops' cpu_*.py files)
+// validates inputs and passes raw data pointers (integers), sizes, strides, spacing and a CUDA stream handle.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
