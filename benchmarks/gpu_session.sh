@@ -22,7 +22,9 @@ fi
   python3 -m fastloss info
 } 2>&1 | tee "$OUT/build.log"
 
-timeout 150 python3 -m pytest -q -m cuda --continue-on-collection-errors tests/test_cuda_kernels.py tests/test_edt_cuda.py tests/test_metrics.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 150 python3 -m pytest -q -m cuda --continue-on-collection-errors tests/test_cuda_kernels.py tests/test_edt_cuda.py tests/test_metrics.py tests/test_regions.py tests/test_skeleton.py 2>&1 | tee "$OUT/cuda_tests.log"
+# every named loss on the compiled CPU path (no triton on the CPU path), as CI's main-job venv checks
+python3 tools/check_cpu_path.py 2>&1 | tail -3 >> "$OUT/cuda_tests.log"
 # the compiled CPU kernels on the GPU machine's CPU (16 cores, another ISA mix): the same tests as CI
 timeout 60 python3 -m pytest -q -x tests/test_cpu_stats.py tests/test_cpu_lovasz.py tests/test_cpu_buffers.py 2>&1 | tail -3 >> "$OUT/cuda_tests.log"
 if command -v compute-sanitizer >/dev/null; then

@@ -139,10 +139,8 @@ def test_gradcheck_regions(torch_backend):
 
 
 def _kernel_backends():
-    out = ["auto"]
-    if _INTERPRET or torch.cuda.is_available():
-        out.append("triton")
-    return out
+    # CPU tensors: the compiled kernels (auto) and, under the interpreter, the Triton kernels
+    return ["auto", "triton"] if _INTERPRET else ["auto"]
 
 
 @pytest.mark.parametrize("backend", _kernel_backends())
@@ -269,3 +267,20 @@ def test_compiled_region_op_passes_opcheck():
     table = torch.tensor([0, 1, 3, 0, 4])  # {1, 2}, {2}, {4}
     args = (x, lab, None, None, None, table, "sigmoid", "pg,p,g,ce,focal,count", 2.0, 0.25, 0.3, 0.0, 255)
     torch.library.opcheck(torch.ops.fastloss.cpu_class_stats.default, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, kw", [("DiceCELoss", dict(sigmoid=True)), ("DiceFocalLoss", dict(sigmoid=True)),
+                                      ("GeneralizedDiceLoss", dict(sigmoid=True))])
+def test_triton_regions_on_cuda_equal_the_float64_torch_backend(name, kw, monkeypatch):
+    """CUDA tensors: the Triton statistics kernels read the region table (GPU machine: benchmarks/gpu_session.sh)."""
+    pytest.importorskip("triton")
+    x, y = _data(BRATS, (24, 20, 28), seed=11, dtype=torch.float32)
+    y[:, :, ::4] = 255
+    loss = getattr(fastloss, name)(regions=BRATS, ignore_index=255, **kw)
+    monkeypatch.setenv("FASTLOSS_BACKEND", "torch")
+    ref = _value_and_grad(loss, x.double(), y)
+    monkeypatch.setenv("FASTLOSS_BACKEND", "auto")
+    got = _value_and_grad(loss.cuda(), x.cuda(), y.cuda())
+    torch.testing.assert_close(got[0].double().cpu(), ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1].double().cpu(), ref[1], rtol=1e-4, atol=1e-6)
