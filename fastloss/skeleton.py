@@ -194,8 +194,10 @@ def tubed_skeleton(
     return _tubed_impl(labels, sd, int(dilations), nthreads)
 
 
-def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int) -> torch.Tensor:
-    """:func:`tubed_skeleton` of checked arguments (``nthreads`` 0: ``torch.get_num_threads()``)."""
+def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int, indices_only: bool = False) -> torch.Tensor:
+    """:func:`tubed_skeleton` of checked arguments (``nthreads`` 0: ``torch.get_num_threads()``); with
+    ``indices_only``, the sorted flat indices (int64, CPU) of the tube's voxels instead (the tube before it is
+    multiplied by the labels: voxels off the foreground included)."""
     nthreads = nthreads if nthreads > 0 else max(1, torch.get_num_threads())
     if labels.device.type == "cuda":
         warn_once(
@@ -212,6 +214,8 @@ def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int) ->
     spatial = shape[len(shape) - sd :]
     fg = np.ascontiguousarray(lab > 0).view(np.uint8).reshape((-1,) + spatial)
     idx = _tube_voxels(_run_cpu(fg, nthreads).reshape(shape), sd, int(dilations))
+    if indices_only:
+        return torch.from_numpy(idx)
     out_np = np.zeros(shape, lab.dtype)
     out_np.reshape(-1)[idx] = lab.reshape(-1)[idx]  # each tube voxel carries its label (0 off the foreground)
     out = torch.from_numpy(out_np)
@@ -229,3 +233,11 @@ def _tubed_skeleton_op(labels: torch.Tensor, spatial_dims: int, dilations: int, 
 @_tubed_skeleton_op.register_fake
 def _(labels, spatial_dims, dilations, threads):
     return torch.empty_like(labels)
+
+
+def tube_indices(labels: torch.Tensor, spatial_dims: int, *, dilations: int = 2, threads: Optional[int] = None) -> torch.Tensor:
+    """The sorted flat indices (int64 CPU tensor) into ``labels`` of the voxels of its tube (the voxels where
+    :func:`tubed_skeleton` may be non-zero: those of them on the foreground carry their label there). For losses
+    that read the few tube voxels only. Arguments as :func:`tubed_skeleton` (checked by the caller)."""
+    return _tubed_impl(labels, spatial_dims, int(dilations), 0 if threads is None else int(threads), indices_only=True)
+

@@ -321,3 +321,35 @@ def test_cbdice_edge_cases_and_registry():
     with pytest.raises(TypeError):
         fastloss.CbDiceLoss()(x, torch.zeros(2, 1, 12, 13))
     assert isinstance(fastloss.get_loss("cbDice"), fastloss.CbDiceLoss)
+
+
+@pytest.mark.parametrize("batch, ignore", [(False, None), (True, None), (False, 255)])
+def test_skeleton_recall_sparse_sums_equal_the_statistics_pass(batch, ignore):
+    """On CPU tensors the recall sums come from the tube voxels' logits alone; the statistics pass (GPU, and
+    while torch.compile traces) must give the same sums and gradients."""
+    rng = np.random.default_rng(14)
+    seg = np.stack([_labels(rng, (15, 14, 13), 4) for _ in range(2)])
+    if ignore is not None:
+        seg[:, :3] = np.where(seg[:, :3] > 0, ignore, 0)
+    labels = torch.from_numpy(seg)
+    loss = SkeletonRecallLoss(batch=batch, ignore_index=ignore)
+    skel = loss.skeleton_target(labels)
+    if ignore is not None:
+        skel = torch.where(labels == ignore, labels, skel)
+    x = torch.randn(2, 4, 15, 14, 13, dtype=torch.float64, requires_grad=True)
+    flat = skel.reshape(-1)
+    idx = (flat > 0).nonzero().squeeze(1)
+    sparse = loss.reduce_stats(loss._sparse_sums(x, idx, flat[idx]))
+    dense, _ = loss.class_stats(x, skel.unsqueeze(1), ("pg", "g"))
+    torch.testing.assert_close(sparse, dense)
+    w = torch.rand_like(dense)
+    torch.testing.assert_close(torch.autograd.grad((sparse * w).sum(), x)[0], torch.autograd.grad((dense * w).sum(), x)[0])
+
+
+def test_skeleton_recall_bad_skeleton_labels():
+    x = torch.randn(1, 3, 8, 9)
+    y = torch.zeros(1, 8, 9, dtype=torch.long)
+    skel = torch.zeros_like(y)
+    skel[0, 4, 4] = 3  # not a class of a 3-channel input
+    with pytest.raises(ValueError, match="skeleton labels"):
+        SkeletonRecallLoss()(x, y, skeleton=skel)

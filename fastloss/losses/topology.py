@@ -18,10 +18,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._validation import check_logits
+from .._validation import _is_compiling, check_logits
 from ..distance import edt
 from ..ops.soft_skeleton import soft_skeleton
-from ..skeleton import tubed_skeleton
+from ..skeleton import tube_indices, tubed_skeleton
 from ._common import LossBase, check_bool, check_nonneg, functional_form, reduce_loss
 from .compound import DiceCELoss
 
@@ -124,12 +124,54 @@ class SkeletonRecallLoss(LossBase):
         if input.shape[1] < 2:
             raise ValueError(f"SkeletonRecallLoss needs at least 2 channels (softmax, no background), got C={input.shape[1]}")
         labels = _label_map(input, target)
+        sparse = input.device.type == "cpu" and not _is_compiling()
+        if sparse and skeleton is None:  # the tube's voxels straight from the skeleton, no label volume
+            sd = labels.ndim - 1
+            if sd not in (2, 3):
+                raise ValueError(f"the skeleton needs 2 or 3 spatial dims, got {sd}; pass skeleton= for other inputs")
+            idx = tube_indices(labels, sd, dilations=self.tube_dilations)
+            cls = labels.reshape(-1)[idx]
+            stats = self.reduce_stats(self._sparse_sums(input, idx, cls))
+            recall = (stats[..., 0] + self.smooth) / (stats[..., 1] + self.smooth).clamp_min(1e-8)
+            return reduce_loss(1.0 - recall, self.reduction, input.ndim - 2)
         skel = self.skeleton_target(labels) if skeleton is None else _label_map(input, skeleton, "skeleton")
         if self.ignore_index is not None:  # the ignored voxels keep the ignore label: the pass masks them
             skel = torch.where(labels == self.ignore_index, labels.to(skel.dtype), skel)
-        stats, prep = self.class_stats(input, skel.unsqueeze(1), ("pg", "g"))
+        if sparse:
+            flat = skel.reshape(-1)
+            idx = (flat > 0).nonzero().squeeze(1)
+            stats = self.reduce_stats(self._sparse_sums(input, idx, flat[idx]))
+        else:  # one statistics pass whose target is the skeleton (no host sync)
+            stats, _ = self.class_stats(input, skel.unsqueeze(1), ("pg", "g"))
         recall = (stats[..., 0] + self.smooth) / (stats[..., 1] + self.smooth).clamp_min(1e-8)
-        return reduce_loss(1.0 - recall, self.reduction, prep.spatial_ndim)
+        return reduce_loss(1.0 - recall, self.reduction, input.ndim - 2)
+
+    def _sparse_sums(self, input: torch.Tensor, idx: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        """``(B, C, 2)``: ``Σ p·S`` and ``Σ S`` per class from the tube voxels alone (``idx``: flat indices into
+        the ``(B, *spatial)`` volume, ``cls``: their skeleton labels; 0 and ``ignore_index`` count nowhere). Both
+        sums vanish off the tube and the softmax at a voxel reads that voxel's logits only, so gathering the few
+        tube voxels' logits (a few per cent of the volume) gives the statistics pass's sums and their gradient
+        (autograd scatters it back into a zero gradient). CPU only: the voxel count is a host value (on the GPU
+        the statistics pass serves, with no sync)."""
+        B, C = input.shape[:2]
+        x = input.reshape(B, C, -1)
+        N = x.shape[2]
+        keep = cls != 0
+        if self.ignore_index is not None:
+            keep = keep & (cls != self.ignore_index)
+        idx, cls = idx[keep], cls[keep].long()
+        if cls.numel() and (int(cls.max()) >= C or int(cls.min()) < 0):
+            bad = int(cls.max()) if int(cls.max()) >= C else int(cls.min())
+            raise ValueError(f"skeleton labels must be class indices in [0, {C}) (or ignore_index), got {bad}")
+        b, v = idx // N, idx % N
+        dt = torch.float64 if input.dtype == torch.float64 else torch.float32
+        xs = x[b, :, v].to(dt)  # (M, C): the logits of the tube voxels
+        p = torch.softmax(xs, dim=1) if self.activation == "softmax" else xs
+        py = p.gather(1, cls.unsqueeze(1)).squeeze(1)
+        key = b * C + cls
+        inter = torch.zeros(B * C, dtype=dt).index_add(0, key, py)
+        count = torch.bincount(key, minlength=B * C).to(dt)
+        return torch.stack([inter, count], dim=1).view(B, C, 2)
 
     def extra_repr(self) -> str:
         return f"smooth={self.smooth}, batch={self.batch}, tube_dilations={self.tube_dilations}, ignore_index={self.ignore_index}"
