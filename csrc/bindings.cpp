@@ -17,6 +17,7 @@
 #include "formula_cpu.h"
 #include "lovasz_cpu.h"
 #include "skeleton_cpu.h"
+#include "nacl_cpu.h"
 #include "soft_skeleton_cpu.h"
 #include "stats_cpu.h"
 
@@ -366,6 +367,24 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("values_ptr"), py::arg("m"), py::arg("k"), py::arg("threads"),
       "(sum of the k largest, k-th largest, #greater, #equal) of m contiguous float32 values.");
+
+  // NACL's neighbourhood penalty (csrc/nacl_cpu.h): per (b, c) plane sums, and the derivative when deriv_ptr != 0.
+  m.def(
+      "nacl_penalty_cpu",
+      [](std::uintptr_t x, std::uintptr_t labels, int64_t B, int64_t C, int64_t H, int64_t W, int64_t D, int nd,
+         std::vector<float> weights, int64_t left, float scale, int distance, int elem, std::uintptr_t sums,
+         std::uintptr_t deriv, int threads) {
+        if (!x || !labels || !sums) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::nacl_penalty_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels), B, C, H,
+                                   W, D, nd, weights, left, scale, distance, elem, reinterpret_cast<double*>(sums),
+                                   reinterpret_cast<void*>(deriv), threads);
+      },
+      py::arg("x_ptr"), py::arg("labels_ptr"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("D"),
+      py::arg("nd"), py::arg("weights"), py::arg("left"), py::arg("scale"), py::arg("distance"), py::arg("elem"),
+      py::arg("sums_ptr"), py::arg("deriv_ptr"), py::arg("threads"),
+      "NACL's penalty of (B, C, H, W, D) logits (float32: elem 4, float64: elem 8) against the filtered indicators of "
+      "int64 labels (B, H, W, D): B*C double sums, and sign/2x derivatives into deriv_ptr unless it is 0.");
 
   // clDice's soft skeleton (csrc/soft_skeleton_cpu.h): R planes of H x W x D, forward and recomputing backward.
   m.def(

@@ -156,6 +156,14 @@ def test_soft_confusion_against_torch_and_gradcheck():
     torch.testing.assert_close(s, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(soft_confusion_torch(x, y), want, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda a: soft_confusion(a, y), (x.clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda a: soft_confusion(a, y, labels_in_range=True), (x.clone().requires_grad_(),))
+    # labels outside [0, C) (possible with the label check off) count nowhere and get no gradient
+    y_out = y.clone()
+    y_out[:, :5] = 7
+    keep = (y_out < 4).unsqueeze(1).double()
+    want_out = torch.einsum("bln,bcn->blc", _onehot(y_out.clamp_max(3).unsqueeze(1), 4) * keep, torch.softmax(x, 1))
+    torch.testing.assert_close(soft_confusion(x, y_out), want_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(soft_confusion_torch(x, y_out), want_out, rtol=1e-12, atol=1e-12)
     # float32: float32 sums, the same values as the float64 ones to float32 precision
     s32 = soft_confusion(x.float(), y.int())
     assert s32.dtype == torch.float32
@@ -499,3 +507,41 @@ def test_wasserstein_dice_dtype_follows_monai():
             got.backward()
             want.backward()
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_compiled_nacl_penalty_equals_torch_backend_and_threads(monkeypatch):
+    from fastloss.ops import cpu_neighbourhood
+
+    if not cpu_neighbourhood.available():
+        pytest.skip("fastloss._C lacks the NACL penalty")
+    kernels = [NeighbourhoodKernel("mean", 3), NeighbourhoodKernel("mean", 4), NeighbourhoodKernel("gaussian", 3, 0.7)]
+    for shape in [(2, 3, 7, 6, 5), (2, 4, 9, 8)]:
+        for dtype in (torch.float64, torch.float32):
+            x, y = _data(shape, seed=24, dtype=dtype)
+            for kernel in kernels:
+                for distance in ("l1", "l2"):
+                    out = {}
+                    for backend in ("torch", "auto"):
+                        monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+                        a = x.clone().requires_grad_()
+                        v = neighbourhood_penalty(a, y[:, 0], kernel, distance)
+                        (v * 3).backward()
+                        out[backend] = (v.detach(), a.grad)
+                    assert cpu_neighbourhood.supports(x, y[:, 0])
+                    tol = dict(rtol=1e-12, atol=0) if dtype == torch.float64 else dict(rtol=1e-5, atol=0)
+                    torch.testing.assert_close(out["auto"][0], out["torch"][0], **tol)
+                    assert torch.equal(out["auto"][1], out["torch"][1])  # the same u bits: the same signs / 2(x - u)
+    # bitwise the same for any thread count; opcheck of the custom op
+    x, y = _data((2, 5, 9, 8, 7), seed=25, dtype=torch.float32)
+    n = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            res.append(cpu_neighbourhood._penalty_op(x, y[:, 0], [1.0, 1.0, 1.0], 1, 1 / 27, 1, True))
+    finally:
+        torch.set_num_threads(n)
+    for s, d in res[1:]:
+        assert torch.equal(s, res[0][0]) and torch.equal(d, res[0][1])
+    torch.library.opcheck(cpu_neighbourhood._penalty_op,
+                          (x.double().requires_grad_(), y[:, 0], [0.2, 0.5, 0.3], 1, 1.0, 2, True))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import Target, _is_compiling, check_logits, check_reduction, prepare_target
+from .._validation import Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target
 from ..ops.neighbourhood import NeighbourhoodKernel, neighbourhood_penalty
 from ..ops.soft_confusion import soft_confusion
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
@@ -235,7 +235,7 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
             vol = g.sum(dim=2)
         else:
             lab = tgt.labels
-            S = soft_confusion(x, lab, dt)
+            S = soft_confusion(x, lab, dt, labels_in_range=label_checks_enabled())  # checked by prepare_target
             with torch.no_grad():
                 vol = torch.zeros(B, C, dtype=dt, device=input.device).scatter_add_(
                     1, lab, torch.ones(lab.shape, dtype=dt, device=input.device))

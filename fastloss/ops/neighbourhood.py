@@ -12,7 +12,8 @@ compared with the logits in their accumulation dtype.
 (``"l2"``) over all ``B·C·N`` elements, ``u`` the class neighbourhood (a constant: no gradient flows into the
 target). It is an autograd Function that builds ``u`` one class at a time (never a ``(B, C, N)`` one-hot) and
 keeps only the derivative ``∂/∂x = sign(x − u)`` or ``2(x − u)``, one tensor of the logits' size, which the
-backward scales by the incoming gradient; no ``u`` is kept.
+backward scales by the incoming gradient; no ``u`` is kept. On CPU tensors with integer labels the compiled
+twin (``ops/cpu_neighbourhood.py``) filters each class's indicator inside the kernel, plane by plane.
 """
 
 from __future__ import annotations
@@ -138,4 +139,17 @@ def neighbourhood_penalty(x: torch.Tensor, target: torch.Tensor, kernel: Neighbo
     want = tuple(x.shape) if soft else (x.shape[0],) + tuple(x.shape[2:])
     if tuple(target.shape) != want:
         raise ValueError(f"target must have shape {want} for input {tuple(x.shape)}, got {tuple(target.shape)}")
+    from ..backend import use_compiled_cpu
+
+    if not soft and use_compiled_cpu(x):
+        from . import cpu_neighbourhood
+
+        if cpu_neighbourhood.supports(x, target):
+            w, left, _ = kernel.weights()
+            nd = x.ndim - 2
+            if w is None:
+                weights, scale = [1.0] * kernel.size, float(torch.tensor(1.0, dtype=torch.float32) / float(kernel.size ** nd))
+            else:
+                weights, scale = [float(v) for v in w.tolist()], 1.0
+            return cpu_neighbourhood.nacl_penalty_cpu(x, target, weights, left, scale, distance)
     return _Penalty.apply(x, target, kernel, distance, soft)

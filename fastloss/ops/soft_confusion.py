@@ -31,19 +31,22 @@ def _dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _labels(labels: torch.Tensor, C: int):
-    """``(index (B, N) int64 in [0, C), valid (B, N) bool or None)``."""
+def _labels(labels: torch.Tensor, C: int, checked: bool):
+    """``(index (B, N) int64 in [0, C), valid (B, N) bool, or None when every label is known to be in range)``."""
     lab = labels.long()
+    if checked:
+        return lab, None
     valid = (lab >= 0) & (lab < C)
     return torch.where(valid, lab, torch.zeros_like(lab)), valid
 
 
-def _forward(x: torch.Tensor, labels: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+def _forward(x: torch.Tensor, labels: torch.Tensor, acc: torch.dtype, checked: bool) -> torch.Tensor:
     B, C, N = x.shape
     dt = acc
     p = torch.softmax(x.to(_dtype(x)), dim=1).to(dt)
-    lab, valid = _labels(labels, C)
-    p = p * valid.unsqueeze(1).to(dt)
+    lab, valid = _labels(labels, C, checked)
+    if valid is not None:
+        p = p * valid.unsqueeze(1).to(dt)
     # S2[b, c, l] = Σ_v [y_v = l] p[b, c, v]: a scatter along the voxel axis, the index broadcast over c
     s2 = torch.zeros(B, C, C, dtype=dt, device=x.device)
     s2.scatter_add_(2, lab.unsqueeze(1).expand(B, C, N), p)
@@ -52,26 +55,29 @@ def _forward(x: torch.Tensor, labels: torch.Tensor, acc: torch.dtype) -> torch.T
 
 class _SoftConfusion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, labels, acc):
+    def forward(ctx, x, labels, acc, checked):
         ctx.save_for_backward(x, labels)
-        ctx.acc = acc
+        ctx.acc, ctx.checked = acc, checked
         with torch.no_grad():
-            return _forward(x, labels, acc)
+            return _forward(x, labels, acc, checked)
 
     @staticmethod
     def backward(ctx, grad):
         x, labels = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         B, C, N = x.shape
         dt = ctx.acc
         with torch.no_grad():
             p = torch.softmax(x.to(_dtype(x)), dim=1).to(dt)
-            lab, valid = _labels(labels, C)
+            lab, valid = _labels(labels, C, ctx.checked)
             g2 = grad.to(dt).transpose(1, 2)  # (B, c, l)
-            dp = g2.gather(2, lab.unsqueeze(1).expand(B, C, N)) * valid.unsqueeze(1).to(dt)
-            dx = p * (dp - (p * dp).sum(dim=1, keepdim=True))
-        return dx.to(x.dtype), None, None
+            dp = g2.gather(2, lab.unsqueeze(1).expand(B, C, N))
+            if valid is not None:
+                dp = dp * valid.unsqueeze(1).to(dt)
+            dot = (p * dp).sum(dim=1, keepdim=True)
+            dx = dp.sub_(dot).mul_(p)  # p_c·(dL/dp_c − Σ_k p_k·dL/dp_k), in dp's memory
+        return dx.to(x.dtype), None, None, None
 
 
 def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,18 +85,21 @@ def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     B, C, N = x.shape
     dt = _dtype(x)
     p = torch.softmax(x.to(dt), dim=1)
-    lab, valid = _labels(labels, C)
+    lab, valid = _labels(labels, C, False)
     p = p * valid.unsqueeze(1).to(dt)
     s2 = torch.zeros(B, C, C, dtype=dt, device=x.device).scatter_add(2, lab.unsqueeze(1).expand(B, C, N), p)
     return s2.transpose(1, 2)
 
 
-def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.dtype] = None,
+                   labels_in_range: bool = False) -> torch.Tensor:
     """``S[b, l, c] = Σ_{v: labels[b, v] = l} softmax(x)[b, c, v]``, shape ``(B, C, C)`` (see the module doc).
 
     ``x``: logits ``(B, C, N)``; ``labels``: integer ``(B, N)``. Differentiable in ``x``. ``dtype``: the sums'
     dtype (default float32, float64 for float64 logits); the softmax is computed in that default either way and
     then cast (float64 sums of float32 probabilities: MONAI's arithmetic when its distance matrix is float64).
+    ``labels_in_range``: the caller checked every label to lie in ``[0, C)`` (skips the masking that keeps
+    other labels out).
 
     Raises:
         ValueError: shapes that do not fit; TypeError: float labels.
@@ -101,4 +110,4 @@ def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.device != x.device:
         raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
-    return _SoftConfusion.apply(x, labels, _dtype(x) if dtype is None else dtype)
+    return _SoftConfusion.apply(x, labels, _dtype(x) if dtype is None else dtype, bool(labels_in_range))

@@ -1,0 +1,90 @@
+"""Compiled CPU NACL penalty (``csrc/nacl_cpu.cpp``): the CPU twin of ``ops/neighbourhood.py``'s torch backend.
+
+One ``torch.library`` custom op, ``fastloss::cpu_nacl_penalty``, with a fake kernel and registered autograd: for
+integer labels it filters each class's indicator in float32 inside the kernel (no one-hot tensor, no ``u``
+tensor) and returns the ``B·C`` per-plane sums of ``|x − u|`` or ``(x − u)²`` (double, summed in a fixed order)
+and, when the logits need a gradient, the derivative ``sign(x − u)`` or ``2(x − u)``, which the backward scales.
+Planes run on ``torch.get_num_threads()`` threads; results do not depend on their number.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .. import _ext
+
+__all__ = ["available", "supports", "nacl_penalty_cpu"]
+
+
+def available() -> bool:
+    return _ext.has("nacl_penalty_cpu")
+
+
+def supports(x: torch.Tensor, target: torch.Tensor) -> bool:
+    """CPU float32/float64 logits with 1 to 3 spatial dims and integer labels ``(B, *spatial)`` on the CPU."""
+    return (
+        available() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 3 <= x.ndim <= 5
+        and x.numel() > 0 and not target.dtype.is_floating_point and target.device.type == "cpu"
+        and tuple(target.shape) == (x.shape[0],) + tuple(x.shape[2:])
+    )
+
+
+def _geometry(x: torch.Tensor):
+    B, C = x.shape[:2]
+    sp = list(x.shape[2:]) + [1] * (5 - x.ndim)
+    return B, C, sp[0], sp[1], sp[2], x.ndim - 2
+
+
+@torch.library.custom_op("fastloss::cpu_nacl_penalty", mutates_args=(), device_types="cpu")
+def _penalty_op(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float, distance: int,
+                need_deriv: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    B, C, H, W, D, nd = _geometry(x)
+    if tuple(labels.shape) != (B,) + tuple(x.shape[2:]):
+        # the kernel reads B·N labels: a smaller tensor would be read past its end
+        raise ValueError(f"fastloss::cpu_nacl_penalty: labels must have shape {(B,) + tuple(x.shape[2:])}, "
+                         f"got {tuple(labels.shape)}")
+    if not weights or not 0 <= left < len(weights) or distance not in (1, 2):
+        raise ValueError("fastloss::cpu_nacl_penalty: bad kernel, left or distance")
+    xc = x.contiguous()
+    lab = labels.to(torch.int64).contiguous()
+    sums = torch.empty(B * C, dtype=torch.float64)
+    deriv = torch.empty_like(xc) if need_deriv else xc.new_empty(0)
+    _ext.require("the CPU NACL penalty").nacl_penalty_cpu(
+        xc.data_ptr(), lab.data_ptr(), B, C, H, W, D, nd, [float(w) for w in weights], left, float(scale), distance,
+        xc.element_size(), sums.data_ptr(), deriv.data_ptr() if need_deriv else 0, max(1, torch.get_num_threads()))
+    return sums, deriv
+
+
+@_penalty_op.register_fake
+def _(x, labels, weights, left, scale, distance, need_deriv):
+    B, C = x.shape[:2]
+    deriv = torch.empty_like(x, memory_format=torch.contiguous_format) if need_deriv else x.new_empty(0)
+    return x.new_empty(B * C, dtype=torch.float64), deriv
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.shape = inputs[0].shape
+    ctx.dtype = inputs[0].dtype
+
+
+def _backward(ctx, grad_sums, grad_deriv):
+    (deriv,) = ctx.saved_tensors
+    if deriv.numel() == 0:
+        return None, None, None, None, None, None, None
+    B, C = ctx.shape[:2]
+    g = grad_sums.to(ctx.dtype).reshape((B, C) + (1,) * (len(ctx.shape) - 2))
+    return deriv * g, None, None, None, None, None, None
+
+
+_penalty_op.register_autograd(_backward, setup_context=_setup)
+
+
+def nacl_penalty_cpu(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float,
+                     distance: str) -> torch.Tensor:
+    """``Σ |u − x|`` or ``Σ (u − x)²`` (0-d, float32, float64 for float64 ``x``); call :func:`supports` first."""
+    sums, _ = _penalty_op(x, labels, list(weights), int(left), float(scale), 1 if distance == "l1" else 2,
+                          bool(x.requires_grad))
+    return sums.sum().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
