@@ -18,6 +18,7 @@
 #include "lovasz_cpu.h"
 #include "skeleton_cpu.h"
 #include "nacl_cpu.h"
+#include "soft_confusion_cpu.h"
 #include "soft_skeleton_cpu.h"
 #include "stats_cpu.h"
 
@@ -385,6 +386,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("sums_ptr"), py::arg("deriv_ptr"), py::arg("threads"),
       "NACL's penalty of (B, C, H, W, D) logits (float32: elem 4, float64: elem 8) against the filtered indicators of "
       "int64 labels (B, H, W, D): B*C double sums, and sign/2x derivatives into deriv_ptr unless it is 0.");
+
+  // The soft confusion matrix (csrc/soft_confusion_cpu.h): forward when grad_ptr is 0 (out: B*C*C doubles),
+  // otherwise the backward (grad: B*C*C doubles, out: dx of x's type).
+  m.def(
+      "soft_confusion_cpu",
+      [](std::uintptr_t x, std::uintptr_t labels, std::uintptr_t grad, std::uintptr_t out, int64_t B, int64_t C,
+         int64_t N, int elem, int threads) {
+        if (!x || !labels || !out) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        if (grad)
+          fastloss::soft_confusion_backward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels),
+                                                reinterpret_cast<const double*>(grad), B, C, N, elem,
+                                                reinterpret_cast<void*>(out), threads);
+        else
+          fastloss::soft_confusion_forward_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels),
+                                               B, C, N, elem, reinterpret_cast<double*>(out), threads);
+      },
+      py::arg("x_ptr"), py::arg("labels_ptr"), py::arg("grad_ptr"), py::arg("out_ptr"), py::arg("B"), py::arg("C"),
+      py::arg("N"), py::arg("elem"), py::arg("threads"),
+      "Soft confusion matrix S[b, l, c] = sum over the voxels of label l of softmax(x)_c, or its backward.");
 
   // clDice's soft skeleton (csrc/soft_skeleton_cpu.h): R planes of H x W x D, forward and recomputing backward.
   m.def(

@@ -236,9 +236,14 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
         else:
             lab = tgt.labels
             S = soft_confusion(x, lab, dt, labels_in_range=label_checks_enabled())  # checked by prepare_target
-            with torch.no_grad():
-                vol = torch.zeros(B, C, dtype=dt, device=input.device).scatter_add_(
-                    1, lab, torch.ones(lab.shape, dtype=dt, device=input.device))
+            with torch.no_grad():  # class volumes (exact counts)
+                if label_checks_enabled():  # every label was checked to lie in [0, C): one counting pass
+                    offset = C * torch.arange(B, device=input.device).unsqueeze(1)
+                    vol = torch.bincount((lab + offset).reshape(-1), minlength=B * C).reshape(B, C).to(dt)
+                else:  # labels outside [0, C) (the check is off, e.g. while compiling) count nowhere
+                    ok = (lab >= 0) & (lab < C)
+                    vol = torch.zeros(B, C, dtype=dt, device=input.device).scatter_add_(
+                        1, torch.where(ok, lab, torch.zeros_like(lab)), ok.to(dt))
         M = (1.0 - torch.eye(C, dtype=dt, device=input.device)) if self.m is None else self.m.to(device=input.device, dtype=dt)
         W = (S * M.unsqueeze(0)).sum(dim=2)  # (B, C): Wasserstein distances of the voxels of each true class
         if self.alpha_mode == "GDL":

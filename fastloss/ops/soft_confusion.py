@@ -15,7 +15,8 @@ Memory: the forward keeps nothing of size ``B·C·N``; the backward recomputes t
     dL/dx[b, c, v] = p_c · (dL/dp_c − Σ_k p_k · dL/dp_k)       (softmax Jacobian)
 
 Labels outside ``[0, C)`` (possible only with the loss's label check off) count nowhere and get no gradient.
-Sums accumulate in float32 for float16/bfloat16/float32 logits, float64 for float64.
+Sums accumulate in float32 for float16/bfloat16/float32 logits, float64 for float64 (the torch backend here), or
+in double (the compiled CPU twin, ``ops/cpu_soft_confusion.py``, for float32/float64 CPU logits).
 """
 
 from __future__ import annotations
@@ -110,4 +111,12 @@ def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.device != x.device:
         raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
-    return _SoftConfusion.apply(x, labels, _dtype(x) if dtype is None else dtype, bool(labels_in_range))
+    acc = _dtype(x) if dtype is None else dtype
+    from ..backend import use_compiled_cpu
+
+    if use_compiled_cpu(x):
+        from . import cpu_soft_confusion
+
+        if cpu_soft_confusion.supports(x, labels):
+            return cpu_soft_confusion.soft_confusion_cpu(x, labels, acc)
+    return _SoftConfusion.apply(x, labels, acc, bool(labels_in_range))
