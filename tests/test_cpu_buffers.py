@@ -72,7 +72,15 @@ def test_a_block_returns_only_when_its_last_view_dies():
     assert _delta(before, "cached_blocks") == 1
     again = cpu_buffers.new_output_like(torch.empty(BIG))
     assert again.data_ptr() == ptr and _delta(before, "hits") == 1
-    del other, again
+    # a cache hit takes the block off the free list: the cache holds nothing again, and an output made
+    # while `again` lives is another block (a block left on the list would be handed out twice)
+    assert _delta(before, "cached_blocks") == 0 and _delta(before, "cached_bytes") == 0
+    third = cpu_buffers.new_output_like(torch.empty(BIG))
+    assert third.data_ptr() != again.data_ptr() and _delta(before, "misses") == 2
+    third.fill_(1.0)
+    again.fill_(2.0)
+    assert third.min().item() == 1.0  # the two never share memory
+    del other, again, third
 
 
 def test_a_gradient_kept_in_grad_is_never_overwritten():

@@ -274,3 +274,13 @@ def test_cli_warns_when_the_case_count_cannot_reach_significance(tmp_path, capsy
     assert "warning" not in capsys.readouterr().err
     assert main([_csv(tmp_path, enough), "--alpha", "0.01"]) == 0
     assert "untied differences need at least 7" in capsys.readouterr().err
+
+
+def test_a_p_value_equal_to_alpha_is_not_significant():
+    # five cases, every one better, no ties: the exact one-sided Wilcoxon p-value is 1/32. Significance is
+    # p < alpha (strict, the paper's "p < 0.05"), so at alpha = 1/32 nothing wins and just above it B does.
+    rows = [{"loss": loss, "task": "t", "metric": "DSC", "case": str(k),
+             "value": 0.5 + 0.01 * (k + 1) * (loss == "B")} for loss in "AB" for k in range(5)]
+    assert significance_scores(rows, alpha=1 / 32)[("t", "DSC")] == {"A": 0, "B": 0}
+    assert significance_scores(rows, alpha=1 / 32 + 1e-12)[("t", "DSC")] == {"A": 0, "B": 1}
+    assert rank_scores(rows, alpha=1 / 32) == {"A": 0.0, "B": 0.0}
