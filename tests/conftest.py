@@ -61,3 +61,16 @@ def torch_backend(monkeypatch):
 def triton_backend(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("FASTLOSS_BACKEND", "triton")
+
+
+# Tests marked `large` (tests/test_large.py: more than 2^31 elements, up to 16 GiB of memory) run only when
+# asked: `pytest --run-large`, or a -m expression that names the marker (`pytest -m large`).
+def pytest_addoption(parser):
+    parser.addoption("--run-large", action="store_true", default=False,
+                     help="run the tests marked large (more than 2^31 elements, up to 16 GiB of memory)")
+
+
+def pytest_runtest_setup(item):
+    if "large" in item.keywords and not (item.config.getoption("--run-large")
+                                         or "large" in (item.config.getoption("markexpr") or "")):
+        pytest.skip("marked large (more than 2^31 elements, up to 16 GiB of memory): run with --run-large or -m large")
