@@ -66,8 +66,8 @@ def test_statistics_over_2_31_voxels():
         assert s.shape == (1, 1, 4)
         assert s[0, 0].tolist() == [2.0**20, 2.0**30 + 2.0**20, 2.0**20, float(N)], s
         # softmax over two classes of one logit row (stride 0 between classes): p = 1/2 everywhere
+        del x, tgt
         x2 = torch.zeros(1, 1, N).expand(1, 2, N)
-        del x
         s2 = cpu_stats.class_stats_cpu(x2, prepare_target(x2, lab), StatsSpec("softmax", ("pg", "p", "g", "ce")))
         assert s2[0, :, :3].tolist() == [[2.0**30, N / 2, float(H)], [2.0**19, N / 2, 2.0**20]], s2
         ce = s2[0, :, 3].double()
