@@ -1,7 +1,7 @@
 """Every loss a user can name runs on CPU tensors through the compiled kernels, with or without triton.
 
-For every ``fastloss.PAPER_LOSSES`` entry (built by ``get_loss``) and every MONAI drop-in class (built with
-MONAI's usual arguments), one forward and backward on small CPU tensors must
+For every ``fastloss.PAPER_LOSSES`` entry and every named loss beyond the paper (built by ``get_loss``), and every
+MONAI drop-in class (built with MONAI's usual arguments), one forward and backward on small CPU tensors must
 
 - give a finite loss and a finite gradient,
 - call the compiled extension ``fastloss._C`` (a statistics, CE, TopK, Lovász or EDT kernel: not a silent
@@ -22,6 +22,7 @@ import sys
 KERNELS = (
     "class_stats_cpu_forward", "class_stats_cpu_backward", "voxel_ce_cpu_forward", "voxel_ce_cpu_backward",
     "topk_select_cpu", "topk_weights_cpu", "lovasz_cpu", "loss_formula_cpu", "edt_cpu",
+    "soft_skeleton_cpu", "soft_confusion_cpu", "nacl_penalty_cpu", "skeletonize_cpu",
 )
 
 # MONAI's drop-in names, with the arguments MONAI users pass for integer labels and multi-class logits
@@ -37,6 +38,12 @@ MONAI_DROP_INS = {
     "HausdorffDTLoss": dict(to_onehot_y=True, softmax=True),
     "LogHausdorffDTLoss": dict(to_onehot_y=True, softmax=True),
     "BoundaryLoss": dict(to_onehot_y=True, softmax=True),
+    "SoftclDiceLoss": dict(to_onehot_y=True, softmax=True),
+    "SoftDiceclDiceLoss": dict(to_onehot_y=True, softmax=True),
+    "MCCLoss": dict(to_onehot_y=True, softmax=True),
+    "GeneralizedWassersteinDiceLoss": dict(),
+    "AsymmetricUnifiedFocalLoss": dict(to_onehot_y=True, num_classes=3, rare_classes=[1]),
+    "NACLLoss": dict(classes=3, dim=3),
 }
 
 
@@ -82,7 +89,13 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     B, C, S = 2, 3, (6, 7, 8)
+    from fastloss.registry import BEYOND_PAPER
+
     cases = [(f"get_loss({n!r})", lambda n=n: fastloss.get_loss(n)) for n in sorted(fastloss.PAPER_LOSSES)]
+    # the named losses beyond the paper (skeleton/topology and MONAI's others), with their get_loss configuration
+    # ("UnifiedFocal" is MONAI's binary form: the 3-class inputs here take its multi-class argument)
+    beyond = {"UnifiedFocal": dict(num_classes=3, rare_classes=[1])}
+    cases += [(f"get_loss({n!r})", lambda n=n: fastloss.get_loss(n, **beyond.get(n, {}))) for n in sorted(BEYOND_PAPER)]
     cases += [(f"{n}(**{kw})", lambda n=n, kw=kw: getattr(fastloss, n)(**kw)) for n, kw in MONAI_DROP_INS.items()]
     failures = []
     for label, make in cases:
