@@ -129,7 +129,7 @@ def test_voxel_ce_matches_cross_entropy(B, C, spatial, dtype, layout, ignore, se
                            reduction="none").reshape(B, -1)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(ce.double(), want, rtol=tol, atol=tol)
-    w = torch.rand(want.shape, dtype=torch.float64)
+    w = torch.rand(want.shape, dtype=torch.float64, generator=g)
     (ga,) = torch.autograd.grad((ce.double() * w).sum(), xa)
     (gb,) = torch.autograd.grad((want * w).sum(), x64)
     # dx is stored in the input's dtype: its rounding (float16: 2^-11, bfloat16: 2^-8) relative to max |dx|
