@@ -304,8 +304,13 @@ def _region_target(input: torch.Tensor, target: torch.Tensor, regions: tuple, ig
     if ignore_index is not None:
         dt = torch.float64 if input.dtype == torch.float64 else torch.float32
         info = torch.iinfo(labels.dtype)
+        # with the label check off, negative labels are ignored voxels in the kernels: in the mask too
+        in_range = None if label_checks_enabled() else labels >= 0
         if info.min <= ignore_index <= info.max:
-            mask = (labels != ignore_index).to(dt)
+            keep = labels != ignore_index
+            mask = (keep if in_range is None else keep & in_range).to(dt)
+        elif in_range is not None:
+            mask = in_range.to(dt)
         else:
             mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
     return Target(labels, None, mask, C, spatial, ignore_index, regions=region_table(regions, input.device))
@@ -399,8 +404,17 @@ def prepare_target(
     if ignore_index is not None:
         dt = torch.float64 if input.dtype == torch.float64 else torch.float32
         info = torch.iinfo(labels.dtype)
+        # with the label check off, out-of-range labels are ignored voxels in the kernels: in the mask too, so
+        # that every backend counts the same voxels (the focal and CE normalisations read the mask)
+        in_range = None
+        if not label_checks_enabled():
+            hi = 2 if C == 1 else C
+            in_range = (labels >= 0) & (labels < hi)
         if info.min <= ignore_index <= info.max:
-            mask = (labels != ignore_index).to(dt)
+            keep = labels != ignore_index
+            mask = (keep if in_range is None else keep & in_range).to(dt)
+        elif in_range is not None:
+            mask = in_range.to(dt)
         else:  # e.g. uint8 labels with ignore_index=-100: no voxel can hold it (and comparing would wrap it)
             mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
     return Target(labels, None, mask, C, spatial, ignore_index)

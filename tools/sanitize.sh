@@ -44,7 +44,7 @@ done
 # buffer cache, EDT and edt_at, the metrics' mask helpers, the memory-safety reproducers) and a short fuzz
 # run; --full runs every file of tests/.
 CI_FILES=(tests/test_cpu_stats.py tests/test_cpu_lovasz.py tests/test_cpu_buffers.py tests/test_edt.py
-          tests/test_edt_at.py tests/test_memory_safety.py tests/test_metrics.py tests/fuzz)
+          tests/test_edt_at.py tests/test_memory_safety.py tests/test_metrics.py tests/test_regions.py tests/fuzz)
 
 CXX_BIN="${CXX:-c++}"
 SAN="-fsanitize=address,undefined"

@@ -514,7 +514,8 @@ class TopKLoss(nn.Module):
         sel = (logp.detach() < torch.log(torch.tensor(self.t, dtype=dt))).to(dt) * g
         w = _class_weight_vector(self.class_weight, x.shape[1], logp)
         wsel = sel if w is None else sel * w.view(1, -1, 1)
-        per_voxel = -(wsel * logp)
+        unsel_inf = (wsel == 0) & (logp == float("-inf"))  # an unselected -inf logit: the limit 0, not 0·(−inf)
+        per_voxel = -(wsel * torch.where(unsel_inf, torch.zeros((), dtype=logp.dtype, device=logp.device), logp))
         if self.reduction == "none":
             return per_voxel.sum(dim=1).reshape((x.shape[0],) + tuple(input.shape[2:]))
         num = per_voxel.sum()

@@ -49,7 +49,12 @@ class ValueAttributeError(ValueError, AttributeError):
 
 def to_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
+        a = np.ascontiguousarray(x)
+        # np.ascontiguousarray keeps a negative stride on a size-1 axis and a non-native byte order, which
+        # torch.from_numpy refuses: copy those
+        if any(st < 0 for st in a.strides) or not a.dtype.isnative:
+            a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+        return torch.from_numpy(a)
     if not isinstance(x, torch.Tensor):
         raise NotATensorError(
             f"{name} must be a torch.Tensor or numpy array of shape (B, C, *spatial), got {type(x).__name__}"

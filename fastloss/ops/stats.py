@@ -109,6 +109,9 @@ def voxel_terms(
         out["sqerr_neg"] = (g - pm) ** 2 * (one - g)
     if need & {"ce", "focal", "ce_pow", "map_ce"}:
         logp = log_prob(x, spec.activation, spec.log_eps)
+        if spec.activation == "softmax":  # a −inf logit on a class with g = 0: its term is the limit 0, not 0·(−inf)
+            logp = torch.where((g == 0) & (logp == float("-inf")), torch.zeros((), dtype=logp.dtype, device=logp.device),
+                               logp)
         if spec.activation == "sigmoid":
             log1mp = F.logsigmoid(-x)
             ce = -(g * logp + ((1.0 if m is None else m) - g) * log1mp)

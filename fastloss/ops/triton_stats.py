@@ -262,6 +262,7 @@ def _stats_fwd_kernel(
         if ACT == 0:
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
+            logp = tl.where((g == 0) & (logp == float("-inf")), 0.0, logp)  # a -inf logit where g = 0: the limit 0
         else:
             p, logp = _elementwise_activation(x, log_eps, ACT, NEED_LOG, HAS_LOG_EPS)
         pm = p * m
@@ -445,6 +446,7 @@ def _stats_bwd_kernel(
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
+            logp = tl.where((g == 0) & (logp == float("-inf")), 0.0, logp)  # a -inf logit where g = 0: the limit 0
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
                                   I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
@@ -459,6 +461,7 @@ def _stats_bwd_kernel(
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
+            logp = tl.where((g == 0) & (logp == float("-inf")), 0.0, logp)  # a -inf logit where g = 0: the limit 0
             a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
                                   I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
