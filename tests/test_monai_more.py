@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from _compiled import assert_compiled_step_matches_eager
+
 import fastloss
 from fastloss.losses.monai_more import (
     AsymmetricUnifiedFocalLoss,
@@ -449,30 +451,7 @@ def test_functional_forms_and_exports():
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_compile_fullgraph(make, probs, backend, monkeypatch):
     monkeypatch.setenv("FASTLOSS_BACKEND", backend)
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    net = torch.nn.Conv3d(1, 3, 3, padding=1)
-    loss = make()
-
-    def step(x, y):
-        out = net(x)
-        if probs:
-            out = torch.softmax(out, 1)
-        return loss(out, y)
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    for seed in (0, 1):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(2, 1, 6, 5, 4, generator=g)
-        y = torch.randint(0, 3, (2, 1, 6, 5, 4), generator=g)
-        ref = step(x, y)
-        rg = torch.autograd.grad(ref, list(net.parameters()))
-        got = compiled(x, y)
-        gg = torch.autograd.grad(got, list(net.parameters()))
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-        for a, b in zip(gg, rg):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    torch._dynamo.reset()
+    assert_compiled_step_matches_eager(make(), probs=probs)
 
 
 def test_get_loss_names():
