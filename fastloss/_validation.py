@@ -300,19 +300,8 @@ def _region_target(input: torch.Tensor, target: torch.Tensor, regions: tuple, ig
                                  + f"; found {values}")
             if seen is not None:
                 seen.add(key)
-    mask = None
-    if ignore_index is not None:
-        dt = torch.float64 if input.dtype == torch.float64 else torch.float32
-        info = torch.iinfo(labels.dtype)
-        # with the label check off, negative labels are ignored voxels in the kernels: in the mask too
-        in_range = None if label_checks_enabled() else labels >= 0
-        if info.min <= ignore_index <= info.max:
-            keep = labels != ignore_index
-            mask = (keep if in_range is None else keep & in_range).to(dt)
-        elif in_range is not None:
-            mask = in_range.to(dt)
-        else:
-            mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
+    # with the label check off, negative labels are ignored voxels in the kernels: in the mask too
+    mask = _ignore_mask(labels, ignore_index, input.dtype, lambda: labels >= 0)
     return Target(labels, None, mask, C, spatial, ignore_index, regions=region_table(regions, input.device))
 
 
@@ -400,24 +389,29 @@ def prepare_target(
     if label_checks_enabled():
         _check_label_range_once(labels, C, ignore_index, name)
 
-    mask = None
-    if ignore_index is not None:
-        dt = torch.float64 if input.dtype == torch.float64 else torch.float32
-        info = torch.iinfo(labels.dtype)
-        # with the label check off, out-of-range labels are ignored voxels in the kernels: in the mask too, so
-        # that every backend counts the same voxels (the focal and CE normalisations read the mask)
-        in_range = None
-        if not label_checks_enabled():
-            hi = 2 if C == 1 else C
-            in_range = (labels >= 0) & (labels < hi)
-        if info.min <= ignore_index <= info.max:
-            keep = labels != ignore_index
-            mask = (keep if in_range is None else keep & in_range).to(dt)
-        elif in_range is not None:
-            mask = in_range.to(dt)
-        else:  # e.g. uint8 labels with ignore_index=-100: no voxel can hold it (and comparing would wrap it)
-            mask = torch.ones(labels.shape, dtype=dt, device=labels.device)
+    # with the label check off, out-of-range labels are ignored voxels in the kernels: in the mask too, so that
+    # every backend counts the same voxels (the focal and CE normalisations read the mask)
+    hi = 2 if C == 1 else C
+    mask = _ignore_mask(labels, ignore_index, input.dtype, lambda: (labels >= 0) & (labels < hi))
     return Target(labels, None, mask, C, spatial, ignore_index)
+
+
+def _ignore_mask(labels: torch.Tensor, ignore_index: Optional[int], input_dtype: torch.dtype, in_range) -> Optional[torch.Tensor]:
+    """The float ``(B, N)`` mask of integer ``labels`` with ``ignore_index`` (None without one): 0 at the ignored
+    voxels and, with the label check off, at the labels ``in_range()`` (a callable giving the bool tensor of
+    counted labels) rejects, as the kernels treat them."""
+    if ignore_index is None:
+        return None
+    dt = torch.float64 if input_dtype == torch.float64 else torch.float32
+    info = torch.iinfo(labels.dtype)
+    ok = None if label_checks_enabled() else in_range()
+    if info.min <= ignore_index <= info.max:
+        keep = labels != ignore_index
+        return (keep if ok is None else keep & ok).to(dt)
+    if ok is not None:
+        return ok.to(dt)
+    # e.g. uint8 labels with ignore_index=-100: no voxel can hold it (and comparing would wrap it)
+    return torch.ones(labels.shape, dtype=dt, device=labels.device)
 
 
 # Inside ``labels_checked_once()`` (entered by every compound loss through
