@@ -34,7 +34,8 @@ from torch import nn
 
 from . import losses as L
 
-__all__ = ["PAPER_LOSSES", "get_loss", "paper_loss_names", "canonical_name", "name_key"]
+__all__ = ["PAPER_LOSSES", "BEYOND_PAPER", "get_loss", "logits_loss", "paper_loss_names", "beyond_paper_names",
+           "canonical_name", "name_key"]
 
 # Region losses as in the paper (nnU-Net's SoftDiceLoss kwargs: batch_dice, do_bg=False, smooth=1e-5).
 _REGION = dict(softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
@@ -127,10 +128,13 @@ BEYOND_PAPER: Dict[str, Tuple[type, dict]] = {
     "MCC": (L.MCCLoss, dict(softmax=True)),
     "NACL": (L.NACLLoss, {}),
 }
-# (looked up by get_loss after the paper's names, by name or class name; canonical_name knows the paper's only)
+# (looked up by get_loss after the paper's names, by name or class name with or without its "Loss";
+# canonical_name knows the paper's only unless asked for these too)
 _BEYOND_LOOKUP: Dict[str, str] = {}
 for _name, (_cls, _) in BEYOND_PAPER.items():
     _BEYOND_LOOKUP[name_key(_name)] = _BEYOND_LOOKUP[name_key(_cls.__name__)] = _name
+    if _cls.__name__.endswith("Loss"):
+        _BEYOND_LOOKUP.setdefault(name_key(_cls.__name__[:-4]), _name)
 
 _LOOKUP: Dict[str, str] = {}
 for _name in list(PAPER_LOSSES) + list(_ALIASES):
@@ -141,17 +145,58 @@ for _name in list(PAPER_LOSSES) + list(_ALIASES):
     _LOOKUP[_k2] = _canon
 
 
-def canonical_name(name: str) -> Optional[str]:
+def canonical_name(name: str, *, beyond_paper: bool = False) -> Optional[str]:
     """The :data:`PAPER_LOSSES` key that ``name`` stands for under :func:`get_loss`'s spelling rules
     (``"lovasz"`` -> ``"Lovász"``, ``"TopK10"`` -> ``"TopK-10%"``, ``"GeneralizedDiceLoss"`` -> ``"GDice"``),
-    or None for a name that is not known.
+    or None for a name that is not known. With ``beyond_paper=True`` the :data:`BEYOND_PAPER` keys are known too
+    (looked up after the paper's, by name or class name: ``"skeletonrecall"``, ``"SoftclDiceLoss"`` -> ``"clDice"``).
 
     Raises:
         TypeError: ``name`` is not a string.
     """
     if not isinstance(name, str):
         raise TypeError(f"loss name must be a string, got {type(name).__name__}")
-    return _LOOKUP.get(name_key(name))
+    canon = _LOOKUP.get(name_key(name))
+    if canon is None and beyond_paper:
+        canon = _BEYOND_LOOKUP.get(name_key(name))
+    return canon
+
+
+def beyond_paper_names() -> list:
+    """The canonical names of :data:`BEYOND_PAPER` (the losses after the paper that :func:`get_loss` builds)."""
+    return list(BEYOND_PAPER)
+
+
+class _SoftmaxFirst(nn.Module):
+    """``loss(softmax(logits), target)``: a loss of probabilities fed a network's logits."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input, target):
+        return self.loss(input.softmax(dim=1), target)
+
+
+def logits_loss(name: str, num_classes: Optional[int] = None, **overrides) -> nn.Module:
+    """:func:`get_loss` for a network's logits of ``num_classes`` channels (what the nnU-Net trainers and the
+    odyssey train with): every loss of :data:`PAPER_LOSSES` and :data:`BEYOND_PAPER` reads logits as it is but
+    ``UnifiedFocal`` (MONAI's ``AsymmetricUnifiedFocalLoss`` reads probabilities), which gets the softmax first
+    and, for ``num_classes > 2``, Yeung et al.'s multi-class form with every foreground class rare
+    (``rare_classes = 1..C-1``; with 2 classes that is MONAI's binary loss).
+
+    Raises:
+        TypeError / ValueError: as :func:`get_loss`; ``num_classes`` not an int >= 2 where UnifiedFocal needs it.
+    """
+    canon = canonical_name(name, beyond_paper=True) if isinstance(name, str) else None
+    if canon != "UnifiedFocal":
+        return get_loss(name, **overrides)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"UnifiedFocal needs the number of classes (an int >= 2) of the logits, got {num_classes!r}")
+    extra = dict(num_classes=num_classes)
+    if num_classes > 2:
+        extra["rare_classes"] = list(range(1, num_classes))
+    return _SoftmaxFirst(get_loss(name, **{**extra, **overrides}))
 
 
 def paper_loss_names() -> list:
@@ -206,8 +251,8 @@ def get_loss(name: str, **overrides) -> nn.Module:
     if canon is None:
         canon = _BEYOND_LOOKUP.get(name_key(name))
     if canon is None:
-        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
-                         "(or a loss class name such as 'DiceCELoss')")
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}; after the paper: "
+                         f"{', '.join(BEYOND_PAPER)} (or a loss class name such as 'DiceCELoss')")
     cls, kwargs = PAPER_LOSSES[canon] if canon in PAPER_LOSSES else BEYOND_PAPER[canon]
     _check_overrides(name, canon, cls, overrides)
     if canon == "DiceBD":

@@ -1,6 +1,7 @@
-"""nnU-Net v2 integration: the paper's losses as nnU-Net trainers, with deep supervision and DDP-exact batch Dice.
+"""nnU-Net v2 integration: the paper's losses and those after it (:data:`fastloss.registry.BEYOND_PAPER`: Skeleton
+Recall, cbDice, Boundary DoU, MONAI's other losses) as nnU-Net trainers, with deep supervision and DDP-exact batch Dice.
 
-- :func:`build_nnunet_loss` (no nnunetv2 needed): a paper loss with nnU-Net's conventions;
+- :func:`build_nnunet_loss` (no nnunetv2 needed): a loss with nnU-Net's conventions;
 - :mod:`fastloss.nnunet.trainers` (needs the ``[nnunet]`` extra): ``nnUNetTrainer`` subclasses per loss;
 - ``python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss DiceTopK [nnU-Net options]``,
   ``python -m fastloss.nnunet list`` and ``python -m fastloss.nnunet trainer-dir`` (:mod:`fastloss.nnunet.cli`);

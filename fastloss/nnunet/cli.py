@@ -27,7 +27,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ..registry import PAPER_LOSSES
+from ..registry import BEYOND_PAPER, PAPER_LOSSES
 
 _ORIGINAL = {}
 
@@ -73,13 +73,14 @@ def _positive(s: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastloss.nnunet", description="nnU-Net v2 with the paper's losses")
+    p = argparse.ArgumentParser(prog="python -m fastloss.nnunet",
+                                description="nnU-Net v2 with the paper's losses and those after it")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="nnUNetv2_train with a fastloss trainer (other options go to nnU-Net)")
     t.add_argument("dataset_name_or_id")
     t.add_argument("configuration")
     t.add_argument("fold")
-    t.add_argument("--loss", required=True, help="a paper loss name (see `list`)")
+    t.add_argument("--loss", required=True, help="a loss name: the paper's or one after it (see `list`)")
     t.add_argument("--nnunet-values", action="store_true", help="nnU-Net's value convention (-Dice)")
     t.add_argument("--epochs", type=_positive, help="instead of nnU-Net's 1000")
     t.add_argument("--iterations", type=_positive, help="training iterations per epoch instead of 250")
@@ -105,6 +106,9 @@ Tags:
                    region-based training, but not with an ignore label (its statistics cannot mask voxels).
   [nnunet-values]  --nnunet-values (trainer ..._nnUNetValues) logs nnU-Net's own numbers for this loss
                    (its Dice part is -Dice, fastloss's 1 - Dice: the same gradients).
+  [after the paper] a loss published after the paper (fastloss.registry.BEYOND_PAPER), its authors' or
+                   MONAI's settings with nnU-Net's batch Dice and ignore label; label datasets only. The
+                   skeleton losses make their target from the full-resolution labels, as their authors' trainer.
 Train: python -m fastloss.nnunet train DATASET CONFIGURATION FOLD --loss NAME [-device cpu]
    or: nnUNet_extTrainer="$(python -m fastloss.nnunet trainer-dir)" nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER
        (nnU-Net's own command: needs a torchvision that imports beside your torch)"""
@@ -124,12 +128,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "list":
         from .losses import NNUNET_VALUE_LOSSES, REGION_LOSSES
 
-        for name in PAPER_LOSSES:
+        for name in list(PAPER_LOSSES) + list(BEYOND_PAPER):
             notes = []
             if name in REGION_LOSSES:
                 notes.append("regions" if REGION_LOSSES[name] else "regions, no ignore label")
             if name in NNUNET_VALUE_LOSSES:
                 notes.append("nnunet-values")
+            if name in BEYOND_PAPER:
+                notes.append("after the paper")
             tail = "".join(f"  [{n}]" for n in notes)
             print(f"{name:26s} nnUNetTrainer_fastloss_{trainer_suffix(name)}{tail}")
         print()

@@ -24,6 +24,18 @@ Value convention: fastloss's Dice part is ``1 − Dice``, nnU-Net's ``−Dice``;
 nnU-Net's own ``DC_and_CE_loss``/``DC_and_topk_loss``/``DC_and_BCE_loss``/``MemoryEfficientSoftDiceLoss``;
 it is offered for the losses nnU-Net has (:data:`NNUNET_VALUE_LOSSES`).
 
+The losses after the paper (:data:`fastloss.registry.BEYOND_PAPER`: Skeleton Recall, its Dice + CE compound, cbDice,
+Boundary DoU and MONAI's other segmentation losses) are built as :func:`fastloss.registry.logits_loss` builds them
+(the authors'/MONAI's settings), with nnU-Net's plan and label manager deciding what they decide for the paper's
+losses: ``batch`` from the plan's ``batch_dice`` where the loss has it, the ignore label as ``ignore_index`` (a
+ValueError for a loss without one), label datasets only (softmax over classes). The skeleton losses follow the
+authors' ``nnUNetTrainerSkeletonRecall``: smoothing 1e-5, and the tubed skeleton made from the *full-resolution*
+labels (their ``SkeletonTransform``, here :func:`fastloss.skeleton.tubed_skeleton` on the labels' device) and
+downsampled with the labels to every deep-supervision scale (``nearest-exact``, nnU-Net's
+``DownsampleSegForDSTransform``), not made again from the downsampled labels (:class:`SkeletonTargetLoss`).
+Losses that need distance maps or one-hot targets (cbDice, Boundary DoU) make them at each scale from that scale's
+labels, as the paper's boundary losses do.
+
 One known difference remains with an ignore label: fastloss's TopK keeps k % of the *labelled* voxels (the
 paper's definition); nnU-Net's ``TopKLoss`` keeps k % of all voxels of the patch, ignored ones included
 (their CE is 0), so its TopK term is smaller when many voxels are ignored. Without an ignore label they agree.
@@ -45,8 +57,10 @@ from .. import losses as L
 from ..distributed import sync_batch_statistics
 from ..losses._common import LossBase, check_bool, check_ignore_index
 from ..losses.deep_supervision import DeepSupervisionLoss
-from ..registry import PAPER_LOSSES
+from ..losses.deep_supervision import downsample_target
+from ..registry import BEYOND_PAPER, PAPER_LOSSES, logits_loss
 from ..registry import canonical_name as _registry_name
+from ..skeleton import tubed_skeleton
 
 __all__ = [
     "NNUNET_VALUE_LOSSES",
@@ -54,6 +68,9 @@ __all__ = [
     "NNUNetLoss",
     "RegionDiceBCELoss",
     "RegionLabelsDiceBCELoss",
+    "SKELETON_LOSSES",
+    "NNUNetSkeletonLoss",
+    "SkeletonTargetLoss",
     "build_nnunet_loss",
     "canonical_name",
 ]
@@ -67,6 +84,8 @@ REGION_LOSSES = {
     "SampleSquareDice": True, "DiceCE": True, "IoU": True, "Tversky": True, "FocalTversky": True,
     "Asym": True, "GDice": True, "pGDice": True, "SS": False,
 }
+# Losses after the paper whose target is the tubed skeleton of the labels (the Skeleton Recall authors' trainer).
+SKELETON_LOSSES = ("SkeletonRecall", "DiceCESkeletonRecall")
 # Table 4 names whose batch/sample choice is part of the name (nnU-Net's plan does not override it).
 _FIXED_BATCH = {"Dice (Batch, no square)", "BatchSquareDice", "SampleDice (no square)", "SampleSquareDice"}
 # A logit whose sigmoid is exactly 0 in float16/bfloat16/float32/float64 (exp(1e4) overflows all of them).
@@ -74,15 +93,18 @@ _MASKED_LOGIT = -1.0e4
 
 
 def canonical_name(name: str) -> str:
-    """The registry's canonical spelling of a paper loss name (case, accents, punctuation ignored).
+    """The registry's canonical spelling of a loss name of :data:`~fastloss.registry.PAPER_LOSSES` or
+    :data:`~fastloss.registry.BEYOND_PAPER` (case, accents, punctuation ignored; class names with or without
+    ``Loss``, as :func:`fastloss.registry.canonical_name`).
 
     Raises:
         TypeError: ``name`` is not a string.
         ValueError: an unknown name; the message lists the known ones.
     """
-    canon = _registry_name(name)  # TypeError for a non-string
+    canon = _registry_name(name, beyond_paper=True)  # TypeError for a non-string
     if canon is None:
-        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}")
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}; after the paper: "
+                         f"{', '.join(BEYOND_PAPER)}")
     return canon
 
 
@@ -196,6 +218,101 @@ class NNUNetLoss(nn.Module):
         return f"regions={self.regions}, region_ignore={self.region_ignore}, offset={self.offset}"
 
 
+def _as_labels(target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's segmentations (float or int16 ``(B, 1, *spatial)``) as int64 labels."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+    return target.round().long() if target.is_floating_point() else target.long()
+
+
+class NNUNetSkeletonLoss(nn.Module):
+    """A skeleton loss (``loss(input, labels, skeleton=...)``: :class:`fastloss.SkeletonRecallLoss`,
+    :class:`fastloss.DiceCESkeletonRecallLoss`) at one scale, its target the labels and their tubed skeleton
+    stacked as the two channels of one ``(B, 2, *spatial)`` tensor (what :class:`SkeletonTargetLoss` hands down,
+    so that :class:`~fastloss.DeepSupervisionLoss` downsamples both alike)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not isinstance(target, torch.Tensor) or target.ndim < 2 or target.shape[1] != 2:
+            raise ValueError("NNUNetSkeletonLoss expects the (B, 2, *spatial) stack of labels and skeleton that "
+                             "SkeletonTargetLoss makes, got "
+                             + (f"shape {tuple(target.shape)}" if isinstance(target, torch.Tensor) else type(target).__name__))
+        return self.loss(input, target[:, :1], skeleton=target[:, 1:])
+
+
+class SkeletonTargetLoss(nn.Module):
+    """The authors' skeleton target for nnU-Net's outputs: the tubed skeleton of the full-resolution labels
+    (:func:`fastloss.skeleton.tubed_skeleton`: their ``SkeletonTransform(do_tube=True)``), downsampled with the
+    labels to every deep-supervision scale (``nearest-exact``, :func:`fastloss.losses.deep_supervision.downsample_target`,
+    nnU-Net's ``DownsampleSegForDSTransform``), then ``inner`` (a :class:`NNUNetSkeletonLoss`, or a
+    :class:`~fastloss.DeepSupervisionLoss` of one) on the stacked ``(B, 2, *spatial)`` labels and skeleton.
+
+    ``forward(output, target)``: ``target`` the full-resolution labels ``(B, 1, *spatial)`` (fastloss's trainers:
+    targets made on the device), or nnU-Net's list of one target per output (its loader's, full resolution first:
+    the skeleton is made from ``target[0]`` and downsampled to each other target's size, as the authors' loader
+    downsamples its skeleton with the segmentation).
+    """
+
+    def __init__(self, inner: nn.Module, tube_dilations: int = 2) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tube_dilations = int(tube_dilations)
+
+    def skeleton(self, labels: torch.Tensor) -> torch.Tensor:
+        """The tubed skeleton of ``(B, 1, *spatial)`` integer labels (same shape, class ids)."""
+        sd = labels.ndim - 2
+        if sd not in (2, 3):
+            raise ValueError(f"the skeleton target needs 2 or 3 spatial dims, got labels of shape {tuple(labels.shape)}")
+        with torch.no_grad():
+            return tubed_skeleton(labels[:, 0], sd, dilations=self.tube_dilations).unsqueeze(1)
+
+    def forward(self, output, target) -> torch.Tensor:
+        if isinstance(target, (list, tuple)):
+            if not target:
+                raise ValueError("target must be a non-empty list of nnU-Net's per-output targets")
+            labels = [_as_labels(t) for t in target]
+            if labels[0].ndim < 3 or labels[0].shape[1] != 1:
+                raise ValueError(f"the skeleton losses take label targets (B, 1, *spatial), got {tuple(target[0].shape)}")
+            skel = self.skeleton(labels[0])
+            stacked = [torch.cat([t, downsample_target(skel, t.shape[2:])], dim=1) for t in labels]
+        elif isinstance(target, torch.Tensor):
+            labels = _as_labels(target)
+            ref = output[0] if isinstance(output, (list, tuple)) and output else output
+            if isinstance(ref, torch.Tensor) and labels.ndim == ref.ndim - 1:
+                labels = labels.unsqueeze(1)  # (B, *spatial) -> (B, 1, *spatial)
+            if labels.ndim < 3 or labels.shape[1] != 1:
+                raise ValueError(f"the skeleton losses take label targets (B, 1, *spatial), got {tuple(target.shape)}")
+            stacked = torch.cat([labels, self.skeleton(labels)], dim=1)
+        else:
+            raise TypeError(f"target must be a tensor or a list of tensors, got {type(target).__name__}")
+        return self.inner(output, stacked)
+
+    def extra_repr(self) -> str:
+        return f"tube_dilations={self.tube_dilations}"
+
+
+def _beyond_paper_loss(canon: str, *, batch_dice: bool, ignore_label: Optional[int], num_classes: Optional[int],
+                       overrides: dict) -> nn.Module:
+    """Loss ``canon`` of :data:`~fastloss.registry.BEYOND_PAPER` with what nnU-Net's plan and label manager say."""
+    cls, _ = BEYOND_PAPER[canon]
+    params = inspect.signature(cls).parameters
+    kwargs = {}
+    if "batch" in params:
+        kwargs["batch"] = batch_dice
+    if canon == "SkeletonRecall":
+        kwargs["smooth"] = 1e-5  # the authors' trainer (their SoftSkeletonRecallLoss's default is 1)
+    if ignore_label is not None:
+        if "ignore_index" not in params:
+            able = [n for n, (c, _) in BEYOND_PAPER.items() if "ignore_index" in inspect.signature(c).parameters]
+            raise ValueError(f"loss {canon!r} has no ignore_index, so it cannot train on a dataset with an ignore "
+                             f"label ({ignore_label}); the losses after the paper that can: {', '.join(able)}")
+        kwargs["ignore_index"] = ignore_label
+    return logits_loss(canon, num_classes, **{**kwargs, **overrides})
+
+
 def build_nnunet_loss(
     name: str,
     *,
@@ -207,12 +324,14 @@ def build_nnunet_loss(
     process_group=None,
     nnunet_values: bool = False,
     regions: Optional[Sequence] = None,
+    num_classes: Optional[int] = None,
     **overrides,
 ) -> nn.Module:
-    """The paper's loss ``name`` with nnU-Net v2's conventions (see the module docstring).
+    """The paper's loss ``name`` (or a loss after the paper) with nnU-Net v2's conventions (see the module docstring).
 
     Args:
-        name: a paper loss name (:func:`fastloss.paper_loss_names`; spelling as :func:`fastloss.get_loss`).
+        name: a paper loss name (:func:`fastloss.paper_loss_names`; spelling as :func:`fastloss.get_loss`) or one
+            of :data:`fastloss.registry.BEYOND_PAPER` (label datasets only).
         batch_dice: nnU-Net's plan's ``batch_dice`` (sets ``batch`` of every loss that has it, except the
             Table 4 variants whose name fixes it).
         ignore_label: the label manager's ignore label, or None.
@@ -224,6 +343,8 @@ def build_nnunet_loss(
         nnunet_values: subtract the Dice part's constant so values equal nnU-Net's (``−Dice`` convention).
         regions: with ``has_regions``, the label manager's ``foreground_regions``: the targets are then the
             integer labels (nnU-Net's region conversion switched off), read through a label-to-regions table.
+        num_classes: the network's output channels (the label manager's ``num_segmentation_heads``); needed by
+            ``UnifiedFocal`` only (its multi-class form, :func:`fastloss.registry.logits_loss`).
         **overrides: constructor arguments for the loss, as :func:`fastloss.get_loss`.
 
     Returns:
@@ -233,8 +354,8 @@ def build_nnunet_loss(
     Raises:
         TypeError: a non-string name, a non-bool flag, a non-int ignore label.
         ValueError: an unknown name (lists the known ones); a loss that cannot do region-based training (lists
-            those that can) or cannot mask an ignore label there; ``nnunet_values`` for a loss nnU-Net does not
-            have.
+            those that can) or cannot mask an ignore label there (or, after the paper, at all); ``nnunet_values``
+            for a loss nnU-Net does not have.
 
     Example:
         >>> from fastloss.nnunet.losses import build_nnunet_loss
@@ -255,14 +376,32 @@ def build_nnunet_loss(
             )
         offset = NNUNET_VALUE_LOSSES[canon] * float(overrides.get("lambda_dice", 1.0))
 
+    if canon in BEYOND_PAPER:
+        if has_regions:
+            raise ValueError(
+                f"loss {canon!r} takes a softmax over classes and cannot train on nnU-Net's regions (sigmoid "
+                f"outputs); region-based training supports {', '.join(REGION_LOSSES)}"
+            )
+        loss = _beyond_paper_loss(canon, batch_dice=batch_dice, ignore_label=ignore_label, num_classes=num_classes,
+                                  overrides=overrides)
+        if canon in SKELETON_LOSSES:
+            tube = int(overrides.get("tube_dilations", 2))
+            loss = NNUNetSkeletonLoss(loss)
+            if deep_supervision_weights is not None:
+                loss = DeepSupervisionLoss(loss, deep_supervision_weights)
+            loss = SkeletonTargetLoss(loss, tube_dilations=tube)
+        else:
+            loss = NNUNetLoss(loss)
+            if deep_supervision_weights is not None:
+                loss = DeepSupervisionLoss(loss, deep_supervision_weights)
+        return _sync_ddp(loss, canon, ddp, process_group)
+
     cls, config = PAPER_LOSSES[canon]
     params = inspect.signature(cls).parameters
     kwargs = dict(config)
     if "batch" in params and canon not in _FIXED_BATCH:
         kwargs["batch"] = batch_dice
     region_ignore = False
-    if regions is not None and not has_regions:
-        raise ValueError("regions= is for region-based training: pass has_regions=True with it")
     if has_regions and regions is not None:
         if canon not in REGION_LOSSES:
             raise ValueError(
@@ -307,11 +446,16 @@ def build_nnunet_loss(
     loss = NNUNetLoss(loss, regions=has_regions, region_ignore=region_ignore, offset=offset)
     if deep_supervision_weights is not None:
         loss = DeepSupervisionLoss(loss, deep_supervision_weights)
+    return _sync_ddp(loss, canon, ddp, process_group)
+
+
+def _sync_ddp(loss: nn.Module, canon: str, ddp: bool, process_group) -> nn.Module:
+    """All-reduce the batch statistics under DDP where the loss has any (a warning where they cannot be)."""
     if ddp and any((isinstance(m, LossBase) and m.batch) or isinstance(m, L.TopKLoss) for m in loss.modules()):
         try:
             sync_batch_statistics(loss, process_group)
         except ValueError as e:  # e.g. SS/ELL with batch=True: train, but say that their sums stay per rank
-            warnings.warn(f"{canon}: batch statistics stay per rank under DDP ({e})", stacklevel=2)
+            warnings.warn(f"{canon}: batch statistics stay per rank under DDP ({e})", stacklevel=3)
     return loss
 
 

@@ -1,4 +1,4 @@
-"""nnU-Net v2 trainers for the paper's losses (needs the ``[nnunet]`` extra: nnunetv2 2.8.1).
+"""nnU-Net v2 trainers for the paper's losses and those after it (needs the ``[nnunet]`` extra: nnunetv2 2.8.1).
 
 :func:`trainer_class` makes an ``nnUNetTrainer`` subclass per loss name, ``nnUNetTrainer_fastloss_<Name>``
 (``..._nnUNetValues`` with nnU-Net's value convention). Its ``_build_loss`` is
@@ -19,7 +19,10 @@ Targets on the loss's device: nnU-Net's data loader makes one target per deep-su
 (training and validation) and hand the loss the one integer label patch: :class:`fastloss.DeepSupervisionLoss`
 downsamples it on the logits' device (``nearest-exact``, as nnU-Net's transform), and a region loss reads the
 labels through a label-to-regions table (``regions=``), so the regions are applied after downsampling, from
-integer labels, and the ignore label is an exact ``ignore_index``. The online pseudo-Dice of validation is
+integer labels, and the ignore label is an exact ``ignore_index``. The skeleton losses (``SkeletonRecall``,
+``DiceCESkeletonRecall``) make their tubed skeleton there too, from the full-resolution labels, and downsample it
+with them (:class:`fastloss.nnunet.losses.SkeletonTargetLoss`; the authors' trainer does both in its loader). The
+online pseudo-Dice of validation is
 computed from the same labels on the device. ``FASTLOSS_NNUNET_TARGETS_ON_DEVICE=0`` keeps nnU-Net's loader
 transforms (and its one-hot region targets).
 
@@ -56,8 +59,8 @@ _ENV_INT = {
 
 
 class FastlossTrainer(nnUNetTrainer):
-    """``nnUNetTrainer`` whose loss is the paper's ``fastloss_loss`` with nnU-Net's conventions, and whose
-    targets are made on the loss's device (see the module docstring)."""
+    """``nnUNetTrainer`` whose loss is fastloss's ``fastloss_loss`` (a paper loss or one after the paper) with
+    nnU-Net's conventions, and whose targets are made on the loss's device (see the module docstring)."""
 
     fastloss_loss: str = "DiceCE"
     nnunet_values: bool = False
@@ -135,6 +138,7 @@ class FastlossTrainer(nnUNetTrainer):
             ddp=self.is_ddp,
             nnunet_values=self.nnunet_values,
             regions=lm.foreground_regions if lm.has_regions and self.targets_on_device else None,
+            num_classes=lm.num_segmentation_heads,
         )
 
     def perform_actual_validation(self, save_probabilities: bool = False):
@@ -200,16 +204,16 @@ def parse_trainer_name(name: str):
     values = rest.endswith(VALUES_SUFFIX)
     if values:
         rest = rest[: -len(VALUES_SUFFIX)]
-    from ..registry import PAPER_LOSSES
+    from ..registry import BEYOND_PAPER, PAPER_LOSSES
 
-    for canon in PAPER_LOSSES:
+    for canon in list(PAPER_LOSSES) + list(BEYOND_PAPER):
         if trainer_suffix(canon) == rest:
             return canon, values
     return None
 
 
 def trainer_class(loss: str, nnunet_values: bool = False) -> type:
-    """The trainer class for paper loss ``loss`` (made once, then cached).
+    """The trainer class for loss ``loss``, a paper loss or one after the paper (made once, then cached).
 
     Raises:
         ValueError: an unknown loss name (lists the known ones), or ``nnunet_values`` for a loss nnU-Net does
@@ -223,20 +227,24 @@ def trainer_class(loss: str, nnunet_values: bool = False) -> type:
             raise ValueError(f"--nnunet-values: nnU-Net has no loss {canon!r}; it has {', '.join(NNUNET_VALUE_LOSSES)}")
     name = trainer_name(canon, nnunet_values)
     if name not in _CLASSES:
+        from ..registry import PAPER_LOSSES
+
+        what = "the paper's configuration" if canon in PAPER_LOSSES else "after the paper: its authors' settings"
         _CLASSES[name] = type(name, (FastlossTrainer,), {
             "fastloss_loss": canon, "nnunet_values": bool(nnunet_values), "__module__": __name__,
-            "__doc__": f"nnU-Net v2 trainer with fastloss's {canon!r} (the paper's configuration).",
+            "__doc__": f"nnU-Net v2 trainer with fastloss's {canon!r} ({what}).",
         })
     return _CLASSES[name]
 
 
 def all_trainer_classes() -> Dict[str, type]:
-    """``{trainer name: class}`` for every paper loss (and ``..._nnUNetValues`` for the losses nnU-Net has)."""
-    from ..registry import PAPER_LOSSES
+    """``{trainer name: class}`` for every paper loss and every loss after the paper (and ``..._nnUNetValues`` for
+    the losses nnU-Net has)."""
+    from ..registry import BEYOND_PAPER, PAPER_LOSSES
     from .losses import NNUNET_VALUE_LOSSES
 
     out = {}
-    for canon in PAPER_LOSSES:
+    for canon in list(PAPER_LOSSES) + list(BEYOND_PAPER):
         for values in ((False, True) if canon in NNUNET_VALUE_LOSSES else (False,)):
             cls = trainer_class(canon, values)
             out[cls.__name__] = cls

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from typing import List, Optional
 
-from .runner import MODES, TABLE2_LOSSES, run
+from .runner import BEYOND_LOSSES, MODES, TABLE2_LOSSES, run
 from .synthetic import TASKS
 
 
@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=sorted(MODES), default="quick",
                    help="quick: ~10 min on a 2-core CPU, 5 losses, 32^3 volumes; full: the 20 losses of Table 2, "
                    "96^3 volumes, for a GPU (default quick)")
-    p.add_argument("--losses", type=_names, help="comma-separated loss names (fastloss.get_loss), or 'table2' for all 20")
+    p.add_argument("--losses", type=_names, help="comma-separated loss names (fastloss.get_loss: the paper's, or "
+                   f"those after it: {', '.join(BEYOND_LOSSES)}); 'table2' stands for the paper's 20, 'beyond' for "
+                   "those after it (both may be mixed with names)")
     p.add_argument("--tasks", type=_names, help=f"comma-separated synthetic tasks (default all: {', '.join(TASKS)})")
     p.add_argument("--data", help="your dataset instead: an nnU-Net raw folder (dataset.json, imagesTr, labelsTr) "
                    "or a folder with images/ and labels/ (NIfTI or .npy)")
@@ -71,8 +73,9 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs, steps_per_epoch=args.steps, batch_size=args.batch_size, patch=args.patch, lr=args.lr,
         seed=args.seed, device=args.device).items() if v is not None})
     losses = args.losses
-    if losses is not None and len(losses) == 1 and losses[0].lower() == "table2":
-        losses = TABLE2_LOSSES
+    if losses is not None:  # the groups 'table2' and 'beyond' expand in place
+        groups = {"table2": TABLE2_LOSSES, "beyond": BEYOND_LOSSES}
+        losses = tuple(n for name in losses for n in groups.get(name.lower(), (name,)))
     changes = dict(losses=losses, tasks=args.tasks, data=args.data, test_fraction=args.test_fraction, size=args.size,
                    n_train=args.train_cases, n_test=args.test_cases, filters=args.filters,
                    timing_steps=args.timing_steps, threads=args.threads, tolerance=args.tolerance, out=args.out)

@@ -38,16 +38,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..registry import BEYOND_PAPER
 from .data import Dataset, load_folder, synthetic_dataset
 from .synthetic import TASKS
 from .train import (MONAI_EQUIVALENTS, TrainConfig, build_loss, build_network, canonical_name, evaluate,
                     monai_loss, summarize_ms, time_steps, train_one, training_class_counts)
 
-__all__ = ["OdysseyConfig", "MODES", "TABLE2_LOSSES", "QUICK_LOSSES", "run"]
+__all__ = ["OdysseyConfig", "MODES", "TABLE2_LOSSES", "BEYOND_LOSSES", "QUICK_LOSSES", "run"]
 
 #: The 20 losses of the paper's Table 2.
 TABLE2_LOSSES = ("Asym", "CE", "Dice", "DiceBD", "DiceCE", "DiceFocal", "DiceHD", "DiceTopK", "ELL", "Focal",
                  "FocalTversky", "GDice", "IoU", "Lovász", "pCE", "pGDice", "SS", "TopK", "Tversky", "WCE")
+#: The losses after the paper that the odyssey trains too (``--losses beyond``; issue 22 and MONAI's others).
+BEYOND_LOSSES = tuple(BEYOND_PAPER)
 #: The quick mode's handful: the paper's overall winner, its parts, a plain region loss and a compound one.
 QUICK_LOSSES = ("CE", "Dice", "DiceCE", "DiceTopK", "TopK")
 
@@ -59,7 +62,8 @@ class OdysseyConfig:
     Attributes:
         mode: ``"quick"`` or ``"full"`` (the defaults of :data:`MODES`), or ``"custom"``.
         tasks: synthetic task names (:data:`fastloss.odyssey.synthetic.TASKS`); ignored with ``data``.
-        losses: paper loss names (``fastloss.get_loss``).
+        losses: loss names (``fastloss.get_loss``): the paper's, or those after it
+            (:data:`fastloss.registry.BEYOND_PAPER`, :data:`BEYOND_LOSSES`).
         data: a user dataset folder (nnU-Net raw or images/labels), or None for the synthetic tasks.
         size: synthetic volume shape; ``n_train``/``n_test``: synthetic cases per task.
         test_fraction: the held-out share of a user dataset.
@@ -120,7 +124,8 @@ def new_run_id() -> str:
 def _check(cfg: OdysseyConfig) -> OdysseyConfig:
     cfg.train.validate()
     if not cfg.losses:
-        raise ValueError("no losses to train; give at least one name of fastloss.PAPER_LOSSES")
+        raise ValueError("no losses to train; give at least one name of fastloss.PAPER_LOSSES or "
+                         "fastloss.registry.BEYOND_PAPER")
     canon = [canonical_name(name) for name in cfg.losses]  # ValueError listing the known names
     if len(set(canon)) != len(canon):
         raise ValueError(f"losses repeat a name: {list(cfg.losses)}")

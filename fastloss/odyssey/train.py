@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import metrics
 from .. import registry
-from ..registry import PAPER_LOSSES, get_loss
+from ..registry import BEYOND_PAPER, PAPER_LOSSES, get_loss, logits_loss
 from .data import BatchSampler, Case, Dataset
 
 __all__ = ["build_network", "build_loss", "canonical_name", "monai_loss", "MONAI_EQUIVALENTS", "TrainConfig",
@@ -77,12 +77,21 @@ def build_network(in_channels: int, num_classes: int, patch: Sequence[int], filt
 
 
 # ------------------------------------------------------------------------------------------ losses
-def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = None) -> nn.Module:
+def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = None,
+               num_classes: Optional[int] = None) -> nn.Module:
     """The paper's configuration of ``name`` (``fastloss.get_loss``), with the DiceBD schedule scaled
     to ``epochs`` (see the module docstring) and, given the training set's voxel counts per class
     (``fastloss.class_counts``), WCE's and ELL's class weights from them, as the paper's Eq. (2) and
-    Wong et al. take them (without counts, those losses weigh each batch by its own frequencies)."""
+    Wong et al. take them (without counts, those losses weigh each batch by its own frequencies).
+
+    A loss after the paper (:data:`fastloss.registry.BEYOND_PAPER`) is built as
+    :func:`fastloss.registry.logits_loss` builds it for the network's ``num_classes`` logits (default: the length
+    of ``class_counts``): its authors' or MONAI's settings; UnifiedFocal on the softmax, multi-class beyond two."""
     canon = canonical_name(name)
+    if canon in BEYOND_PAPER:
+        if num_classes is None and class_counts is not None:
+            num_classes = int(class_counts.numel())
+        return logits_loss(canon, num_classes)
     kwargs = PAPER_LOSSES[canon][1] if canon in PAPER_LOSSES else {}
     extra = {}
     if "alpha_step" in kwargs:
@@ -96,16 +105,17 @@ def build_loss(name: str, epochs: int, class_counts: Optional[torch.Tensor] = No
 
 
 def canonical_name(name: str) -> str:
-    """The PAPER_LOSSES key of ``name`` (get_loss's spelling rules: ``"lovasz"`` is ``"Lovász"``).
+    """The PAPER_LOSSES or BEYOND_PAPER key of ``name`` (get_loss's spelling rules: ``"lovasz"`` is ``"Lovász"``,
+    ``"skeletonrecall"`` is ``"SkeletonRecall"``).
 
     Raises:
         TypeError: ``name`` is not a string.
         ValueError: an unknown name; the message lists the known ones.
     """
-    canon = registry.canonical_name(name)
+    canon = registry.canonical_name(name, beyond_paper=True)
     if canon is None:
-        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)} "
-                         "(or a loss class name such as 'DiceCELoss')")
+        raise ValueError(f"unknown loss name {name!r}; known names: {', '.join(PAPER_LOSSES)}; after the paper: "
+                         f"{', '.join(BEYOND_PAPER)} (or a loss class name such as 'DiceCELoss')")
     return canon
 
 
@@ -233,7 +243,7 @@ def train_one(
     model.load_state_dict(init_state)
     model.train()
     canon = canonical_name(loss_name)
-    main_loss = build_loss(canon, cfg.epochs, training_class_counts(dataset)).to(device)
+    main_loss = build_loss(canon, cfg.epochs, training_class_counts(dataset), dataset.num_classes).to(device)
     warm = WARMUP.get(canon)
     warm_loss = get_loss(warm).to(device) if warm else None
     warm_steps = int(cfg.warmup * cfg.epochs * cfg.steps_per_epoch) if warm else 0
