@@ -27,8 +27,9 @@ Memory: the forward keeps only its input. The backward walks the steps from ``K`
 ``x_k`` and ``s_{k−1}`` from the input for each (``K(K+1)/2`` steps in all), so nothing is kept per iteration;
 the torch backend's routing uses ``max_pool``'s indices, exactly as autograd through MONAI's ops (ties included).
 
-Backends: the compiled CPU op (``ops/cpu_soft_skeleton.py``, ``csrc/soft_skeleton_cpu.cpp``) on CPU tensors, the
-torch ops here otherwise and under ``FASTLOSS_BACKEND=torch``.
+Backends: the Triton op (``ops/triton_soft_skeleton.py``) on CUDA tensors when triton imports (and on CPU tensors
+under ``FASTLOSS_BACKEND=triton``, through the interpreter), the compiled CPU op (``ops/cpu_soft_skeleton.py``,
+``csrc/soft_skeleton_cpu.cpp``) on CPU tensors, the torch ops here otherwise and under ``FASTLOSS_BACKEND=torch``.
 """
 
 from __future__ import annotations
@@ -227,9 +228,14 @@ def soft_skeleton(img: torch.Tensor, iter_: int) -> torch.Tensor:
     """
     iters = check_iterations(iter_)
     x = _prepare(img)
-    from ..backend import use_compiled_cpu
+    from ..backend import use_compiled_cpu, use_triton
 
-    if use_compiled_cpu(x):
+    if use_triton(x):  # CUDA tensors with triton; CPU tensors under FASTLOSS_BACKEND=triton (the interpreter)
+        from . import triton_soft_skeleton
+
+        if triton_soft_skeleton.supports(x):
+            return triton_soft_skeleton.soft_skeleton_triton(x, iters)
+    elif use_compiled_cpu(x):
         from . import cpu_soft_skeleton
 
         if cpu_soft_skeleton.supports(x):
