@@ -17,6 +17,7 @@
 #include "formula_cpu.h"
 #include "lovasz_cpu.h"
 #include "skeleton_cpu.h"
+#include "skeleton_parallel.h"
 #include "nacl_cpu.h"
 #include "soft_confusion_cpu.h"
 #include "soft_skeleton_cpu.h"
@@ -91,6 +92,13 @@ void set_regions(fastloss::StatsArgs& a, const py::object& regions, int64_t regi
   if (a.C > 31) throw std::invalid_argument("region targets have at most 31 channels");
   a.regions = static_cast<const int64_t*>(r.data);
   a.regions_len = regions_len;
+}
+
+// The aux label map of the aux_pg / aux_g columns (stats_cpu.h StatsArgs::aux): a (B, N) view of integers.
+void set_aux(fastloss::StatsArgs& a, const py::object& aux) {
+  if (aux.is_none()) return;
+  a.aux = tensor_view(aux);
+  if (a.aux.dtype < fastloss::kU8) throw std::invalid_argument("aux labels must be integers");
 }
 
 // The StatsArgs of one call; the Python layer (fastloss/ops/cpu_stats.py) has checked shapes, dtypes and
@@ -257,6 +265,19 @@ PYBIND11_MODULE(_C, m) {
       "(non-zero = foreground) of `shape` into contiguous uint8 `out` (0/1).");
 
   m.def(
+      "skeletonize_parallel_host",
+      [](std::uintptr_t mask, std::uintptr_t out, int64_t batch, std::vector<int64_t> shape, int threads) {
+        if (!mask || !out) throw std::invalid_argument("null data pointer");
+        if (mask == out) throw std::invalid_argument("the output must not alias the mask");
+        py::gil_scoped_release release;
+        fastloss::skeletonize_parallel_host(reinterpret_cast<const uint8_t*>(mask), reinterpret_cast<uint8_t*>(out),
+                                            batch, shape, threads);
+      },
+      py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("batch"), py::arg("shape"), py::arg("threads"),
+      "The parallel thinning (the GPU's passes: Zhang-Suen sub-passes for 2 sizes, Lee's test in parity subfields "
+      "for 3) of `batch` contiguous uint8 masks of `shape` into contiguous uint8 `out` (0/1), on the CPU.");
+
+  m.def(
       "has_cuda",
       []() {
 #if defined(FASTLOSS_WITH_CUDA)
@@ -273,10 +294,11 @@ PYBIND11_MODULE(_C, m) {
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
          double log_eps, py::object ignore_index, std::uintptr_t out, int threads, std::uintptr_t voxel_ce,
-         py::object regions, int64_t regions_len) {
+         py::object regions, int64_t regions_len, py::object aux) {
         auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
                             log_eps, ignore_index);
         set_regions(a, regions, regions_len);
+        set_aux(a, aux);
         if (!out) throw std::invalid_argument("null data pointer");
         if (voxel_ce) {
           if (!fastloss::stats_fused_path(a))
@@ -289,20 +311,22 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
       py::arg("log_eps"), py::arg("ignore_index"), py::arg("out_ptr"), py::arg("threads"), py::arg("voxel_ce_ptr") = 0,
-      py::arg("regions") = py::none(), py::arg("regions_len") = 0,
+      py::arg("regions") = py::none(), py::arg("regions_len") = 0, py::arg("aux") = py::none(),
       "Per-(b, c) sums of the statistics columns into a contiguous (B, C, K) float32 (float64 for float64 x) tensor; "
       "with voxel_ce_ptr, also -log p_y per voxel into a contiguous (B, N) float32 tensor (fused path only); with "
-      "regions (a view of a contiguous int64 label-to-regions table of regions_len entries), region targets.");
+      "regions (a view of a contiguous int64 label-to-regions table of regions_len entries), region targets; with "
+      "aux (a (B, N) view of integer labels), the aux_pg / aux_g columns over them.");
 
   m.def(
       "class_stats_cpu_backward",
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
          double log_eps, py::object ignore_index, std::uintptr_t grad, py::object dx, int threads,
-         std::uintptr_t voxel_ce_grad, py::object regions, int64_t regions_len) {
+         std::uintptr_t voxel_ce_grad, py::object regions, int64_t regions_len, py::object aux) {
         auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
                             log_eps, ignore_index);
         set_regions(a, regions, regions_len);
+        set_aux(a, aux);
         if (voxel_ce_grad) {
           if (!fastloss::stats_fused_path(a))
             throw std::invalid_argument("a per-voxel CE gradient needs softmax, labels and the fused columns only");
@@ -318,6 +342,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
       py::arg("log_eps"), py::arg("ignore_index"), py::arg("grad_ptr"), py::arg("dx"), py::arg("threads"),
       py::arg("voxel_ce_grad_ptr") = 0, py::arg("regions") = py::none(), py::arg("regions_len") = 0,
+      py::arg("aux") = py::none(),
       "dL/dx from dL/d(stats) (contiguous (B, C, K) in the compute dtype), recomputing the activation; with "
       "voxel_ce_grad_ptr, plus the gradient of the per-voxel CE output (contiguous (B, N) float32).");
 
@@ -550,5 +575,31 @@ PYBIND11_MODULE(_C, m) {
       py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("scratch_ptr"), py::arg("batch"), py::arg("shape"),
       py::arg("spacing"), py::arg("squared"), py::arg("stream"),
       "EDT on the GPU, enqueued on `stream`; scratch holds 2 * batch * prod(shape) 32-bit words.");
+
+  m.def(
+      "skeletonize_cuda",
+      [](std::uintptr_t mask, std::uintptr_t out, std::uintptr_t scratch, std::uintptr_t flag, int64_t batch,
+         std::vector<int64_t> shape, std::uintptr_t stream) {
+        if (shape.size() != 2 && shape.size() != 3)
+          throw std::invalid_argument("skeletonize expects 2 or 3 spatial dims, got " + std::to_string(shape.size()));
+        if (batch < 1) throw std::invalid_argument("expected batch >= 1, got " + std::to_string(batch));
+        for (int64_t s : shape)
+          if (s < 1) throw std::invalid_argument("expected positive sizes, got " + std::to_string(s));
+        if (!mask || !out || !flag || !scratch) throw std::invalid_argument("null device pointer");
+        if (mask == out || scratch == out || scratch == mask)
+          throw std::invalid_argument("mask, out and scratch must not alias");
+        int err = 0;
+        {
+          py::gil_scoped_release release;  // one host sync per sweep
+          err = fastloss::skeletonize_cuda(reinterpret_cast<const uint8_t*>(mask), reinterpret_cast<uint8_t*>(out),
+                                           reinterpret_cast<uint8_t*>(scratch), reinterpret_cast<int32_t*>(flag), batch,
+                                           shape, reinterpret_cast<void*>(stream));
+        }
+        if (err != 0) throw std::runtime_error("fastloss skeletonize_cuda: CUDA error " + std::to_string(err));
+      },
+      py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("scratch_ptr"), py::arg("flag_ptr"), py::arg("batch"),
+      py::arg("shape"), py::arg("stream"),
+      "The parallel thinning on the GPU (the passes of skeletonize_parallel_host), on `stream`: uint8 masks into "
+      "uint8 out (0/1); scratch: batch * prod(shape) bytes; flag: one int32; one host sync per sweep.");
 #endif
 }

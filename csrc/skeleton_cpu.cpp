@@ -29,6 +29,7 @@
 #include <string>
 
 #include "parallel.h"
+#include "skeleton_parallel.h"
 
 namespace fastloss {
 namespace {
@@ -40,32 +41,11 @@ namespace {
 // 5 south, 6 south-west, 7 west (row - 1 is north). Table value: 1 = delete in the first sub-pass, 2 = in the
 // second, 3 = in both, 0 = keep.
 
-struct ZhangOverride {
-  int code, value;
-};
-// The codes where scikit-image's table is not the textbook rule, with its value there.
-constexpr ZhangOverride kZhangOverrides[] = {
-    {3, 1},   {6, 1},   {10, 3},  {11, 1},  {12, 1},  {14, 1},  {24, 2},  {26, 2},  {40, 3},
-    {48, 0},  {56, 2},  {96, 2},  {104, 2}, {108, 2}, {129, 0}, {130, 3}, {131, 1}, {134, 1},
-    {160, 3}, {161, 1}, {176, 2}, {192, 2}, {194, 1}, {198, 1}, {224, 2},
-};
-
+// scikit-image's table (skeleton_parallel.h: the textbook rule and its 25 overrides), shared with the parallel
+// thinning's host driver and CUDA kernels.
 std::array<uint8_t, 256> make_zhang_table() {
   std::array<uint8_t, 256> t{};
-  for (int n = 0; n < 256; ++n) {
-    // Zhang & Suen's P2..P9: north, north-east, east, ..., north-west (clockwise from north)
-    int P[10];
-    const int bit_of[8] = {1, 2, 3, 4, 5, 6, 7, 0};
-    for (int k = 0; k < 8; ++k) P[k + 2] = (n >> bit_of[k]) & 1;
-    int B = 0, A = 0;
-    for (int k = 2; k <= 9; ++k) B += P[k];
-    for (int k = 2; k <= 9; ++k) A += (P[k] == 0 && P[k == 9 ? 2 : k + 1] == 1);
-    const bool ok = B >= 2 && B <= 6 && A == 1;
-    const bool first = ok && P[2] * P[4] * P[6] == 0 && P[4] * P[6] * P[8] == 0;
-    const bool second = ok && P[2] * P[4] * P[8] == 0 && P[2] * P[6] * P[8] == 0;
-    t[static_cast<size_t>(n)] = static_cast<uint8_t>((first ? 1 : 0) | (second ? 2 : 0));
-  }
-  for (const ZhangOverride& o : kZhangOverrides) t[static_cast<size_t>(o.code)] = static_cast<uint8_t>(o.value);
+  for (int n = 0; n < 256; ++n) t[static_cast<size_t>(n)] = static_cast<uint8_t>(skel::zhang_value(n));
   return t;
 }
 
@@ -161,88 +141,11 @@ void zhang_one(const uint8_t* src, uint8_t* dst, int64_t H, int64_t W) {
 // A neighbourhood is a 27-bit word: bit 9 (dp + 1) + 3 (dr + 1) + (dc + 1) for the voxel at offset
 // (dp, dr, dc) in {-1, 0, 1}^3; the centre is bit 13.
 
-constexpr uint32_t kAll27 = (1u << 27) - 1;
-constexpr uint32_t kCentre = 1u << 13;
-
-constexpr uint32_t axis_plane(int stride, int value) {
-  // the bits whose coordinate of the axis with bit stride `stride` (1, 3, 9) equals `value`
-  uint32_t m = 0;
-  for (int b = 0; b < 27; ++b)
-    if ((b / stride) % 3 == value) m |= 1u << b;
-  return m;
-}
-
-// The 3x3x3 box dilation of a set of neighbourhood bits, clipped to the neighbourhood.
-inline uint32_t dilate27(uint32_t m) {
-  constexpr uint32_t c0 = axis_plane(1, 0), c2 = axis_plane(1, 2);
-  constexpr uint32_t r0 = axis_plane(3, 0), r2 = axis_plane(3, 2);
-  // (every step clipped to the 27 bits: a bit shifted past bit 26 would come back in the next step's >>)
-  m = (m | (m << 1) & ~c0 | (m >> 1) & ~c2) & kAll27;
-  m = (m | (m << 3) & ~r0 | (m >> 3) & ~r2) & kAll27;
-  return (m | (m << 9) | (m >> 9)) & kAll27;
-}
-
-// Lee's N(v) labelling: do the 26 neighbours (centre left out) form at most one 26-connected component?
-// (scikit-image's octree labelling joins two neighbours when some octant holds both, which is exactly
-// 26-adjacency among the neighbours.)
-inline bool is_simple(uint32_t nb) {
-  const uint32_t fg = nb & ~kCentre;
-  if (fg == 0) return true;
-  uint32_t comp = fg & (~fg + 1);  // the lowest neighbour
-  for (;;) {
-    const uint32_t grown = dilate27(comp) & fg;
-    if (grown == comp) break;
-    comp = grown;
-  }
-  return comp == fg;
-}
-
-// the centre and exactly one neighbour (a two-bit word: clear the lowest bit, one bit is left)
-inline bool is_endpoint(uint32_t nb) {
-  const uint32_t rest = nb & (nb - 1);
-  return rest != 0 && (rest & (rest - 1)) == 0;
-}
-
-// The change of the Euler characteristic (26-connectivity, times 8) that deleting the centre of a 2x2x2
-// block makes to the block's share of it. The voxels of a block around their common corner are indexed by
-// (a, b, c) in {0, 1}^3, bit 4a + 2b + c, the centre being the block voxel at (0, 0, 0). A block's share of
-// the characteristic of the union of closed unit cubes is V - E/2 + F/4 - C/8 of the corner, its 6 half-edges,
-// 12 quarter-faces and 8 cubes; times 8: 8 [any voxel] - 4 #edges + 2 #faces - #voxels, an edge present when
-// one of the 4 voxels holding it is (the 4 with a fixed coordinate on one axis), a face when one of its 2 is.
-// (These are the values of column delta G_26 of Lee et al.'s Table 2.)
-int block_share(int v) {
-  if (v == 0) return 0;
-  auto at = [v](int a, int b, int c) { return (v >> (4 * a + 2 * b + c)) & 1; };
-  int edges = 0, faces = 0, voxels = 0;
-  for (int axis = 0; axis < 3; ++axis)
-    for (int value = 0; value < 2; ++value) {
-      int any = 0;
-      for (int s = 0; s < 2; ++s)
-        for (int t = 0; t < 2; ++t) {
-          int idx[3];
-          idx[axis] = value;
-          idx[(axis + 1) % 3] = s;
-          idx[(axis + 2) % 3] = t;
-          any |= at(idx[0], idx[1], idx[2]);
-        }
-      edges += any;
-    }
-  for (int axis = 0; axis < 3; ++axis)  // the face lies in the plane normal to `axis`
-    for (int s = 0; s < 2; ++s)
-      for (int t = 0; t < 2; ++t) {
-        int any = 0;
-        for (int value = 0; value < 2; ++value) {
-          int idx[3];
-          idx[axis] = value;
-          idx[(axis + 1) % 3] = s;
-          idx[(axis + 2) % 3] = t;
-          any |= at(idx[0], idx[1], idx[2]);
-        }
-        faces += any;
-      }
-  for (int b = 0; b < 8; ++b) voxels += (v >> b) & 1;
-  return 8 - 4 * edges + 2 * faces - voxels;
-}
+// The simple-point and end-point tests and the Euler octants are skeleton_parallel.h's (shared with the parallel
+// thinning); this file adds the sequential scan, a padded neighbourhood gather and a faster Euler table built
+// from the same octants and deltas.
+using skel::is_endpoint;
+using skel::is_simple;
 
 // The Euler test sums, over the 8 octants, delta(block code). The 4 octants on one side of the centre plane
 // (dp = -1 or dp = +1) read the centre plane and that side's plane only, and delta is the same for a block and
@@ -254,8 +157,7 @@ struct EulerTables {
 
 EulerTables make_euler_tables() {
   std::array<int8_t, 256> delta{};  // share(with centre) - share(without), indexed by a block code
-  for (int v = 0; v < 256; ++v)
-    delta[static_cast<size_t>(v)] = static_cast<int8_t>(block_share(v | 1) - block_share(v & ~1));
+  for (int v = 0; v < 256; ++v) delta[static_cast<size_t>(v)] = static_cast<int8_t>(skel::euler_delta_value(v));
   EulerTables t;
   t.plane_sum.resize(size_t(1) << 17);
   for (uint32_t idx = 0; idx < (1u << 17); ++idx) {
@@ -264,16 +166,7 @@ EulerTables make_euler_tables() {
     const uint32_t mid9 = (mid8 & 0xF) | (1u << 4) | ((mid8 >> 4) << 5);
     const uint32_t nb = far | (mid9 << 9);
     int sum = 0;
-    for (int o = 0; o < 4; ++o) {
-      const int sr = (o & 2) ? 1 : -1, sc = (o & 1) ? 1 : -1;
-      unsigned code = 0;
-      for (int k = 0; k < 8; ++k) {
-        const int a = (k >> 2) & 1, b = (k >> 1) & 1, c = k & 1;
-        const int bit = 9 * (1 - a) + 3 * (1 + b * sr) + (1 + c * sc);
-        code |= ((nb >> bit) & 1u) << k;
-      }
-      sum += delta[code];
-    }
+    for (int o = 0; o < 4; ++o) sum += delta[skel::octant_code(nb, -1, (o & 2) ? 1 : -1, (o & 1) ? 1 : -1)];
     t.plane_sum[idx] = static_cast<int8_t>(sum);
   }
   return t;
