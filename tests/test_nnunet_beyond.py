@@ -26,6 +26,9 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss  # noqa: E402
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper  # noqa: E402
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss  # noqa: E402
 
+from test_nnunet_e2e import DATASET as E2E_DATASET  # noqa: E402
+from test_nnunet_e2e import nnunet_env  # noqa: E402,F401  (its tiny dataset, planned once for this module)
+
 from fastloss import losses as L  # noqa: E402
 from fastloss.nnunet.losses import build_nnunet_loss, canonical_name, trainer_suffix  # noqa: E402
 from fastloss.registry import BEYOND_PAPER, get_loss  # noqa: E402
@@ -339,12 +342,24 @@ def test_cli_accepts_the_names_and_lists_them(capsys):
     assert "[after the paper]" in out[out.index("Tags:"):]
 
 
-def test_ext_trainer_module_exports_every_name():
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from fastloss.nnunet import EXT_TRAINER_DIR; "
-            "sys.path.insert(0, EXT_TRAINER_DIR); import fastloss_trainers as m; "
-            "print(' '.join(n for n in m.__all__))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    names = set(r.stdout.split())
-    for name in BEYOND_PAPER:
-        assert "nnUNetTrainer_fastloss_" + trainer_suffix(name) in names
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow  # ~85 s on 2 busy cores (nnU-Net's planning of the tiny dataset ~45 s, the epoch ~35 s)
+def test_cli_trains_one_epoch_with_dice_ce_skeleton_recall(nnunet_env):
+    """python -m fastloss.nnunet train --loss DiceCESkeletonRecall on tests/test_nnunet_e2e.py's tiny dataset (its
+    planning fixture): one epoch of two training and one validation iteration, the skeleton made from the full
+    patch on the CPU, deep supervision on; finite losses and a checkpoint of this trainer."""
+    root, env = nnunet_env
+    name = "nnUNetTrainer_fastloss_DiceCESkeletonRecall"
+    cmd = [sys.executable, "-m", "fastloss.nnunet", "train", "901", "3d_fullres", "all", "--loss",
+           "dice-ce-skeleton-recall", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
+           "--skip-validation", "-device", "cpu"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=str(root))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    folder = root / "res" / E2E_DATASET / f"{name}__nnUNetPlans__3d_fullres" / "fold_all"
+    assert (folder / "checkpoint_final.pth").is_file(), sorted(p.name for p in folder.iterdir())
+    losses = [float(v) for v in re.findall(r"(?:train|val)_loss (-?[0-9.eE+-]+|nan|inf)", out)]
+    # fastloss's value is the authors' + 2 (1 - dice, 1 - recall): between 0 and 2 + CE
+    assert len(losses) == 2 and all(np.isfinite(losses)) and all(v > 0 for v in losses), out[-2000:]
+    ckpt = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == name and ckpt["current_epoch"] == 1

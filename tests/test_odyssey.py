@@ -495,3 +495,77 @@ def test_a_run_with_plots_says_so(tmp_path, one_thread):
     out = run(_tiny_cfg(tmp_path, plots=True, timing_steps=0, losses=("Dice",)), run_id="p", log=_logged(lines))
     assert lines[-1].endswith(f"tables and plots in {out}")
     assert sorted(p.name for p in out.glob("*.png")) == ["dsc_boxplot.png", "nsd_boxplot.png", "step_time.png"]
+
+
+# ----------------------------------------------------------------------------------- losses after the paper
+def test_names_after_the_paper_build_and_give_gradients():
+    """Every BEYOND_PAPER name (any spelling get_loss takes) builds for the odyssey's logits: the registry's
+    configuration as it is, UnifiedFocal on the softmax (MONAI's loss of the probabilities for two classes; the
+    multi-class form with every foreground class rare beyond)."""
+    from monai.losses import AsymmetricUnifiedFocalLoss
+
+    from fastloss import get_loss, losses as L
+    from fastloss.odyssey import BEYOND_LOSSES
+    from fastloss.odyssey.train import canonical_name
+    from fastloss.registry import BEYOND_PAPER
+
+    assert BEYOND_LOSSES == tuple(BEYOND_PAPER) and len(BEYOND_LOSSES) >= 10
+    assert canonical_name("skeleton-recall") == "SkeletonRecall" and canonical_name("SoftclDiceLoss") == "clDice"
+    img, lab = make_case("multi_organ", (16, 16, 16), 3)
+    C = int(lab.max()) + 1
+    counts = torch.bincount(lab.reshape(-1), minlength=C).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, C, 16, 16, 16), generator=g, dtype=torch.float64)
+    y = torch.cat([lab, make_case("multi_organ", (16, 16, 16), 4)[1]])[:, None]
+    for name in BEYOND_LOSSES:
+        loss = build_loss(name.lower(), 10, counts)
+        xa = x.clone().requires_grad_(True)
+        v = loss(xa, y)
+        v.backward()
+        assert v.ndim == 0 and bool(torch.isfinite(v)) and bool(torch.isfinite(xa.grad).all()), name
+        assert float(xa.grad.abs().sum()) > 0, name
+        if name == "UnifiedFocal":
+            want = L.AsymmetricUnifiedFocalLoss(num_classes=C, rare_classes=list(range(1, C)))(torch.softmax(x, 1), y)
+        else:
+            want = get_loss(name)(x, y)
+        assert float(v.detach()) == pytest.approx(float(want), rel=1e-9), name
+    x2, y2 = x[:, :2], (y > 0).long()
+    ours = build_loss("UnifiedFocal", 10, counts[:2])(x2, y2)
+    assert float(ours) == pytest.approx(float(AsymmetricUnifiedFocalLoss(to_onehot_y=True)(torch.softmax(x2, 1), y2)),
+                                        rel=1e-7)
+
+
+def test_cli_takes_names_after_the_paper_and_the_beyond_group(tmp_path, capsys):
+    from fastloss.odyssey import BEYOND_LOSSES
+    from fastloss.odyssey.__main__ import build_parser, config_from_args
+    from fastloss.odyssey.runner import _check
+
+    cfg = config_from_args(build_parser().parse_args(["--losses", "beyond,Dice"]))
+    assert cfg.losses == BEYOND_LOSSES + ("Dice",)
+    cfg = config_from_args(build_parser().parse_args(["--losses", "dicece-skeleton-recall,CbDiceLoss,table2"]))
+    assert _check(cfg).losses == ("DiceCESkeletonRecall", "cbDice") + TABLE2_LOSSES
+    assert cli_main(["--losses", "NoSuchLoss", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown loss name 'NoSuchLoss'" in err and "after the paper: " in err and "DiceCESkeletonRecall" in err
+    with pytest.raises(ValueError, match="repeat a name"):
+        _check(replace(cfg, losses=("cbDice", "CbDice")))
+
+
+def test_pipeline_with_losses_after_the_paper(tmp_path, one_thread):
+    """A tiny run with three losses after the paper: every table has their rows, the ranking ranks them."""
+    from fastloss.ranking import rank_scores
+
+    names = ("DiceCESkeletonRecall", "cbDice", "UnifiedFocal")
+    out = run(_tiny_cfg(tmp_path, losses=names, timing_steps=0), run_id="beyond", log=lambda *a: None)
+    cases = _read(out / "cases.csv")
+    assert {r["loss"] for r in cases} == set(names) and len(cases) == 3 * 2 * 3
+    assert all(r["value"] != "nan" and 0.0 <= float(r["value"]) <= 1.0 for r in cases)
+    ranking = _read(out / "ranking.csv")
+    assert [r["rank"] for r in ranking] == ["1", "2", "3"] and {r["loss"] for r in ranking} == set(names)
+    want = rank_scores(out / "cases.csv")
+    for r in ranking:
+        assert float(r["rank_score"]) == pytest.approx(want[r["loss"]])
+    speed = _read(out / "throughput.csv")
+    assert {(r["loss"], r["phase"]) for r in speed} == {(n, "train") for n in names}
+    assert len(_read(out / "training.csv")) == 3 * 2
+    assert json.loads((out / "config.json").read_text())["failures"] == []

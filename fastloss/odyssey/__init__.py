@@ -16,9 +16,9 @@ Example:
 """
 
 from .data import BatchSampler, Case, Dataset, load_folder, synthetic_dataset
-from .runner import MODES, QUICK_LOSSES, TABLE2_LOSSES, OdysseyConfig, run
+from .runner import BEYOND_LOSSES, MODES, QUICK_LOSSES, TABLE2_LOSSES, OdysseyConfig, run
 from .synthetic import TASKS, make_case
 from .train import TrainConfig
 
-__all__ = ["run", "OdysseyConfig", "TrainConfig", "MODES", "QUICK_LOSSES", "TABLE2_LOSSES", "TASKS", "make_case",
-           "load_folder", "synthetic_dataset", "Dataset", "Case", "BatchSampler"]
+__all__ = ["run", "OdysseyConfig", "TrainConfig", "MODES", "QUICK_LOSSES", "TABLE2_LOSSES", "BEYOND_LOSSES", "TASKS",
+           "make_case", "load_folder", "synthetic_dataset", "Dataset", "Case", "BatchSampler"]
