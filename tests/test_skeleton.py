@@ -181,9 +181,11 @@ def test_skeleton_properties_3d():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_copies_to_cpu_with_warning():
+def test_cuda_exact_copies_to_cpu_with_warning():
+    # method="exact" (scikit-image's answer) runs on the CPU; the default on CUDA, "parallel", thins on the GPU
+    # (tests/test_skeleton_parallel.py)
     m = torch.from_numpy(_blobs(np.random.default_rng(1), (10, 12, 14), 1.2))
-    with pytest.warns(UserWarning, match="no GPU implementation"):
-        got = skeletonize(m.cuda())
+    with pytest.warns(UserWarning, match="copied to the CPU"):
+        got = skeletonize(m.cuda(), method="exact")
     assert got.device.type == "cuda"
     assert torch.equal(got.cpu(), skeletonize(m))
