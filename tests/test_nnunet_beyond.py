@@ -274,6 +274,26 @@ def test_region_datasets_are_refused_with_the_losses_that_can():
         build_nnunet_loss("SkeletonRecall", nnunet_values=True)
 
 
+def test_skeleton_targets_bad_input_is_named():
+    loss = build_nnunet_loss("DiceCESkeletonRecall", deep_supervision_weights=[2 / 3, 1 / 3, 0])
+    outs = [torch.randn(2, C, 8, 8, 8), torch.randn(2, C, 4, 4, 4), torch.randn(2, C, 2, 2, 2)]
+    with pytest.raises(TypeError, match="target must be a tensor or a list of tensors, got str"):
+        loss(outs, "labels")
+    with pytest.raises(ValueError, match=r"label targets \(B, 1, \*spatial\), got \(2, 3, 8, 8, 8\)"):
+        loss(outs, torch.zeros(2, C, 8, 8, 8))  # a one-hot target
+    with pytest.raises(ValueError, match="non-empty list"):
+        loss(outs, [])
+    with pytest.raises(ValueError, match="2 or 3 spatial dims"):
+        build_nnunet_loss("SkeletonRecall")(torch.randn(2, C, 8), torch.zeros(2, 1, 8))
+    with pytest.raises(ValueError, match=r"labels must (lie in \[0, 2\]|be class indices in \[0, 3\))"):
+        loss(outs, torch.full((2, 1, 8, 8, 8), 5.0))  # a label the logits have no channel for
+    with pytest.raises(ValueError, match="stack of labels and skeleton"):
+        loss.inner.loss(outs[0], torch.zeros(2, 1, 8, 8, 8, dtype=torch.long))
+    # DDP: the recall's batch sums are not all-reduced (sync_batch_statistics does not cover them): said, not hidden
+    with pytest.warns(UserWarning, match="DiceCESkeletonRecall: batch statistics stay per rank under DDP"):
+        build_nnunet_loss("DiceCESkeletonRecall", batch_dice=True, ddp=True)
+
+
 def test_unified_focal_on_two_classes_is_monais_loss_of_the_softmax():
     from monai.losses import AsymmetricUnifiedFocalLoss
 
