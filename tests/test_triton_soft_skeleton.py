@@ -47,13 +47,12 @@ def _value_and_grad(op, x, w, iters):
 CASES = [
     ((2, 3, 9, 8), 0, False, torch.float32),
     ((2, 3, 9, 8), 3, True, torch.float32),
-    ((1, 3, 11, 13), 6, False, torch.float64),
+    ((1, 3, 11, 13), 3, False, torch.float64),
     ((2, 1, 1, 5), 1, True, torch.float64),
-    ((2, 2, 7, 6, 5), 1, True, torch.float32),
-    ((1, 2, 7, 6, 5), 3, False, torch.float32),
+    ((2, 2, 7, 6, 5), 1, False, torch.float32),
+    ((1, 2, 7, 6, 5), 3, True, torch.float32),
     ((1, 1, 5, 1, 3), 3, True, torch.float64),
     ((1, 2, 1, 1, 4), 0, False, torch.float64),
-    ((1, 1, 9, 8, 7), 3, True, torch.float32),
 ]
 
 
@@ -88,7 +87,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(triton_soft_skeleton, "_GPU_BLOCK", 64)
 
 
-@pytest.mark.parametrize("shape,iters", [((2, 3, 7, 5), 2), ((1, 2, 5, 4, 3), 3)])
+@pytest.mark.parametrize("shape,iters", [((2, 3, 7, 5), 2), ((1, 2, 5, 4, 3), 1)])
 def test_several_blocks(small_blocks, shape, iters):
     x = _image(shape, 3, ties=True, dtype=torch.float64).to(DEV)
     w = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).to(DEV)
@@ -100,24 +99,27 @@ def test_several_blocks(small_blocks, shape, iters):
 
 def test_non_contiguous_input():
     base = _image((2, 6, 9, 2, 7), 5).to(DEV)
-    x = base[:, ::2, :, 1].transpose(2, 3)  # (2, 3, 7, 9): stepped channels, a picked slice, swapped axes
-    assert not x.is_contiguous()
-    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(DEV)
-    got, g_got = _value_and_grad(soft_skeleton_triton, x, w, 3)
-    want, g_want = _value_and_grad(soft_skeleton_triton, x.contiguous(), w, 3)
-    assert torch.equal(got, want) and torch.equal(g_got, g_want)
-    assert torch.equal(got, monai_soft_skel(x, 3))
-    # the gradient reaches the base tensor's strided positions
+    view = lambda t: t[:, ::2, :, 1].transpose(2, 3)  # (2, 3, 7, 9): stepped channels, a picked slice, swapped axes
+    assert not view(base).is_contiguous()
+    w = torch.randn(view(base).shape, generator=torch.Generator().manual_seed(6)).to(DEV)
     b = base.clone().requires_grad_()
-    (soft_skeleton_triton(b[:, ::2, :, 1].transpose(2, 3), 3) * w).sum().backward()
-    assert torch.equal(b.grad[:, ::2, :, 1].transpose(2, 3), g_got)
+    got = soft_skeleton_triton(view(b), 2)
+    (got * w).sum().backward()
+    want, g_want = _value_and_grad(soft_skeleton_triton, view(base).contiguous(), w, 2)
+    assert torch.equal(got, want) and torch.equal(got, monai_soft_skel(view(base), 2))
+    # the gradient reaches the base tensor's strided positions, and only those
+    assert torch.equal(view(b.grad), g_want)
     assert b.grad[:, 1::2].abs().sum() == 0 and b.grad[:, :, :, 0].abs().sum() == 0
 
 
 def test_gradcheck():
-    # the full Jacobian on a tiny 2D image, a random projection (fast mode) on a 3D one: the interpreter is slow
-    x = _image((1, 1, 3, 4), 7, dtype=torch.float64).to(DEV).requires_grad_()
+    # the full Jacobian on a tiny 2D image; a random projection (fast mode) on larger 2D and 3D ones, with ties
+    # excluded (random values): the interpreter is slow, and the full Jacobians of these sizes are covered by the
+    # C++ op's gradcheck (tests/test_soft_skeleton.py) and the bitwise equality with it above
+    x = _image((1, 1, 2, 3), 7, dtype=torch.float64).to(DEV).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: soft_skeleton_triton(t, 1) * 2, (x,))
+    x = _image((1, 2, 5, 4), 8, dtype=torch.float64).to(DEV).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: soft_skeleton_triton(t, 2) * 2, (x,), fast_mode=True)
     x = _image((1, 2, 5, 4, 3), 8, dtype=torch.float64).to(DEV).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: soft_skeleton_triton(t, 3) * 2, (x,), fast_mode=True)
 
@@ -136,7 +138,7 @@ def test_non_finite_values_are_monais():
 
 
 def test_forward_keeps_only_its_input():
-    x = torch.rand(1, 2, 6, 5, 4, device=DEV, requires_grad=True)
+    x = torch.rand(1, 2, 5, 4, device=DEV, requires_grad=True)
     saved = []
 
     def pack(t):
@@ -145,15 +147,13 @@ def test_forward_keeps_only_its_input():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         s = soft_skeleton_triton(x, 10)
-    assert len(saved) == 1 and saved[0].shape == x.shape
-    s.sum().backward()
-    assert x.grad is not None and x.grad.shape == x.shape
+    assert len(saved) == 1 and saved[0] is x  # MONAI's soft_skel saves dozens per iteration
 
 
 def test_custom_ops_opcheck():
     from fastloss.ops.triton_soft_skeleton import _backward_op, _forward_op
 
-    for shape in [(1, 2, 4, 3), (1, 1, 3, 3, 2)]:
+    for shape in [(1, 2, 3, 4)]:  # the registration is the same for every shape; the interpreter is slow
         x = torch.rand(shape, dtype=torch.float64, device=DEV, requires_grad=True)
         torch.library.opcheck(_forward_op, (x, 1))
         torch.library.opcheck(_backward_op, (x.detach(), torch.randn(shape, dtype=torch.float64, device=DEV), 1))
@@ -161,10 +161,10 @@ def test_custom_ops_opcheck():
 
 def test_compile_fullgraph_traces_through(triton_backend):
     torch._dynamo.reset()
-    x = _image((1, 2, 6, 5, 4), 11).to(DEV)
+    x = _image((1, 2, 5, 4), 11).to(DEV)
 
     def f(t):
-        return soft_skeleton(torch.sigmoid(t), 2).square().sum()
+        return soft_skeleton(torch.sigmoid(t), 1).square().sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()

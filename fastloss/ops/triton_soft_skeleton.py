@@ -21,15 +21,18 @@ Forward, per step ``k = 0 .. K`` (two launches):
 
 Backward, per step ``k = K .. 0`` (``x_k``, ``s_{k−1}`` recomputed from checkpoints, four launches):
 
-- ``_erode_kernel``: ``e_k`` again;
-- ``_local_kernel``: per voxel the dilation's argmax (kept as a 1-byte code of the window offset, for this step
-  only), ``r``, ``q``, ``∂L/∂δ·q`` and ``∂L/∂s_{k−1}`` (in place over ``∂L/∂s_k``);
+- ``_erode_kernel``: ``e_k`` again, and per voxel the erosion's routing as a 2-byte code (the argmin offset
+  along each axis and the states of ``torch.minimum``'s two splits: a tie halves, the larger operand gets
+  nothing), for this step only;
+- ``_local_kernel``: per voxel the dilation's argmax (a 1-byte code of the window offset, for this step only),
+  ``r``, ``q``, ``∂L/∂δ·q`` and ``∂L/∂s_{k−1}`` (in place over ``∂L/∂s_k``);
 - ``_dilate_t_kernel``: ``∂L/∂e_k = ∂L/∂x_{k+1} − dilate^T(∂L/∂δ·q)`` as a gather: voxel ``j`` sums, over the
   windows ``i`` of its 3×3(×3) neighbourhood in ascending flat order, ``−∂L/∂δ_i·q_i`` of those whose argmax
   code points at ``j``;
-- ``_erode_t_kernel``: ``∂L/∂x_k = ∂L/∂δ·q + erode^T(∂L/∂e_k)``, a gather too: voxel ``j`` re-evaluates the
-  directional argmins and ``torch.minimum``'s splits at each of its 5 (7 in 3D) plus-neighbours ``i`` and adds
-  the share each routes to ``j``.
+- ``_erode_t_kernel``: ``∂L/∂x_k = ∂L/∂δ·q + erode^T(∂L/∂e_k)``, a gather too: voxel ``j`` reads the routing
+  codes of its 5 (7 in 3D) plus-neighbours ``i`` (itself included) and adds the share of ``∂L/∂e_i`` each routes
+  to ``j`` (the splits applied as the C++ op applies them: the outer one, then the inner one, each share
+  ``g·0.5`` or ``g`` or 0, so the same bits).
 
 Both transposes are gathers (each output written by one lane), so there are no atomics and the sums are
 added in the C++ op's order: for ``dilate^T``, ``∂L/∂x_{k+1}`` first, then the windows in ascending flat
@@ -49,7 +52,7 @@ finite input.
 Memory: the forward saves only its input; its work is two images (``e`` and the next) plus the output.
 The backward keeps checkpoints ``(x_k, s_{k−1})`` every ``c = ⌈√(K+1)⌉`` steps (the C++ op's stride; the
 first is the input itself, not copied), i.e. ``2(⌈(K+1)/c⌉ − 1)`` images, and eight work images (two for the
-recomputation, ``s``, ``e``, ``∂L/∂s``, ``∂L/∂δ·q``, ``∂L/∂e``, ``∂L/∂x``) and a 1-byte code per voxel, all freed
+recomputation, ``s``, ``e``, ``∂L/∂s``, ``∂L/∂δ·q``, ``∂L/∂e``, ``∂L/∂x``) and 3 bytes of codes per voxel, all freed
 when it returns; the C++ op holds the same per plane, for the planes its threads process at once. Nothing is
 kept per iteration.
 
@@ -119,84 +122,92 @@ def _window_min(x_ptr, i, st, lo, hi, live):
 
 
 @triton.jit
+def _split_state(a, b):
+    """torch.minimum's backward for operands ``a``, ``b`` as a state: 0 ``a < b`` (all to a), 1 a tie (halves),
+    2 ``a > b`` (all to b), 3 unordered (a NaN: both get all, as ``where(a > b, 0, g)`` and ``where(a < b, 0, g)``)."""
+    return tl.where(a == b, 1, tl.where(a < b, 0, tl.where(a > b, 2, 3)))
+
+
+@triton.jit
 def _erode_value(x_ptr, i, h, w, d, H, W, D, live, THREE_D: tl.constexpr):
-    """MONAI's erosion at ``i``: ``min(min(p_h, p_w), p_d)`` of the directional window minima (2D: ``p_h, p_w``)."""
+    """MONAI's erosion at ``i``: ``min(min(p_h, p_w), p_d)`` of the directional window minima (2D: ``p_h, p_w``),
+    and its routing as a code: bits 0-1, 2-3, 4-5 the argmin offsets + 1 along h, w, d; bits 6-7 the outer
+    minimum's split state (``min(p_h, p_w)`` against ``p_d``; 0 in 2D: all to the first), bits 8-9 the inner
+    one's (``p_h`` against ``p_w``)."""
     sW = D
     sH = W * D
     v1, c1 = _window_min(x_ptr, i, sH, h > 0, h + 1 < H, live)
     v2, c2 = _window_min(x_ptr, i, sW, w > 0, w + 1 < W, live)
     m = _nan_min(v1, v2)
+    si = _split_state(v1, v2)
+    code = (c1 + 1) | ((c2 + 1) << 2) | (si << 8)
     if THREE_D:
         v3, c3 = _window_min(x_ptr, i, 1, d > 0, d + 1 < D, live)
+        code = code | ((c3 + 1) << 4) | (_split_state(m, v3) << 6)
         m = _nan_min(m, v3)
-    return m
+    return m, code
 
 
 @triton.jit
-def _neighbour_ok(live, h, w, d, H, W, D, dh: tl.constexpr, dw: tl.constexpr, dd: tl.constexpr):
-    """Whether the neighbour at offset ``(dh, dw, dd)`` (each −1/0/+1) lies in the plane (only the bounds an
-    offset can cross are tested)."""
-    ok = live
-    if dh == -1:
-        ok = ok & (h > 0)
-    if dh == 1:
-        ok = ok & (h + 1 < H)
-    if dw == -1:
-        ok = ok & (w > 0)
-    if dw == 1:
-        ok = ok & (w + 1 < W)
-    if dd == -1:
-        ok = ok & (d > 0)
-    if dd == 1:
-        ok = ok & (d + 1 < D)
-    return ok
+def _shift(ok, i, ok_lo, ok_hi, st, k: tl.constexpr):
+    """One axis of a neighbour offset: ``(ok, i)`` moved by ``k`` (−1/0/+1) along the axis of stride ``st``, ``ok``
+    narrowed by whether that neighbour exists (``ok_lo``/``ok_hi``)."""
+    ok2 = ok
+    i2 = i
+    if k == -1:
+        ok2 = ok & ok_lo
+        i2 = i - st
+    if k == 1:
+        ok2 = ok & ok_hi
+        i2 = i + st
+    return ok2, i2
 
 
 @triton.jit
-def _min_split(g, a, b):
-    """torch.minimum's backward for operands ``a``, ``b``: each gets ``g``, halved on a tie (exact), nothing where
-    it is the larger."""
-    tie = a == b
-    half = g * 0.5
-    ga = tl.where(tie, half, tl.where(a > b, 0.0, g))
-    gb = tl.where(tie, half, tl.where(a < b, 0.0, g))
-    return ga, gb
-
-
-@triton.jit
-def _erode_routes(x_ptr, ge_ptr, i, h, w, d, H, W, D, live, THREE_D: tl.constexpr):
-    """At window centre ``i`` (coordinates ``h, w, d``; ``live``: it is a voxel of the plane): the shares of
-    ``∂L/∂e_i`` that MONAI's erosion routes along h, w and d, and the argmin offset (−1/0/+1) each goes to.
-    ``e = min(min(p_h, p_w), p_d)``: the outer minimum splits ``∂L/∂e`` between ``min(p_h, p_w)`` and ``p_d``, the
-    inner one splits the first share between ``p_h`` and ``p_w`` (the C++ op's ``min_split`` calls)."""
-    sW = D
-    sH = W * D
-    gr = tl.load(ge_ptr + i, mask=live, other=0.0)
-    v1, c1 = _window_min(x_ptr, i, sH, h > 0, h + 1 < H, live)
-    v2, c2 = _window_min(x_ptr, i, sW, w > 0, w + 1 < W, live)
-    if THREE_D:
-        v3, c3 = _window_min(x_ptr, i, 1, d > 0, d + 1 < D, live)
-        g12, g3 = _min_split(gr, _nan_min(v1, v2), v3)
+def _split_share(g, state, FIRST: tl.constexpr):
+    """The share of ``g`` that torch.minimum's backward gives its first (``FIRST``) or second operand in ``state``
+    (:func:`_split_state`): all, half on a tie (``g·0.5``: exact, the C++ op's ``g / 2``), or nothing where it
+    was the larger."""
+    if FIRST:
+        share = tl.where(state == 1, g * 0.5, tl.where(state == 2, 0.0, g))
     else:
-        g12 = gr
-        g3 = tl.zeros_like(gr)
-        c3 = c1
-    g1, g2 = _min_split(g12, v1, v2)
-    return g1, c1, g2, c2, g3, c3
+        share = tl.where(state == 1, g * 0.5, tl.where(state == 0, 0.0, g))
+    return share
+
+
+@triton.jit
+def _erode_share(ge_ptr, rc_ptr, i, ok, AXIS: tl.constexpr, ARG: tl.constexpr):
+    """The part of ``∂L/∂e_i`` that MONAI's erosion at window centre ``i`` routes along ``AXIS`` (0 h, 1 w, 2 d) to
+    the argmin offset ``ARG`` (−1/0/+1), or 0 when that axis's argmin is elsewhere (or ``ok`` is False). With
+    ``e = min(min(p_h, p_w), p_d)`` the outer minimum splits ``∂L/∂e`` between ``min(p_h, p_w)`` and ``p_d``, the
+    inner one splits the first part between ``p_h`` and ``p_w`` (the C++ op's ``min_split`` calls, in order)."""
+    rc = tl.load(rc_ptr + i, mask=ok, other=0).to(tl.int32)
+    gr = tl.load(ge_ptr + i, mask=ok, other=0.0)
+    hit = ok & (((rc >> (2 * AXIS)) & 3) == ARG + 1)
+    outer = (rc >> 6) & 3
+    if AXIS == 2:
+        share = _split_share(gr, outer, False)
+    else:
+        g12 = _split_share(gr, outer, True)
+        share = _split_share(g12, (rc >> 8) & 3, AXIS == 0)
+    return tl.where(hit, share, 0.0), hit
 
 
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _erode_kernel(x_ptr, e_ptr, total, H, W, D, THREE_D: tl.constexpr, BLOCK: tl.constexpr):
-    """``e = erode(x)`` over the flat range."""
+def _erode_kernel(x_ptr, e_ptr, rc_ptr, total, H, W, D, THREE_D: tl.constexpr, ROUTES: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """``e = erode(x)`` over the flat range; with ``ROUTES`` (the backward) also the routing code (int16)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     live = offs < total
     h, w, d = _coords(offs, H, W, D)
-    e = _erode_value(x_ptr, offs, h, w, d, H, W, D, live, THREE_D)
+    e, code = _erode_value(x_ptr, offs, h, w, d, H, W, D, live, THREE_D)
     tl.store(e_ptr + offs, e, mask=live)
+    if ROUTES:
+        tl.store(rc_ptr + offs, code.to(tl.int16), mask=live)
 
 
 @triton.jit
@@ -211,17 +222,22 @@ def _dilate_argmax(e_ptr, offs, h, w, d, H, W, D, live, ND: tl.constexpr):
     d0 = tl.where(d > 0, -1, 0)  # 0 in 2D (D = 1)
     code = (h0 + 1) * 9 + (w0 + 1) * 3 + (d0 + 1)
     best = tl.load(e_ptr + (offs + h0 * sH + w0 * sW + d0), mask=live, other=0.0)  # the first element
+    hl = h > 0
+    hh = h + 1 < H
+    wl = w > 0
+    wh = w + 1 < W
+    dl = d > 0
+    dh_ = d + 1 < D
     for a in tl.static_range(3):
+        ok_a, i_a = _shift(live, offs, hl, hh, sH, a - 1)
         for b in tl.static_range(3):
+            ok_b, i_b = _shift(ok_a, i_a, wl, wh, sW, b - 1)
             for c in tl.static_range(ND):
-                dh = a - 1
-                dw = b - 1
-                dd = c - (ND // 2)
-                ok = _neighbour_ok(live, h, w, d, H, W, D, dh, dw, dd)
-                v = tl.load(e_ptr + (offs + (dh * sH + dw * sW + dd)), mask=ok, other=0.0)
+                ok, i = _shift(ok_b, i_b, dl, dh_, 1, c - (ND // 2))
+                v = tl.load(e_ptr + i, mask=ok, other=0.0)
                 u = ok & ((v > best) | (v != v))
                 best = tl.where(u, v, best)
-                code = tl.where(u, (dh + 1) * 9 + (dw + 1) * 3 + (dd + 1), code)
+                code = tl.where(u, a * 9 + b * 3 + (c - (ND // 2) + 1), code)
     best = tl.where(live, best, 0.0)
     return best, code
 
@@ -297,26 +313,31 @@ def _dilate_t_kernel(gdq_ptr, code_ptr, gx_ptr, ge_ptr, total, H, W, D,
         acc = tl.load(gx_ptr + offs, mask=live, other=0.0)
     else:
         acc = tl.zeros([BLOCK], dtype=ge_ptr.dtype.element_ty)
+    hl = h > 0
+    hh = h + 1 < H
+    wl = w > 0
+    wh = w + 1 < W
+    dl = d > 0
+    dh_ = d + 1 < D
     for a in tl.static_range(3):
+        ok_a, i_a = _shift(live, offs, hl, hh, sH, a - 1)
         for b in tl.static_range(3):
+            ok_b, i_b = _shift(ok_a, i_a, wl, wh, sW, b - 1)
             for c in tl.static_range(ND):
-                dh = a - 1
-                dw = b - 1
-                dd = c - (ND // 2)
-                ok = _neighbour_ok(live, h, w, d, H, W, D, dh, dw, dd)
-                i = offs + (dh * sH + dw * sW + dd)
+                ok, i = _shift(ok_b, i_b, dl, dh_, 1, c - (ND // 2))
                 ci = tl.load(code_ptr + i, mask=ok, other=0).to(tl.int32)
-                hit = ok & (ci == (1 - dh) * 9 + (1 - dw) * 3 + (1 - dd))  # arg(i) = i + (j − i)
+                # arg(i) = i + (j − i): the code of the offset −(a − 1, b − 1, c − ND//2)
+                hit = ok & (ci == (2 - a) * 9 + (2 - b) * 3 + (1 - (c - (ND // 2))))
                 g = tl.load(gdq_ptr + i, mask=hit, other=0.0)
                 acc = tl.where(hit, acc - g, acc)  # += −gdq_i
     tl.store(ge_ptr + offs, acc, mask=live)
 
 
 @triton.jit
-def _erode_t_kernel(x_ptr, ge_ptr, gdq_ptr, gx_ptr, total, H, W, D, THREE_D: tl.constexpr, BLOCK: tl.constexpr):
+def _erode_t_kernel(ge_ptr, rc_ptr, gdq_ptr, gx_ptr, total, H, W, D, THREE_D: tl.constexpr, BLOCK: tl.constexpr):
     """``∂L/∂x_k = ∂L/∂δ·q + erode^T(∂L/∂e_k)``: voxel ``j`` gathers, from each plus-neighbour ``i`` (and itself),
-    the share of ``∂L/∂e_i`` routed along the axis joining them whose argmin is ``j``; order as the C++ op's
-    scatter (``i`` ascending: −h, −w, −d, self (d, h, w), +d, +w, +h)."""
+    the share of ``∂L/∂e_i`` routed along the axis joining them whose argmin is ``j`` (the routing codes of the
+    erode launch); order as the C++ op's scatter (``i`` ascending: −h, −w, −d, self (d, h, w), +d, +w, +h)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     live = offs < total
@@ -324,38 +345,26 @@ def _erode_t_kernel(x_ptr, ge_ptr, gdq_ptr, gx_ptr, total, H, W, D, THREE_D: tl.
     sW = D
     sH = W * D
     acc = tl.load(gdq_ptr + offs, mask=live, other=0.0)
-    # i = j − sH (h − 1): its h-window's argmin is +1
-    ok = live & (h > 0)
-    g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs - sH, h - 1, w, d, H, W, D, ok, THREE_D)
-    acc = tl.where(ok & (c1 == 1), acc + g1, acc)
-    # i = j − sW (w − 1)
-    ok = live & (w > 0)
-    g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs - sW, h, w - 1, d, H, W, D, ok, THREE_D)
-    acc = tl.where(ok & (c2 == 1), acc + g2, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs - sH, live & (h > 0), 0, 1)  # i = j − sH: its h-argmin is +1
+    acc = tl.where(hit, acc + g, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs - sW, live & (w > 0), 1, 1)
+    acc = tl.where(hit, acc + g, acc)
     if THREE_D:
-        # i = j − 1 (d − 1)
-        ok = live & (d > 0)
-        g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs - 1, h, w, d - 1, H, W, D, ok, THREE_D)
-        acc = tl.where(ok & (c3 == 1), acc + g3, acc)
-    # i = j: the d share first (3D), then h, then w
-    g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs, h, w, d, H, W, D, live, THREE_D)
+        g, hit = _erode_share(ge_ptr, rc_ptr, offs - 1, live & (d > 0), 2, 1)
+        acc = tl.where(hit, acc + g, acc)
+        g, hit = _erode_share(ge_ptr, rc_ptr, offs, live, 2, 0)  # i = j: the d share first, then h, then w
+        acc = tl.where(hit, acc + g, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs, live, 0, 0)
+    acc = tl.where(hit, acc + g, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs, live, 1, 0)
+    acc = tl.where(hit, acc + g, acc)
     if THREE_D:
-        acc = tl.where(live & (c3 == 0), acc + g3, acc)
-    acc = tl.where(live & (c1 == 0), acc + g1, acc)
-    acc = tl.where(live & (c2 == 0), acc + g2, acc)
-    if THREE_D:
-        # i = j + 1 (d + 1): its d-window's argmin is −1
-        ok = live & (d + 1 < D)
-        g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs + 1, h, w, d + 1, H, W, D, ok, THREE_D)
-        acc = tl.where(ok & (c3 == -1), acc + g3, acc)
-    # i = j + sW (w + 1)
-    ok = live & (w + 1 < W)
-    g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs + sW, h, w + 1, d, H, W, D, ok, THREE_D)
-    acc = tl.where(ok & (c2 == -1), acc + g2, acc)
-    # i = j + sH (h + 1)
-    ok = live & (h + 1 < H)
-    g1, c1, g2, c2, g3, c3 = _erode_routes(x_ptr, ge_ptr, offs + sH, h + 1, w, d, H, W, D, ok, THREE_D)
-    acc = tl.where(ok & (c1 == -1), acc + g1, acc)
+        g, hit = _erode_share(ge_ptr, rc_ptr, offs + 1, live & (d + 1 < D), 2, -1)  # i = j + 1: its d-argmin is −1
+        acc = tl.where(hit, acc + g, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs + sW, live & (w + 1 < W), 1, -1)
+    acc = tl.where(hit, acc + g, acc)
+    g, hit = _erode_share(ge_ptr, rc_ptr, offs + sH, live & (h + 1 < H), 0, -1)
+    acc = tl.where(hit, acc + g, acc)
     tl.store(gx_ptr + offs, acc, mask=live)
 
 
@@ -379,8 +388,9 @@ class _Launch:
         self.grid = (triton.cdiv(self.total, self.block),)
         self.opts = dict(BLOCK=self.block, num_warps=_GPU_WARPS, enable_fp_fusion=False)
 
-    def erode(self, x, e):
-        _erode_kernel[self.grid](x, e, self.total, self.H, self.W, self.D, THREE_D=self.three_d, **self.opts)
+    def erode(self, x, e, routes=None):
+        _erode_kernel[self.grid](x, e, e if routes is None else routes, self.total, self.H, self.W, self.D,
+                                 THREE_D=self.three_d, ROUTES=routes is not None, **self.opts)
 
     def step(self, x, e, s, first):
         _step_kernel[self.grid](x, e, s, self.total, self.H, self.W, self.D, FIRST=first, ND=self.nd, **self.opts)
@@ -393,8 +403,8 @@ class _Launch:
         _dilate_t_kernel[self.grid](gdq, code, gdq if gx is None else gx, ge, self.total, self.H, self.W, self.D,
                                     HAS_GX=gx is not None, ND=self.nd, **self.opts)
 
-    def erode_t(self, x, ge, gdq, gx):
-        _erode_t_kernel[self.grid](x, ge, gdq, gx, self.total, self.H, self.W, self.D, THREE_D=self.three_d,
+    def erode_t(self, ge, routes, gdq, gx):
+        _erode_t_kernel[self.grid](ge, routes, gdq, gx, self.total, self.H, self.W, self.D, THREE_D=self.three_d,
                                    **self.opts)
 
 
@@ -439,14 +449,15 @@ def _backward(x: torch.Tensor, grad: torch.Tensor, iters: int) -> torch.Tensor:
     gdq = torch.empty_like(x)
     ge = torch.empty_like(x)
     gx = torch.empty_like(x)
-    code = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    code = torch.empty(x.shape, dtype=torch.int8, device=x.device)  # the dilation's argmax
+    routes = torch.empty(x.shape, dtype=torch.int16, device=x.device)  # the erosion's argmins and splits
     for k in range(steps - 1, -1, -1):
         j = k // c
         xk, sk = _advance(L, ck[j][0], ck[j][1], j * c, k, bufs, s_work)  # x_k, s_{k−1}
-        L.erode(xk, e)
+        L.erode(xk, e, routes)
         L.local(xk, e, sk, gs, gdq, code, k == 0)
         L.dilate_t(gdq, code, gx if k < steps - 1 else None, ge)  # ge = ∂L/∂e_k
-        L.erode_t(xk, ge, gdq, gx)  # gx = ∂L/∂x_k
+        L.erode_t(ge, routes, gdq, gx)  # gx = ∂L/∂x_k
     return gx
 
 
