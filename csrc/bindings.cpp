@@ -94,6 +94,13 @@ void set_regions(fastloss::StatsArgs& a, const py::object& regions, int64_t regi
   a.regions_len = regions_len;
 }
 
+// The aux label map of the aux_pg / aux_g columns (stats_cpu.h StatsArgs::aux): a (B, N) view of integers.
+void set_aux(fastloss::StatsArgs& a, const py::object& aux) {
+  if (aux.is_none()) return;
+  a.aux = tensor_view(aux);
+  if (a.aux.dtype < fastloss::kU8) throw std::invalid_argument("aux labels must be integers");
+}
+
 // The StatsArgs of one call; the Python layer (fastloss/ops/cpu_stats.py) has checked shapes, dtypes and
 // devices; this re-checks what would make a kernel read or write out of bounds.
 fastloss::StatsArgs stats_args(const py::object& x, const py::object& labels, const py::object& soft,
@@ -287,10 +294,11 @@ PYBIND11_MODULE(_C, m) {
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
          double log_eps, py::object ignore_index, std::uintptr_t out, int threads, std::uintptr_t voxel_ce,
-         py::object regions, int64_t regions_len) {
+         py::object regions, int64_t regions_len, py::object aux) {
         auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
                             log_eps, ignore_index);
         set_regions(a, regions, regions_len);
+        set_aux(a, aux);
         if (!out) throw std::invalid_argument("null data pointer");
         if (voxel_ce) {
           if (!fastloss::stats_fused_path(a))
@@ -303,20 +311,22 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("labels"), py::arg("soft"), py::arg("mask"), py::arg("vmap"), py::arg("B"), py::arg("C"),
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
       py::arg("log_eps"), py::arg("ignore_index"), py::arg("out_ptr"), py::arg("threads"), py::arg("voxel_ce_ptr") = 0,
-      py::arg("regions") = py::none(), py::arg("regions_len") = 0,
+      py::arg("regions") = py::none(), py::arg("regions_len") = 0, py::arg("aux") = py::none(),
       "Per-(b, c) sums of the statistics columns into a contiguous (B, C, K) float32 (float64 for float64 x) tensor; "
       "with voxel_ce_ptr, also -log p_y per voxel into a contiguous (B, N) float32 tensor (fused path only); with "
-      "regions (a view of a contiguous int64 label-to-regions table of regions_len entries), region targets.");
+      "regions (a view of a contiguous int64 label-to-regions table of regions_len entries), region targets; with "
+      "aux (a (B, N) view of integer labels), the aux_pg / aux_g columns over them.");
 
   m.def(
       "class_stats_cpu_backward",
       [](py::object x, py::object labels, py::object soft, py::object mask, py::object vmap, int64_t B, int64_t C,
          int64_t N, int activation, std::vector<int> cols, double gamma, py::object alpha, double ce_exponent,
          double log_eps, py::object ignore_index, std::uintptr_t grad, py::object dx, int threads,
-         std::uintptr_t voxel_ce_grad, py::object regions, int64_t regions_len) {
+         std::uintptr_t voxel_ce_grad, py::object regions, int64_t regions_len, py::object aux) {
         auto a = stats_args(x, labels, soft, mask, vmap, B, C, N, activation, cols, gamma, alpha, ce_exponent,
                             log_eps, ignore_index);
         set_regions(a, regions, regions_len);
+        set_aux(a, aux);
         if (voxel_ce_grad) {
           if (!fastloss::stats_fused_path(a))
             throw std::invalid_argument("a per-voxel CE gradient needs softmax, labels and the fused columns only");
@@ -332,6 +342,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("N"), py::arg("activation"), py::arg("cols"), py::arg("gamma"), py::arg("alpha"), py::arg("ce_exponent"),
       py::arg("log_eps"), py::arg("ignore_index"), py::arg("grad_ptr"), py::arg("dx"), py::arg("threads"),
       py::arg("voxel_ce_grad_ptr") = 0, py::arg("regions") = py::none(), py::arg("regions_len") = 0,
+      py::arg("aux") = py::none(),
       "dL/dx from dL/d(stats) (contiguous (B, C, K) in the compute dtype), recomputing the activation; with "
       "voxel_ce_grad_ptr, plus the gradient of the per-voxel CE output (contiguous (B, N) float32).");
 

@@ -20,7 +20,7 @@ enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3, kU8 = 4, kI8 = 5, kI
 // Columns of the statistics, in the order of fastloss.ops.stats.COLUMNS.
 enum Column : int {
   kPG = 0, kP, kPP, kG, kGG, kAbsDiff, kSqErrPos, kSqErrNeg, kCE, kFocal, kCEPow, kMapCE, kMapP, kMapSqErr,
-  kCount, kSigFocal, kNumColumns
+  kCount, kSigFocal, kAuxPG, kAuxG, kNumColumns
 };
 
 enum Activation : int { kSoftmax = 0, kSigmoid = 1, kNone = 2 };
@@ -39,6 +39,10 @@ struct StatsArgs {
   View soft;    // (B, C, N) soft / one-hot target, or data == nullptr
   View mask;    // (B, N) voxel weights, or data == nullptr
   View vmap;    // (B, C or 1, N) voxel map (sc = 0 for one shared channel), or data == nullptr
+  // (B, N) second integer label map (its own dtype and strides) of the aux_pg / aux_g columns, or data ==
+  // nullptr (both columns 0): a_c = [aux = c] (one channel: [aux = 1]) times the voxel mask m; an aux label
+  // equal to ignore_index or outside [0, C) counts nowhere.
+  View aux;
   int activation = kSoftmax;
   int K = 0;
   int col[kNumColumns];  // column -> index in the K output columns, or -1
@@ -82,7 +86,7 @@ constexpr int kTile = 256;
 
 // Scratch bytes one worker needs for a tile of C classes in compute type of `elem` bytes.
 inline size_t stats_scratch_bytes(int64_t C, size_t elem) {
-  return (static_cast<size_t>(C) * 6 + 12) * kTile * elem + 2 * kTile * sizeof(int32_t) + 256;
+  return (static_cast<size_t>(C) * 6 + 12) * kTile * elem + 3 * kTile * sizeof(int32_t) + 256;
 }
 
 // Per-ISA entry points (stats_cpu_kernels.inc). Items are (b, tile) pairs, item = b * tiles + tile.

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class ShapeMismatchError(ValueError, AssertionError):
@@ -141,16 +142,23 @@ class Target:
     ``num_classes`` channels are then the regions, and channel ``r``'s target at a voxel is that bit of its
     label's entry (0 for a label ``>= L``). Negative labels that are not ``ignore_index`` (possible only with
     the label check off) are ignored voxels, as out-of-range class labels are.
+
+    ``aux_labels`` (:func:`attach_aux_labels`): None, or a second ``(B, N)`` integer label map in its own dtype
+    and strides (a skeleton of the labels, say), read by the statistics columns ``aux_pg`` and ``aux_g``: its
+    class-``c`` target is ``[aux = c]`` (one channel: ``[aux = 1]``) times the voxel mask of the primary target;
+    aux labels equal to ``ignore_index`` or (with the label check off) outside ``[0, C)`` count nowhere.
     """
 
     __slots__ = ("raw_labels", "_labels_long", "soft", "mask", "num_classes", "spatial_shape", "ignore_index",
-                 "regions")
+                 "regions", "aux_labels", "_aux_long")
 
     def __init__(self, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
                  num_classes: int, spatial_shape: tuple, ignore_index: Optional[int] = None,
-                 regions: Optional[torch.Tensor] = None):
+                 regions: Optional[torch.Tensor] = None, aux_labels: Optional[torch.Tensor] = None):
         if labels is not None and labels.dtype == torch.bool:
             labels = labels.view(torch.uint8)
+        if aux_labels is not None and aux_labels.dtype == torch.bool:
+            aux_labels = aux_labels.view(torch.uint8)
         self.raw_labels = labels
         self._labels_long = labels if labels is None or labels.dtype == torch.int64 else None
         self.soft = soft
@@ -159,6 +167,8 @@ class Target:
         self.spatial_shape = spatial_shape
         self.ignore_index = ignore_index
         self.regions = regions
+        self.aux_labels = aux_labels
+        self._aux_long = aux_labels if aux_labels is None or aux_labels.dtype == torch.int64 else None
 
     @property
     def labels(self) -> Optional[torch.Tensor]:
@@ -166,12 +176,45 @@ class Target:
             self._labels_long = self.raw_labels.long()
         return self._labels_long
 
+    @property
+    def aux_long(self) -> Optional[torch.Tensor]:
+        """``aux_labels`` as int64 (widened the first time it is asked for), or None."""
+        if self._aux_long is None and self.aux_labels is not None:
+            self._aux_long = self.aux_labels.long()
+        return self._aux_long
+
+    def with_aux(self, aux_labels: Optional[torch.Tensor]) -> "Target":
+        """This target with ``aux_labels`` (``(B, N)`` integers, checked by :func:`attach_aux_labels`)."""
+        t = Target(self.raw_labels, self.soft, self.mask, self.num_classes, self.spatial_shape, self.ignore_index,
+                   self.regions, aux_labels)
+        t._labels_long = self._labels_long
+        return t
+
+    def aux_onehot(self, dtype: torch.dtype) -> torch.Tensor:
+        """The ``(B, C, N)`` one-hot of ``aux_labels`` (before the voxel mask): ``[aux = c]`` (one channel:
+        ``[aux = 1]``), 0 where the aux label is ``ignore_index`` or outside ``[0, C)``; all zero without aux
+        labels."""
+        C = self.num_classes
+        if self.aux_labels is None:
+            ref = self.raw_labels if self.raw_labels is not None else self.soft
+            return torch.zeros((), dtype=dtype, device=ref.device).expand(ref.shape[0], C, ref.shape[-1])
+        lab = self.aux_long
+        B = lab.shape[0]
+        cls = lab - 1 if C == 1 else lab  # one channel: its target is aux label 1
+        valid = (cls >= 0) & (cls < C)
+        if self.ignore_index is not None and _INT64_MIN <= self.ignore_index <= _INT64_MAX:
+            valid &= lab != self.ignore_index
+        g = torch.zeros((B, C) + tuple(lab.shape[1:]), dtype=dtype, device=lab.device)
+        g.scatter_(1, torch.where(valid, cls, torch.zeros_like(cls)).unsqueeze(1), valid.unsqueeze(1).to(dtype))
+        return g
+
     def __repr__(self) -> str:
         kind = f"labels {tuple(self.raw_labels.shape)} {self.raw_labels.dtype}" if self.raw_labels is not None \
             else f"soft {tuple(self.soft.shape)}"
         regions = "" if self.regions is None else f", regions table of {self.regions.numel()} labels"
+        aux = "" if self.aux_labels is None else f", aux labels {self.aux_labels.dtype}"
         return (f"Target({kind}, mask={'yes' if self.mask is not None else 'no'}, num_classes={self.num_classes}, "
-                f"spatial_shape={self.spatial_shape}, ignore_index={self.ignore_index}{regions})")
+                f"spatial_shape={self.spatial_shape}, ignore_index={self.ignore_index}{regions}{aux})")
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         """The ``(B, C, N)`` target, one-hot for labels, with ignored voxels zeroed."""
@@ -460,6 +503,38 @@ def _check_label_range(labels: torch.Tensor, C: int, ignore_index: Optional[int]
             + f"; found {values}"
             + _ignore_hint(values, ignore_index)
         )
+
+
+def attach_aux_labels(input: torch.Tensor, target: Target, aux: torch.Tensor, name: str = "aux") -> Target:
+    """``target`` (of logits ``input``, from :func:`prepare_target`) with a second label map ``aux`` for the
+    statistics columns ``aux_pg`` / ``aux_g`` (see :class:`Target`). ``aux``: integer labels ``(B, 1, *spatial)``
+    or ``(B, *spatial)`` of any integer dtype (bool as 0/1), any strides, on the input's device; read in place.
+
+    Raises:
+        TypeError: ``aux`` not a tensor, or not of an integer dtype.
+        ValueError: a shape or device that does not match ``input``; labels outside ``[0, C)`` (``[0, 1]`` for one
+            channel) other than ``ignore_index`` (checked unless the label check is off, before any kernel runs).
+    """
+    if not isinstance(aux, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer labels, got {type(aux).__name__}")
+    if aux.dtype.is_floating_point or aux.dtype.is_complex:
+        raise TypeError(f"{name} must hold integer class labels (torch.long, int32, uint8, ...), got dtype {aux.dtype}")
+    B, C = input.shape[:2]
+    spatial = tuple(input.shape[2:])
+    if tuple(aux.shape) not in ((B, 1) + spatial, (B,) + spatial):
+        raise ValueError(f"{name} must be integer labels of shape {(B, 1) + spatial} or {(B,) + spatial} for an input "
+                         f"of shape {tuple(input.shape)}, got {tuple(aux.shape)}")
+    if aux.device != input.device:
+        raise ValueError(f"{name} is on {aux.device} but input is on {input.device}")
+    N = 1
+    for s in spatial:
+        N *= s
+    labels = aux.reshape(B, N)
+    if labels.dtype == torch.bool:
+        labels = labels.view(torch.uint8)
+    if label_checks_enabled():
+        _check_label_range_once(labels, C, target.ignore_index, name)
+    return target.with_aux(labels)
 
 
 def _channels_last_hint(input: torch.Tensor, target: torch.Tensor) -> str:

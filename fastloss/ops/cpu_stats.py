@@ -107,6 +107,7 @@ def _class_stats_impl(
     x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
     alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    aux: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     B, C, N = x.shape
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -115,7 +116,7 @@ def _class_stats_impl(
     _C.class_stats_cpu_forward(
         _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], cols,
         float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, out.data_ptr(), _threads(), 0,
-        *_regions(regions),
+        *_regions(regions), _view(aux),
     )
     return out
 
@@ -125,7 +126,8 @@ _class_stats_op = torch.library.custom_op("fastloss::cpu_class_stats", mutates_a
 
 
 @_class_stats_op.register_fake
-def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index,
+      aux=None):
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return x.new_empty((x.shape[0], x.shape[1], len(columns.split(","))), dtype=out_dtype)
 
@@ -134,7 +136,7 @@ def _class_stats_bwd_impl(
     grad: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor],
     mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str,
     columns: str, gamma: float, alpha: Optional[float], ce_exponent: float, log_eps: float,
-    ignore_index: Optional[int],
+    ignore_index: Optional[int], aux: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     B, C, N = x.shape
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -143,7 +145,7 @@ def _class_stats_bwd_impl(
     _C.class_stats_cpu_backward(
         _view(x), _view(labels), _view(soft), _view(mask), _view(vmap), B, C, N, _ACT[activation], _columns(columns),
         float(gamma), alpha, float(ce_exponent), float(log_eps), ignore_index, gs.data_ptr(), _view(dx), _threads(),
-        0, *_regions(regions),
+        0, *_regions(regions), _view(aux),
     )
     return dx
 
@@ -154,7 +156,7 @@ _class_stats_bwd_op = torch.library.custom_op(
 
 @_class_stats_bwd_op.register_fake
 def _(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
-      ignore_index):
+      ignore_index, aux=None):
     return torch.empty_like(x)
 
 
@@ -326,6 +328,10 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
         return False
     if target.mask is not None and (target.mask.numel() != B * N or target.mask.dtype not in _DTYPE):
         return False
+    aux = target.aux_labels
+    if aux is not None and (aux.dtype not in _DTYPE or aux.dtype.is_floating_point or aux.numel() != B * N
+                            or aux.ndim != 2 or aux.device.type != "cpu"):
+        return False
     if any(t.requires_grad for t in (target.soft, target.mask, voxel_map) if t is not None):
         return False
     if any(c in _MAP_COLUMNS for c in spec.columns):
@@ -364,10 +370,20 @@ def class_stats_cpu(
     ignore = _ignore(target.ignore_index) if labels is not None else None
     alpha = None if spec.alpha is None else float(spec.alpha)
     regions = target.regions if labels is not None else None
+    # the aux labels (B, N) in their own dtype and strides; their ignore label is the target's, soft targets too
+    # (the kernels read ignore_index only where they load labels: a soft target's mask stays the float mask)
+    aux = target.aux_labels
+    if aux is not None:
+        ignore = _ignore(target.ignore_index)
     op = _class_stats_op if _is_compiling() else _ClassStatsFunction.apply
+    if aux is None:  # the op's schema without aux (what torch.compile traced before aux existed)
+        return op(
+            x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
+            float(spec.ce_exponent), float(spec.log_eps), ignore,
+        )
     return op(
         x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
-        float(spec.ce_exponent), float(spec.log_eps), ignore,
+        float(spec.ce_exponent), float(spec.log_eps), ignore, aux,
     )
 
 

@@ -23,6 +23,9 @@ column          per-voxel quantity summed (p: activated prediction, g: target, m
 ``count``       1                 (number of counted voxels, same in every class)
 ``sigmoid_focal`` MONAI's sigmoid focal term of the logit x itself, whatever the activation (so that
                 a softmax Dice and MONAI's sigmoid focal part share one pass; equals ``focal`` for sigmoid)
+``aux_pg``      p·a,  a = [aux = c]·m the one-hot of the target's second label map (``Target.aux_labels``,
+                e.g. the skeleton of Skeleton Recall) under the primary target's mask; 0 without aux labels
+``aux_g``       a
 ============== ======================================================================
 
 Every quantity is multiplied by the ignore mask ``m`` (MONAI multiplies p and g by it; terms linear in
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 from .._validation import Target, _is_compiling, label_checks_enabled, labels_checked_once
 
-from .stats_spec import ACTIVATIONS, COLUMNS, StatsSpec  # noqa: F401  (re-exported)
+from .stats_spec import ACTIVATIONS, AUX_COLUMNS, COLUMNS, StatsSpec  # noqa: F401  (re-exported)
 
 
 def compute_dtype(input: torch.Tensor) -> torch.dtype:
@@ -136,6 +139,13 @@ def voxel_terms(
     if "count" in need:
         cnt = torch.ones(B, 1, N, dtype=dt, device=x.device) if m is None else m
         out["count"] = cnt.expand(B, C, N)
+    if need & {"aux_pg", "aux_g"}:
+        # the second label map's one-hot under the same mask as g: aux_pg is pg with a for g (m² as pg's)
+        ga = target.aux_onehot(dt)
+        if m is not None:
+            ga = ga * m
+        out["aux_pg"] = pm * ga
+        out["aux_g"] = ga
     return out
 
 
@@ -179,7 +189,7 @@ def class_stats_torch(
     return torch.stack([terms[c].sum(dim=2) for c in spec.columns], dim=2)
 
 
-_LABEL_FAST = frozenset(("pg", "p", "pp", "g", "gg", "ce", "count"))
+_LABEL_FAST = frozenset(("pg", "p", "pp", "g", "gg", "ce", "count", "aux_pg", "aux_g"))
 
 
 def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> torch.Tensor:
@@ -190,7 +200,7 @@ def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> to
     dt = compute_dtype(x)
     B, C, N = x.shape
     logp = torch.log_softmax(x.to(dt), dim=1)
-    p = logp.exp() if {"pg", "p", "pp"} & set(spec.columns) else None
+    p = logp.exp() if {"pg", "p", "pp", "aux_pg"} & set(spec.columns) else None
     lab = target.labels
     valid = None if target.mask is None else target.mask.to(dt)
     if target.ignore_index is not None or not label_checks_enabled():
@@ -204,9 +214,29 @@ def _label_stats_softmax(x: torch.Tensor, target: Target, spec: StatsSpec) -> to
         return torch.zeros(B, C, dtype=dt, device=x.device).scatter_add(1, lab, v)
 
     pm = p if valid is None or p is None else p * valid.unsqueeze(1)
+    aux = target.aux_long
+    if aux is not None and {"aux_pg", "aux_g"} & set(spec.columns):
+        # the aux labels' classes (aux labels equal to ignore_index, or out of range, count nowhere), binned as
+        # the labels' under the primary mask
+        aux_ok = (aux >= 0) & (aux < C)
+        ign = target.ignore_index
+        if ign is not None and -(2**63) <= ign < 2**63:
+            aux_ok &= aux != ign
+        aux_w = aux_ok.to(dt) if valid is None else aux_ok.to(dt) * valid
+        aux_lab = torch.where(aux_ok, aux, torch.zeros_like(aux))
+
+    def per_aux_class(v):  # Σ over the voxels of each aux class of v (B, N)
+        return torch.zeros(B, C, dtype=dt, device=x.device).scatter_add(1, aux_lab, v * aux_w)
+
     out = []
     for col in spec.columns:
-        if col == "pg":
+        if col in ("aux_pg", "aux_g") and aux is None:
+            out.append(torch.zeros(B, C, dtype=dt, device=x.device))
+        elif col == "aux_pg":
+            out.append(per_aux_class(p.gather(1, aux_lab.unsqueeze(1)).squeeze(1)))
+        elif col == "aux_g":
+            out.append(per_aux_class(torch.ones(B, N, dtype=dt, device=x.device)))
+        elif col == "pg":
             out.append(per_class(p.gather(1, idx).squeeze(1)))
         elif col == "p":
             out.append(pm.sum(dim=2))
@@ -264,7 +294,8 @@ def _param_signature(spec: StatsSpec, columns) -> tuple:
 
 @contextlib.contextmanager
 def shared_statistics(
-    columns: Tuple[str, ...] = (), voxel_map: Optional[torch.Tensor] = None, voxel_ce: bool = False, **params
+    columns: Tuple[str, ...] = (), voxel_map: Optional[torch.Tensor] = None, voxel_ce: bool = False,
+    aux_labels: Optional[torch.Tensor] = None, **params
 ):
     """Share one statistics pass between the parts of a compound loss (see above).
 
@@ -277,6 +308,11 @@ def shared_statistics(
     parameters the shared pass uses; a request whose columns need other values is computed on its own,
     so the result never depends on whether a context is active. ``voxel_map`` is the map the shared
     pass uses for its ``map_*`` columns (a request with another map is computed on its own).
+
+    ``aux_labels``: the ``(B, N)`` second label map (:func:`fastloss._validation.attach_aux_labels`'s
+    ``Target.aux_labels``) the shared pass carries for its ``aux_pg`` / ``aux_g`` columns, so that a compound
+    whose parts' targets know nothing of it (DiceCE + Skeleton Recall: Dice and CE on the labels, the recall on
+    their skeleton) reads the logits once; a request whose target carries other aux labels is computed on its own.
     Re-entrant (the outer context wins).
     """
     unknown = set(params) - set(_PARAM_FIELDS)
@@ -289,7 +325,8 @@ def shared_statistics(
         yield
         return
     token = _SHARED.set(
-        {"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}, "voxel_ce": bool(voxel_ce)}
+        {"columns": tuple(columns), "params": params, "map": voxel_map, "cache": {}, "voxel_ce": bool(voxel_ce),
+         "aux": aux_labels}
     )
     try:
         with labels_checked_once():
@@ -307,7 +344,8 @@ def _tensor_key(t: Optional[torch.Tensor]):
 
 
 def _shared_key(input: torch.Tensor, target: Target, activation: str) -> tuple:
-    # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index.
+    # The ignore mask is not part of the key: prepare_target derives it from the target and ignore_index. Nor
+    # are the aux labels: the pass's own are kept beside it (class_stats compares them where a request reads them).
     return (
         _tensor_key(input), tuple(input.shape[:2]), _tensor_key(target.raw_labels), _tensor_key(target.soft),
         target.ignore_index, target.num_classes, activation, _tensor_key(target.regions),
@@ -375,10 +413,20 @@ def class_stats(
         aliased = _sigmoid_focal_from_shared(shared, input, target, spec)
         if aliased is not None:
             return aliased
+    # the aux labels a request's aux columns read: its target's, else the context's
+    ctx_aux = shared.get("aux")
+    req_aux = target.aux_labels if target.aux_labels is not None else ctx_aux
+    uses_aux = any(c in AUX_COLUMNS for c in spec.columns)
+    if hit is None and target.aux_labels is not None and ctx_aux is not None \
+            and _tensor_key(target.aux_labels) != _tensor_key(ctx_aux):
+        return _compute(input, target, spec, voxel_map)  # other aux labels than the shared pass's: on its own
     if hit is None:
         base = dict(gamma=spec.gamma, alpha=spec.alpha, ce_exponent=spec.ce_exponent, log_eps=spec.log_eps)
         base.update(shared["params"])
         extra = shared["columns"]
+        pass_target = target if req_aux is None or target.aux_labels is not None else target.with_aux(req_aux)
+        if pass_target.aux_labels is None:  # no aux labels: the aux columns would be zeros
+            extra = tuple(c for c in extra if c not in AUX_COLUMNS)
         if spec.activation == "none":
             # raw input: log-based columns may be NaN where the input is not a probability, and an unused
             # NaN column would still poison the gradient (0 · NaN); add them only when asked for.
@@ -390,18 +438,21 @@ def class_stats(
         full_spec = StatsSpec(spec.activation, wanted, **base)
         vce = None
         if shared.get("voxel_ce") and vmap is None:
-            full, vce = _compute_with_voxel_ce(input, target, full_spec)
+            full, vce = _compute_with_voxel_ce(input, pass_target, full_spec)
         else:
-            full = _compute(input, target, full_spec, vmap)
-        hit = (full_spec, full, _tensor_key(vmap), vce)
+            full = _compute(input, pass_target, full_spec, vmap)
+        hit = (full_spec, full, _tensor_key(vmap), vce, _tensor_key(pass_target.aux_labels))
         shared["cache"][key] = hit
-    full_spec, full, map_key, _ = hit
+    full_spec, full, map_key, _, aux_key = hit
     uses_map = any(c.startswith("map_") for c in spec.columns)
     if (
         not set(spec.columns) <= set(full_spec.columns)
         or _param_signature(spec, spec.columns) != _param_signature(full_spec, spec.columns)
         or (uses_map and _tensor_key(voxel_map) != map_key)
+        or (uses_aux and _tensor_key(req_aux) != aux_key)
     ):
+        if uses_aux and target.aux_labels is None and req_aux is not None:
+            target = target.with_aux(req_aux)
         return _compute(input, target, spec, voxel_map)
     idx = [full_spec.columns.index(c) for c in spec.columns]
     if idx == list(range(len(full_spec.columns))):

@@ -12,7 +12,11 @@ from typing import Optional, Tuple
 COLUMNS = (
     "pg", "p", "pp", "g", "gg", "absdiff", "sqerr_pos", "sqerr_neg",
     "ce", "focal", "ce_pow", "map_ce", "map_p", "map_sqerr", "count", "sigmoid_focal",
+    "aux_pg", "aux_g",
 )
+# The columns over the target's second label map (Target.aux_labels: a skeleton, say): with it
+# aux_pg = Σ p·m·[aux = c]·m and aux_g = Σ m·[aux = c] (m the primary labels' ignore mask); without one, 0.
+AUX_COLUMNS = ("aux_pg", "aux_g")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
 

@@ -176,6 +176,22 @@ def _target(lab, soft_row, offs, lane, m, c, C: tl.constexpr, TGT_LABELS: tl.con
 
 
 @triton.jit
+def _aux_class(aux_row, offs, lane, m, ignore_index, C: tl.constexpr, HAS_AUX: tl.constexpr,
+               AUX_IGNORE: tl.constexpr):
+    """The aux label's class per voxel (label − 1 for one channel), −1 where it counts nowhere: outside
+    [0, C), equal to ignore_index, or where the voxel mask m is 0 (Target.aux_labels)."""
+    aux = tl.full(offs.shape, -1, tl.int64)
+    if HAS_AUX:
+        lab = tl.load(aux_row + offs, mask=lane, other=-1).to(tl.int64)
+        cls = lab - (1 if C == 1 else 0)
+        ok = lane & (cls >= 0) & (cls < C) & (m != 0.0)
+        if AUX_IGNORE:
+            ok = ok & (lab != ignore_index)
+        aux = tl.where(ok, cls, -1)
+    return aux
+
+
+@triton.jit
 def _softmax_stats(x_row, offs, lane, N, C: tl.constexpr):
     """Online max and sum of exp over classes; one exp per class. Returns (max, 1/sum, log sum).
 
@@ -227,10 +243,11 @@ def _sigmoid_focal_dx(x, g, m, alpha, GAMMA: tl.constexpr, HAS_ALPHA: tl.constex
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _stats_fwd_kernel(
-    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, part_ptr,
+    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, aux_ptr, part_ptr,
     N, P, map_bs, map_cs, ignore_index, alpha, log_eps, L,
     C: tl.constexpr, K: tl.constexpr, ACT: tl.constexpr,
     TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr, REGIONS: tl.constexpr,
+    HAS_AUX: tl.constexpr, AUX_IGNORE: tl.constexpr, I_APG: tl.constexpr, I_AG: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_LOG_EPS: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_G: tl.constexpr, I_GG: tl.constexpr,
     I_ABS: tl.constexpr, I_SQP: tl.constexpr, I_SQN: tl.constexpr, I_CE: tl.constexpr,
@@ -246,6 +263,7 @@ def _stats_fwd_kernel(
     x_row = x_ptr + b * C * N + start  # class c at + c·N
     m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index, table_ptr,
                          L, C, TGT_LABELS, HAS_MASK, HAS_IGNORE, REGIONS)
+    aux = _aux_class(aux_ptr + b * N + start, offs, lane, m, ignore_index, C, HAS_AUX, AUX_IGNORE)
     if ACT == 0:
         mx, inv_se, log_se, r = _softmax_stats(x_row, offs, lane, N, C)
     # "none": masked lanes hold p = 1 so that log p = 0 there
@@ -314,6 +332,12 @@ def _stats_fwd_kernel(
             tl.store(out + I_COUNT * P, tl.sum(m, axis=0))
         if I_SFOC >= 0:  # the sigmoid focal term of the logit itself, whatever the activation
             tl.store(out + I_SFOC * P, tl.sum(_sigmoid_focal_term(x, g, m, alpha, GAMMA, HAS_ALPHA) * m, axis=0))
+        if I_APG >= 0 or I_AG >= 0:  # a = [aux = c]·m, summed as g: aux_pg = pm·a, aux_g = a
+            ga = tl.where(aux == c, m, 0.0)
+            if I_APG >= 0:
+                tl.store(out + I_APG * P, tl.sum(pm * ga, axis=0))
+            if I_AG >= 0:
+                tl.store(out + I_AG * P, tl.sum(ga, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,11 +345,12 @@ def _stats_fwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _grad_coefs(
-    gs_row, x, p, logp, g, m, w, c, alpha, log_eps,
+    gs_row, x, p, logp, g, m, w, ga, c, alpha, log_eps,
     ACT: tl.constexpr, HAS_ALPHA: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_ABS: tl.constexpr, I_SQP: tl.constexpr,
     I_SQN: tl.constexpr, I_CE: tl.constexpr, I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr,
-    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr, I_SFOC: tl.constexpr, TINY: tl.constexpr,
+    I_MAPCE: tl.constexpr, I_MAPP: tl.constexpr, I_MAPSQ: tl.constexpr, I_SFOC: tl.constexpr, I_APG: tl.constexpr,
+    TINY: tl.constexpr,
 ):
     """Per-voxel gradient pieces for class c, with G_k = dL/dstat_k of this (b, c) (scalars).
 
@@ -357,6 +382,8 @@ def _grad_coefs(
         a += tl.load(gs_row + I_MAPP) * (m * w)
     if I_MAPSQ >= 0:  # (pm − g)²·w -> 2(pm − g)·m·w
         a += tl.load(gs_row + I_MAPSQ) * (2.0 * (pm - g) * m * w)
+    if I_APG >= 0:  # pm·ga, ga = [aux = c]·m -> m·ga (pg with the aux class for the label); aux_g: no p
+        a += tl.load(gs_row + I_APG) * (m * ga)
     # --- terms in log p ---
     if ACT == 1:
         # sigmoid, written directly in x (dp/dx = p(1 − p), d log σ(x)/dx = 1 − p, d log σ(−x)/dx = −p):
@@ -404,10 +431,11 @@ def _grad_coefs(
 
 @triton.jit
 def _stats_bwd_kernel(
-    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, gs_ptr, dx_ptr,
+    x_ptr, lab_ptr, soft_ptr, mask_ptr, map_ptr, table_ptr, aux_ptr, gs_ptr, dx_ptr,
     N, map_bs, map_cs, ignore_index, alpha, log_eps, L,
     C: tl.constexpr, K: tl.constexpr, ACT: tl.constexpr,
     TGT_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_IGNORE: tl.constexpr, REGIONS: tl.constexpr,
+    HAS_AUX: tl.constexpr, AUX_IGNORE: tl.constexpr, I_APG: tl.constexpr,
     HAS_ALPHA: tl.constexpr, HAS_LOG_EPS: tl.constexpr, GAMMA: tl.constexpr, CE_EXP: tl.constexpr,
     I_PG: tl.constexpr, I_P: tl.constexpr, I_PP: tl.constexpr, I_ABS: tl.constexpr, I_SQP: tl.constexpr,
     I_SQN: tl.constexpr, I_CE: tl.constexpr, I_FOCAL: tl.constexpr, I_CEPOW: tl.constexpr,
@@ -423,6 +451,7 @@ def _stats_bwd_kernel(
     dx_row = dx_ptr + b * C * N + start
     m, lab = _voxel_mask(lab_ptr + b * N + start, mask_ptr + b * N + start, offs, lane, ignore_index, table_ptr,
                          L, C, TGT_LABELS, HAS_MASK, HAS_IGNORE, REGIONS)
+    aux = _aux_class(aux_ptr + b * N + start, offs, lane, m, ignore_index, C, HAS_AUX, AUX_IGNORE)
     other = 1.0 if ACT == 2 else 0.0
     gs_b = gs_ptr + b * C * K
     if ACT == 0:
@@ -447,9 +476,10 @@ def _stats_bwd_kernel(
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
             logp = tl.where((g == 0) & (logp == float("-inf")), 0.0, logp)  # a -inf logit where g = 0: the limit 0
-            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
+            ga = tl.where(aux == c, m, 0.0)
+            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, ga, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, I_APG, TINY)
             Sa += p * a
             Sd += d
         for c in range(C):  # pass 3: write dL/dx_c
@@ -462,9 +492,10 @@ def _stats_bwd_kernel(
             p = tl.exp(x - mx) * inv_se
             logp = x - mx - log_se
             logp = tl.where((g == 0) & (logp == float("-inf")), 0.0, logp)  # a -inf logit where g = 0: the limit 0
-            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
+            ga = tl.where(aux == c, m, 0.0)
+            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, ga, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, I_APG, TINY)
             q = tl.where(x == mx, r * inv_se, 1.0 - p)  # 1 − p_c
             dx = p * (a - Sa) + d * q - p * (Sd - d)
             if I_SFOC >= 0:
@@ -479,9 +510,10 @@ def _stats_bwd_kernel(
             if NEED_MAP:
                 w = tl.load(map_ptr + b * map_bs + cl * map_cs + start + offs, mask=lane, other=0.0).to(tl.float32)
             p, logp = _elementwise_activation(x, log_eps, ACT, NEED_LOG, HAS_LOG_EPS)
-            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
+            ga = tl.where(aux == c, m, 0.0)
+            a, d, e = _grad_coefs(gs_b + c * K, x, p, logp, g, m, w, ga, c, alpha, log_eps, ACT, HAS_ALPHA, GAMMA,
                                   CE_EXP, I_PG, I_P, I_PP, I_ABS, I_SQP, I_SQN, I_CE, I_FOCAL, I_CEPOW,
-                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, TINY)
+                                  I_MAPCE, I_MAPP, I_MAPSQ, I_SFOC, I_APG, TINY)
             if ACT == 1:
                 # sigmoid: dp/dx = p(1 − p); e is already dL/dx
                 dx = a * p * (1.0 - p) + e
@@ -525,14 +557,16 @@ def _config(columns: tuple, activation: str, gamma: float, alpha, ce_exponent: f
         I_PG=idx["pg"], I_P=idx["p"], I_PP=idx["pp"], I_ABS=idx["absdiff"], I_SQP=idx["sqerr_pos"],
         I_SQN=idx["sqerr_neg"], I_CE=idx["ce"], I_FOCAL=idx["focal"], I_CEPOW=idx["ce_pow"],
         I_MAPCE=idx["map_ce"], I_MAPP=idx["map_p"], I_MAPSQ=idx["map_sqerr"], I_SFOC=idx["sigmoid_focal"],
-        NEED_LOG=need_log, TINY=_TINY,
+        I_APG=idx["aux_pg"], NEED_LOG=need_log, TINY=_TINY,
     ), idx
 
 
-def _common_args(x, labels, soft, mask, vmap, ignore_index, regions=None):
+def _common_args(x, labels, soft, mask, vmap, ignore_index, regions=None, aux=None):
     B, C, N = x.shape
     dummy = x  # never read: the matching constexpr flag is False
     has_ignore = labels is not None and ignore_index is not None
+    # an ignore_index outside int64 equals no label (the kernels compare int64): no aux label is ignored then
+    aux_ignore = aux is not None and ignore_index is not None and -(2**63) <= ignore_index < 2**63
     # label path with ignore_index: the mask is derived from the labels in the kernel
     has_mask = mask is not None and not has_ignore
     map_cs = 0 if vmap is None or vmap.shape[1] == 1 else N  # a one-channel map is shared by all classes
@@ -543,48 +577,50 @@ def _common_args(x, labels, soft, mask, vmap, ignore_index, regions=None):
         mask=mask if has_mask else dummy,
         vmap=vmap if vmap is not None else dummy,
         table=regions if regions is not None else dummy,
+        aux=aux if aux is not None else dummy,
         L=0 if regions is None else regions.numel(),
         map_cs=map_cs,
         map_bs=map_bs,
-        ignore=int(ignore_index) if has_ignore else 0,
+        ignore=int(ignore_index) if has_ignore or aux_ignore else 0,
         flags=dict(TGT_LABELS=labels is not None, HAS_MASK=has_mask, HAS_IGNORE=has_ignore,
-                   REGIONS=labels is not None and regions is not None),
+                   REGIONS=labels is not None and regions is not None, HAS_AUX=aux is not None,
+                   AUX_IGNORE=aux_ignore),
     )
 
 
 def _forward_impl(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
-                  ignore_index):
+                  ignore_index, aux=None):
     cols = tuple(columns.split(","))
     B, C, N = x.shape
     K = len(cols)
     BLOCK = _block(N)
     P = triton.cdiv(N, BLOCK)
     cfg, idx = _config(cols, activation, gamma, alpha, ce_exponent, log_eps)
-    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions)
+    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions, aux)
     part = torch.empty((B, C, K, P), dtype=torch.float32, device=x.device)
     _stats_fwd_kernel[(P, B)](
-        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], part,
+        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], a["aux"], part,
         N, P, a["map_bs"], a["map_cs"], a["ignore"], float(alpha) if alpha is not None else 0.0, float(log_eps),
         a["L"],
-        C=C, K=K, I_G=idx["g"], I_GG=idx["gg"], I_COUNT=idx["count"], BLOCK=BLOCK,
+        C=C, K=K, I_G=idx["g"], I_GG=idx["gg"], I_COUNT=idx["count"], I_AG=idx["aux_g"], BLOCK=BLOCK,
         **a["flags"], **cfg, num_warps=4,
     )
     return part.sum(dim=3)  # fixed-order reduction of the per-program partials: deterministic
 
 
 def _backward_impl(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent,
-                   log_eps, ignore_index):
+                   log_eps, ignore_index, aux=None):
     cols = tuple(columns.split(","))
     B, C, N = x.shape
     K = len(cols)
     BLOCK = _block(N)
     P = triton.cdiv(N, BLOCK)
     cfg, idx = _config(cols, activation, gamma, alpha, ce_exponent, log_eps)
-    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions)
+    a = _common_args(x, labels, soft, mask, vmap, ignore_index, regions, aux)
     gs = grad.to(torch.float32).contiguous()
     dx = torch.empty_like(x)
     _stats_bwd_kernel[(P, B)](
-        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], gs, dx,
+        x, a["lab"], a["soft"], a["mask"], a["vmap"], a["table"], a["aux"], gs, dx,
         N, a["map_bs"], a["map_cs"], a["ignore"], float(alpha) if alpha is not None else 0.0, float(log_eps),
         a["L"],
         C=C, K=K, NEED_MAP=vmap is not None and any(idx[n] >= 0 for n in _MAP_COLUMNS), BLOCK=BLOCK,
@@ -601,13 +637,15 @@ def _class_stats_op(
     x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str, columns: str, gamma: float,
     alpha: Optional[float], ce_exponent: float, log_eps: float, ignore_index: Optional[int],
+    aux: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     return _forward_impl(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent,
-                         log_eps, ignore_index)
+                         log_eps, ignore_index, aux)
 
 
 @_class_stats_op.register_fake
-def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index):
+def _(x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps, ignore_index,
+      aux=None):
     return x.new_empty((x.shape[0], x.shape[1], len(columns.split(","))), dtype=torch.float32)
 
 
@@ -616,15 +654,15 @@ def _class_stats_bwd_op(
     grad: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor], soft: Optional[torch.Tensor],
     mask: Optional[torch.Tensor], vmap: Optional[torch.Tensor], regions: Optional[torch.Tensor], activation: str,
     columns: str, gamma: float, alpha: Optional[float], ce_exponent: float, log_eps: float,
-    ignore_index: Optional[int],
+    ignore_index: Optional[int], aux: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     return _backward_impl(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha,
-                          ce_exponent, log_eps, ignore_index)
+                          ce_exponent, log_eps, ignore_index, aux)
 
 
 @_class_stats_bwd_op.register_fake
 def _(grad, x, labels, soft, mask, vmap, regions, activation, columns, gamma, alpha, ce_exponent, log_eps,
-      ignore_index):
+      ignore_index, aux=None):
     return torch.empty_like(x)
 
 
@@ -667,6 +705,10 @@ def supports(input: torch.Tensor, target: Target, spec: StatsSpec, voxel_map: Op
         return False
     if target.mask is not None and target.mask.numel() != B * N:
         return False
+    aux = target.aux_labels
+    if aux is not None and (aux.dtype.is_floating_point or aux.dtype.is_complex or aux.numel() != B * N
+                            or aux.device != input.device):
+        return False
     if any(t.requires_grad for t in (target.soft, target.mask, voxel_map) if t is not None):
         return False
     if any(c in _MAP_COLUMNS for c in spec.columns):
@@ -698,7 +740,8 @@ def class_stats_triton(
         vmap = vmap.contiguous()
     alpha = None if spec.alpha is None else float(spec.alpha)
     regions = target.regions.contiguous() if target.regions is not None and labels is not None else None
-    return _class_stats_op(
-        x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
-        float(spec.ce_exponent), float(spec.log_eps), target.ignore_index,
-    )
+    args = (x, labels, soft, mask, vmap, regions, spec.activation, ",".join(spec.columns), float(spec.gamma), alpha,
+            float(spec.ce_exponent), float(spec.log_eps), target.ignore_index)
+    if target.aux_labels is None:
+        return _class_stats_op(*args)
+    return _class_stats_op(*args, target.aux_long.reshape(B, N).contiguous())
