@@ -166,11 +166,20 @@ def test_compile_fullgraph_traces_through(triton_backend):
     def f(t):
         return soft_skeleton(torch.sigmoid(t), 1).square().sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    from torch._dynamo.backends.registry import lookup_backend
+
+    targets = []
+
+    def record(gm, example_inputs):  # the traced graph's calls, then aot_eager (fake kernels, registered autograd)
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled = torch.compile(f, fullgraph=True, backend=record)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     got, want = compiled(a), f(b)
     got.backward()
     want.backward()
+    assert "fastloss.triton_soft_skeleton.default" in targets, targets
     assert torch.equal(got, want) and torch.equal(a.grad, b.grad)
     torch._dynamo.reset()
 

@@ -75,6 +75,8 @@ __all__ = ["soft_skeleton_triton", "supports"]
 _GPU_BLOCK = 512
 _GPU_WARPS = 4
 _INTERPRET_MAX_BLOCK = 1 << 14
+# sizes are not specialised on (== 1, % 16): one compiled kernel serves every shape of a dtype and dimension
+_SIZES = ("total", "H", "W", "D")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def _erode_share(ge_ptr, rc_ptr, i, ok, AXIS: tl.constexpr, ARG: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _erode_kernel(x_ptr, e_ptr, rc_ptr, total, H, W, D, THREE_D: tl.constexpr, ROUTES: tl.constexpr,
                   BLOCK: tl.constexpr):
     """``e = erode(x)`` over the flat range; with ``ROUTES`` (the backward) also the routing code (int16)."""
@@ -242,7 +244,7 @@ def _dilate_argmax(e_ptr, offs, h, w, d, H, W, D, live, ND: tl.constexpr):
     return best, code
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _step_kernel(x_ptr, e_ptr, s_ptr, total, H, W, D, FIRST: tl.constexpr, ND: tl.constexpr, BLOCK: tl.constexpr):
     """``s ← s + relu(δ − s·δ)`` with ``δ = relu(x − dilate(e))``, in place (``FIRST``: ``s = δ``, the step with
     ``s_{−1} = 0``, MONAI's ``relu(img − open(img))``). Each rounding as torch's separate ops."""
@@ -263,7 +265,7 @@ def _step_kernel(x_ptr, e_ptr, s_ptr, total, H, W, D, FIRST: tl.constexpr, ND: t
     tl.store(s_ptr + offs, s_new, mask=live)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _local_kernel(x_ptr, e_ptr, s_ptr, gs_ptr, gdq_ptr, code_ptr, total, H, W, D,
                   FIRST: tl.constexpr, ND: tl.constexpr, BLOCK: tl.constexpr):
     """Backward, the per-voxel part of step ``k``: with ``d0 = x_k − dilate(e_k)``, ``δ = relu(d0)``,
@@ -297,7 +299,7 @@ def _local_kernel(x_ptr, e_ptr, s_ptr, gs_ptr, gdq_ptr, code_ptr, total, H, W, D
     tl.store(code_ptr + offs, code.to(tl.int8), mask=live)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _dilate_t_kernel(gdq_ptr, code_ptr, gx_ptr, ge_ptr, total, H, W, D,
                      HAS_GX: tl.constexpr, ND: tl.constexpr, BLOCK: tl.constexpr):
     """``∂L/∂e = ∂L/∂x_{k+1} − dilate^T(∂L/∂δ·q)``: ``o_i = e_{arg(i)}``, so ``∂o_i/∂e_j = [arg(i) = j]`` and voxel
@@ -333,7 +335,7 @@ def _dilate_t_kernel(gdq_ptr, code_ptr, gx_ptr, ge_ptr, total, H, W, D,
     tl.store(ge_ptr + offs, acc, mask=live)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _erode_t_kernel(ge_ptr, rc_ptr, gdq_ptr, gx_ptr, total, H, W, D, THREE_D: tl.constexpr, BLOCK: tl.constexpr):
     """``∂L/∂x_k = ∂L/∂δ·q + erode^T(∂L/∂e_k)``: voxel ``j`` gathers, from each plus-neighbour ``i`` (and itself),
     the share of ``∂L/∂e_i`` routed along the axis joining them whose argmin is ``j`` (the routing codes of the
