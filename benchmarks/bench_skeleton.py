@@ -10,6 +10,9 @@ radius 2-5 voxels, vessels/airways). Rows:
   and on all torch threads (both sides alike): the authors' path (their ``SkeletonTransform``: scikit-image skeleton, two dilations, times the labels, per
   sample; then their ``SoftSkeletonRecallLoss`` in torch ops) against ``fastloss.SkeletonRecallLoss``
   (skeleton inside the loss, compiled statistics pass).
+- ``skeletonize`` rows of ``method="parallel"`` (the GPU's thinning, report only: in 3D not scikit-image's
+  voxels, see fastloss/skeleton.py): its host driver on all threads, and where a GPU and the CUDA build are
+  there, the CUDA kernels on the batch (device-resident masks, the skeleton back on the GPU).
 
 - ``cbdice``: the cbDice loss (Shi et al. 2024), forward + backward, logits (2, 3, S^3) of the tubular labels
   (S = ``--cbdice-size``, 64): the authors' ``SoftcbDiceLoss`` (transcribed: their soft skeleton in torch ops,
@@ -18,7 +21,7 @@ radius 2-5 voxels, vessels/airways). Rows:
 Median/p20/p80 wall ms and "x baseline". Appends to benchmarks/results/local/skeleton.csv (with --record: the
 committed benchmarks/results/skeleton.csv) and prints a table.
 
-    python benchmarks/bench_skeleton.py [--reps 7] [--size 96] [--cbdice-size 64] [--record]
+    python benchmarks/bench_skeleton.py [--reps 7] [--size 96] [--cbdice-size 64] [--parts skeletonize,...] [--record]
 """
 
 from __future__ import annotations
@@ -184,17 +187,34 @@ def cbdice_rows(reps, size, ncpu):
     return rows
 
 
-def _row(bench, case, shape, provider, threads, stats, base_ms=None):
+def _row(bench, case, shape, provider, threads, stats, base_ms=None, device="cpu"):
     row = {"bench": bench, "case": case, "shape": shape, "provider": provider, "threads": threads,
            "median_ms": round(stats["median_ms"], 3), "p20_ms": round(stats["p20_ms"], 3),
            "p80_ms": round(stats["p80_ms"], 3), "reps": stats["reps"], "spread": stats["spread"]}
     if base_ms is not None:
         row["x_baseline"] = round(base_ms / stats["median_ms"], 2)
         row["target_x"] = TARGETS[bench]
-    return common.stamp(row, "cpu")
+    return common.stamp(row, device)
 
 
-def run(reps: int = 7, size: int = 96, cbdice_size: int = 64):
+def parallel_rows(case, tag, fg, reps, ncpu, base_ms):
+    """method="parallel": the host driver (all threads), and the CUDA kernels where they can run."""
+    rows = [_row("skeletonize", case, tag, "fastloss parallel (host)", ncpu,
+                 common.time_wall(lambda: skeletonize(fg, 3, threads=ncpu, method="parallel"), "cpu",
+                                  reps=max(reps, 5), warmup=1, budget_s=60), base_ms)]
+    if torch.cuda.is_available() and fastloss.skeleton.cuda_available():
+        g = torch.from_numpy(fg).cuda()
+        if not np.array_equal(skeletonize(g).cpu().numpy(), skeletonize(fg, 3, method="parallel")):
+            rows.append(common.stamp(common.error_row(
+                {"bench": "skeletonize", "case": case, "shape": tag, "provider": "fastloss parallel (CUDA)"},
+                AssertionError("the CUDA kernels differ from the host driver")), "cuda"))
+        else:
+            st = common.time_wall(lambda: skeletonize(g), "cuda", reps=max(reps, 10), warmup=2)
+            rows.append(_row("skeletonize", case, tag, "fastloss parallel (CUDA)", "", st, base_ms, device="cuda"))
+    return rows
+
+
+def run(reps: int = 7, size: int = 96, cbdice_size: int = 64, parts=("skeletonize", "skeleton_recall", "cbdice")):
     from skimage.morphology import skeletonize as sk
 
     ncpu = common.cpu_count()
@@ -217,6 +237,10 @@ def run(reps: int = 7, size: int = 96, cbdice_size: int = 64):
                 continue
             st = common.time_wall(lambda: skeletonize(fg, 3, threads=threads), "cpu", reps=max(reps, 10), warmup=1)
             rows.append(_row("skeletonize", case, tag, "fastloss", threads, st, sk_stats["median_ms"]))
+        if "skeletonize" in parts:
+            rows += parallel_rows(case, tag, fg, reps, ncpu, sk_stats["median_ms"])
+        if "skeleton_recall" not in parts:
+            continue
 
         # the loss part of a training step: target skeleton + loss, forward + backward
         C = 3
@@ -251,7 +275,8 @@ def run(reps: int = 7, size: int = 96, cbdice_size: int = 64):
                 st = common.time_wall(ours, "cpu", reps=max(reps, 10), warmup=1)
                 rows.append(_row("skeleton_recall", case, tag_l, "fastloss", threads, st, th["median_ms"]))
         torch.set_num_threads(ncpu)
-    rows += cbdice_rows(reps, cbdice_size, ncpu)
+    if "cbdice" in parts:
+        rows += cbdice_rows(reps, cbdice_size, ncpu)
     return rows
 
 
@@ -260,11 +285,17 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--cbdice-size", type=int, default=64)
+    ap.add_argument("--parts", default="skeletonize,skeleton_recall,cbdice",
+                    help="comma-separated: skeletonize (with the parallel rows), skeleton_recall, cbdice")
     common.add_record_argument(ap)
     args = ap.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = set(parts) - {"skeletonize", "skeleton_recall", "cbdice"}
+    if unknown:
+        ap.error(f"unknown --parts {sorted(unknown)}")
     if args.record:
         common.set_record(True)
-    rows = run(args.reps, args.size, args.cbdice_size)
+    rows = run(args.reps, args.size, args.cbdice_size, parts)
     path = common.append_csv("skeleton.csv", rows)
     print(f"{'bench':16s} {'case':11s} {'shape':12s} {'provider':26s} {'thr':>3s} {'median':>9s} "
           f"{'p20':>9s} {'p80':>9s}  x baseline")

@@ -10,10 +10,12 @@
 // parallel as it stands, so the GPU's 2D skeleton is scikit-image's.
 //
 // 3D, Lee, Kashyap & Chu 1994: a voxel's 3x3x3 neighbourhood is a 27-bit word, bit 9 (dp + 1) + 3 (dr + 1) +
-// (dc + 1) for the voxel at offset (dp, dr, dc) in {-1, 0, 1}^3 (the centre is bit 13). A voxel may be deleted
-// when it is no end point (exactly one of its 26 neighbours is object), deleting it leaves the Euler
-// characteristic unchanged (the 8 octants' changes sum to 0) and its 26 neighbours form at most one
-// 26-connected component (Lee's simple-point test, as scikit-image computes it).
+// (dc + 1) for the voxel at offset (dp, dr, dc) in {-1, 0, 1}^3 (the centre is bit 13). A voxel is a candidate
+// of a border direction when its face neighbour there is background and it is no end point (not exactly one of
+// its 26 neighbours object); a candidate is deleted when deleting it leaves the Euler characteristic unchanged
+// (the 8 octants' changes sum to 0) and its 26 neighbours form at most one 26-connected component (Lee's
+// simple-point test, as scikit-image computes it). The parallel passes (skeleton_parallel_host.cpp) delete the
+// candidates of one parity subfield at a time.
 //
 // The image edge is background: the neighbourhood readers below check bounds (a voxel off the image reads 0),
 // so no input makes them read outside the volume. Indices are int64.
@@ -211,7 +213,8 @@ FL_HD uint32_t gather27(const uint8_t* im, int64_t D, int64_t H, int64_t W, int6
       for (int dr = 0; dr < 3; ++dr) {
         const uint8_t* row = base + (dp * H + dr) * W;
         const int bit = 9 * dp + 3 * dr;
-        m |= (uint32_t(row[0] != 0) << bit) | (uint32_t(row[1] != 0) << (bit + 1)) | (uint32_t(row[2] != 0) << (bit + 2));
+        m |= (uint32_t(row[0] != 0) << bit) | (uint32_t(row[1] != 0) << (bit + 1)) |
+             (uint32_t(row[2] != 0) << (bit + 2));
       }
     return m;
   }
@@ -272,15 +275,16 @@ FL_HD int64_t subfield_count(int64_t n, int q) { return n > q ? (n - q + 1) / 2 
 
 }  // namespace skel
 
-// The parallel thinning of `batch` contiguous uint8 masks of `shape` (2 sizes: Zhang-Suen sub-passes, 3 sizes:
-// Lee's test on the border voxels of each direction, one parity subfield at a time), non-zero = foreground, into contiguous uint8 `out` (0/1, not aliasing
-// `mask`), on the CPU: the passes of skeletonize_cuda, one batch item per thread (skeleton_parallel_host.cpp).
+// The parallel thinning of `batch` contiguous uint8 masks of `shape` (2 sizes: Zhang-Suen sub-passes; 3 sizes:
+// Lee's candidates of each direction, one parity subfield at a time), non-zero = foreground, into contiguous
+// uint8 `out` (0/1, not aliasing `mask`), on the CPU: the passes of skeletonize_cuda, one batch item per thread
+// (skeleton_parallel_host.cpp).
 void skeletonize_parallel_host(const uint8_t* mask, uint8_t* out, int64_t batch, const std::vector<int64_t>& shape,
                                int threads);
 
 // The same passes on the GPU, enqueued on `stream` (a cudaStream_t), with one host synchronisation per sweep.
-// `scratch`: batch * prod(shape) bytes of device memory (2D: the sub-passes' second image; 3D: the border
-// voxels of the direction's pass); `flag`: one device int32.
+// `scratch`: batch * prod(shape) bytes of device memory (2D: the sub-passes' second image; 3D: the candidates
+// of the direction's pass); `flag`: one device int32.
 // Returns 0 or a cudaError_t code (skeleton_cuda.cu; built only with FASTLOSS_WITH_CUDA).
 int skeletonize_cuda(const uint8_t* mask, uint8_t* out, uint8_t* scratch, int32_t* flag, int64_t batch,
                      const std::vector<int64_t>& shape, void* stream);

@@ -51,30 +51,39 @@ void zhang_parallel_one(const uint8_t* mask, uint8_t* out, int64_t H, int64_t W,
   }
 }
 
+// The GPU visits every voxel of a pass; here each pass visits the object voxels only (kept in a list, the
+// deleted ones dropped after each sweep) and the subfields are buckets of the direction's candidates: the same
+// candidates and, inside a subfield, order-independent decisions, so the same image after every pass.
 void lee_parallel_one(const uint8_t* mask, uint8_t* out, int64_t D, int64_t H, int64_t W, const int8_t* delta) {
   const int64_t n = D * H * W;
-  for (int64_t i = 0; i < n; ++i) out[i] = mask[i] != 0;
-  std::vector<uint8_t> candidate(static_cast<size_t>(n));  // the GPU's scratch: the direction's candidates
+  std::vector<int64_t> alive;  // the object voxels, C order
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = mask[i] != 0;
+    if (out[i]) alive.push_back(i);
+  }
+  std::vector<int64_t> bucket[8];  // the direction's candidates by parity subfield (p % 2 << 2 | r % 2 << 1 | c % 2)
   const int directions = skel::num_directions(D);
   for (;;) {
     bool changed = false;
     for (int direction = 0; direction < directions; ++direction) {
-      for (int64_t p = 0; p < D; ++p)  // the candidates of the image as the direction's pass begins
-        for (int64_t r = 0; r < H; ++r)
-          for (int64_t c = 0; c < W; ++c)
-            candidate[static_cast<size_t>((p * H + r) * W + c)] = skel::is_candidate(out, D, H, W, p, r, c, direction);
-      for (int s = 0; s < 8; ++s)  // the subfield of parities (s >> 2 & 1, s >> 1 & 1, s & 1)
-        for (int64_t p = (s >> 2) & 1; p < D; p += 2)
-          for (int64_t r = (s >> 1) & 1; r < H; r += 2)
-            for (int64_t c = s & 1; c < W; c += 2) {
-              const int64_t i = (p * H + r) * W + c;
-              if (candidate[static_cast<size_t>(i)] && skel::lee_deletable(out, D, H, W, p, r, c, delta)) {
-                out[i] = 0;
-                changed = true;
-              }
-            }
+      for (auto& v : bucket) v.clear();
+      for (const int64_t i : alive) {  // the candidates of the image as the direction's pass begins
+        const int64_t p = i / (H * W), r = (i / W) % H, c = i % W;
+        if (out[i] && skel::is_candidate(out, D, H, W, p, r, c, direction))
+          bucket[((p & 1) << 2) | ((r & 1) << 1) | (c & 1)].push_back(i);
+      }
+      for (const auto& v : bucket)  // the subfields in order 0..7, each deleted at once
+        for (const int64_t i : v)
+          if (skel::lee_deletable(out, D, H, W, i / (H * W), (i / W) % H, i % W, delta)) {
+            out[i] = 0;
+            changed = true;
+          }
     }
     if (!changed) return;
+    size_t k = 0;
+    for (const int64_t i : alive)
+      if (out[i]) alive[k++] = i;
+    alive.resize(k);
   }
 }
 

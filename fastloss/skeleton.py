@@ -92,7 +92,9 @@ def _check_method(method, device_type: str) -> str:
     if not isinstance(method, str):
         raise TypeError(f"method must be 'exact', 'parallel' or None, got {type(method).__name__}")
     if method not in _METHODS:
-        raise ValueError(f"method must be 'exact' (scikit-image's answer) or 'parallel' (the GPU algorithm), got {method!r}")
+        raise ValueError(
+            f"method must be 'exact' (scikit-image's answer) or 'parallel' (the GPU algorithm), got {method!r}"
+        )
     return method
 
 
@@ -303,7 +305,9 @@ def _tubed_on_device(labels: torch.Tensor, sd: int, dilations: int, nthreads: in
     if indices_only:
         return tube.reshape(-1).nonzero().squeeze(1)
     lab = labels.detach()
-    return lab & tube if lab.dtype == torch.bool else torch.where(tube, lab, torch.zeros((), dtype=lab.dtype, device=lab.device))
+    if lab.dtype == torch.bool:
+        return lab & tube
+    return torch.where(tube, lab, torch.zeros((), dtype=lab.dtype, device=lab.device))
 
 
 def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int, method: str = "exact",
@@ -341,7 +345,9 @@ def _tubed_impl(labels: torch.Tensor, sd: int, dilations: int, nthreads: int, me
 
 
 @torch.library.custom_op("fastloss::tubed_skeleton", mutates_args=())
-def _tubed_skeleton_op(labels: torch.Tensor, spatial_dims: int, dilations: int, threads: int, method: str) -> torch.Tensor:
+def _tubed_skeleton_op(
+    labels: torch.Tensor, spatial_dims: int, dilations: int, threads: int, method: str
+) -> torch.Tensor:
     """:func:`tubed_skeleton` as a torch custom op (not differentiable: its input is a label map)."""
     return _tubed_impl(labels, spatial_dims, dilations, threads, method)
 

@@ -149,7 +149,8 @@ def cubes_2x2x2(s):
 
 def test_euler_count_matches_skimage():
     rng = np.random.default_rng(0)
-    for m in [_hollow_sphere(), _torus(), rng.random((9, 8, 7)) < 0.5, np.ones((3, 4, 5), bool), np.zeros((2, 2, 2), bool)]:
+    for m in [_hollow_sphere(), _torus(), rng.random((9, 8, 7)) < 0.5, np.ones((3, 4, 5), bool),
+              np.zeros((2, 2, 2), bool)]:
         assert euler_26(m) == euler_number(m, connectivity=3)
     assert euler_26(_hollow_sphere()) == 2 and euler_26(_torus()) == 0 and euler_26(np.ones((2, 3, 4), bool)) == 1
 
@@ -183,6 +184,49 @@ def test_3d_guarantees(name, m):
     exact = skeletonize(m, 3)  # scikit-image's answer: where it keeps the topology, the two agree on it
     if components_26(exact) == components_26(m) and euler_26(exact) == euler_26(m):
         assert (components_26(s), euler_26(s)) == (components_26(exact), euler_26(exact))
+
+
+def _lee_simple(patch) -> bool:
+    """Euler invariant and 26-simple (the deletion test of a candidate), from a 3x3x3 patch."""
+    without = patch.copy()
+    without[1, 1, 1] = False
+    return euler_26(patch) == euler_26(without) and components_26(without) <= 1
+
+
+def simulate_gpu_schedule(m: np.ndarray) -> np.ndarray:
+    """The CUDA kernels' schedule, written again in numpy: per direction the candidates (border voxels of the
+    direction, not end points) of the image as the direction's pass begins; per parity subfield every candidate
+    decided on the same image, then all of the subfield's deletions applied at once; until a sweep deletes nothing."""
+    D, H, W = m.shape
+    im = np.pad(m.astype(bool), 1)
+    directions = [(0, -1, 0), (0, 1, 0), (0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0)][: 4 if D == 1 else 6]
+    while True:
+        changed = False
+        for dp, dr, dc in directions:
+            core = im[1:-1, 1:-1, 1:-1]
+            face = im[1 + dp : D + 1 + dp, 1 + dr : H + 1 + dr, 1 + dc : W + 1 + dc]
+            box = ndi.convolve(im.astype(np.int32), np.ones((3, 3, 3), np.int32), mode="constant")
+            neighbours = box[1:-1, 1:-1, 1:-1] - core
+            candidates = core & ~face & (neighbours != 1)
+            for s in range(8):
+                sub = np.zeros_like(candidates)
+                sub[(s >> 2) & 1 :: 2, (s >> 1) & 1 :: 2, s & 1 :: 2] = True
+                doomed = [(z, y, x) for z, y, x in np.argwhere(candidates & sub)
+                          if _lee_simple(im[z : z + 3, y : y + 3, x : x + 3])]
+                for z, y, x in doomed:
+                    im[z + 1, y + 1, x + 1] = False
+                changed |= bool(doomed)
+        if not changed:
+            return im[1:-1, 1:-1, 1:-1]
+
+
+def test_host_driver_follows_the_gpu_schedule():
+    """The host driver (object-voxel lists, candidates bucketed by subfield) gives the image of the GPU's
+    schedule (every voxel of a subfield decided at once), simulated independently."""
+    rng = np.random.default_rng(12)
+    for m in [_blobs(rng, (11, 13, 12), 1.3), _tubes(rng, (12, 14, 11), n=2, radius=(1.5, 3.0)),
+              _torus((9, 17, 17), 5.0, 2.2), rng.random((7, 9, 8)) < 0.5, _blobs(rng, (1, 21, 19), 1.2), np.pad(np.ones((4, 5, 3), bool), 1)]:
+        assert np.array_equal(skeletonize(m, 3, method="parallel"), simulate_gpu_schedule(m)), m.shape
 
 
 def test_3d_keeps_what_scikit_image_loses():
@@ -264,7 +308,8 @@ def test_2d_parallel_equals_exact_tensor_and_dtypes():
     m = _blobs(rng, (3, 40, 35), 1.3)
     want = np.stack([sk(x) for x in m])
     for dtype in (torch.bool, torch.uint8, torch.int8, torch.int64, torch.float32):
-        got = skeletonize(torch.from_numpy(m).to(dtype) * (-2 if dtype.is_signed else 1), spatial_dims=2, method="parallel")
+        values = torch.from_numpy(m).to(dtype) * (-2 if dtype.is_signed else 1)
+        got = skeletonize(values, spatial_dims=2, method="parallel")
         assert got.dtype == torch.bool and np.array_equal(got.numpy(), want)
 
 
@@ -376,7 +421,8 @@ def test_cuda_tube_and_exact():
     rng = np.random.default_rng(7)
     labels = torch.from_numpy(_blobs(rng, (2, 20, 23, 21), 1.4) * rng.integers(1, 3, size=(2, 20, 23, 21)))
     dev = fl_skeleton.tubed_skeleton(labels.cuda(), 3)
-    assert dev.device.type == "cuda" and torch.equal(dev.cpu(), fl_skeleton.tubed_skeleton(labels, 3, method="parallel"))
+    assert dev.device.type == "cuda"
+    assert torch.equal(dev.cpu(), fl_skeleton.tubed_skeleton(labels, 3, method="parallel"))
     idx = fl_skeleton.tube_indices(labels.cuda(), 3)
     assert idx.device.type == "cuda" and torch.equal(idx.cpu(), fl_skeleton.tube_indices(labels, 3, method="parallel"))
     with warnings.catch_warnings():  # warned once per process (tests/test_skeleton.py checks the warning)
