@@ -412,6 +412,31 @@ PYBIND11_MODULE(_C, m) {
       "NACL's penalty of (B, C, H, W, D) logits (float32: elem 4, float64: elem 8) against the filtered indicators of "
       "int64 labels (B, H, W, D): B*C double sums, and sign/2x derivatives into deriv_ptr unless it is 0.");
 
+  // The fused NACL loss (csrc/nacl_cpu.h): forward (pen: B*C doubles, ce: B doubles) and backward (dx of x's type).
+  m.def(
+      "nacl_loss_cpu",
+      [](std::uintptr_t x, std::uintptr_t labels, int64_t B, int64_t C, int64_t H, int64_t W, int64_t D, int nd,
+         std::vector<float> weights, int64_t left, float scale, int distance, int elem, std::uintptr_t pen,
+         std::uintptr_t ce, std::uintptr_t grad_pen, std::uintptr_t grad_ce, std::uintptr_t dx, int threads) {
+        if (!x || !labels) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        if (dx)
+          fastloss::nacl_loss_cpu_backward(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels), B,
+                                           C, H, W, D, nd, weights, left, scale, distance, elem,
+                                           reinterpret_cast<const double*>(grad_pen),
+                                           reinterpret_cast<const double*>(grad_ce), reinterpret_cast<void*>(dx), threads);
+        else
+          fastloss::nacl_loss_cpu_forward(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels), B,
+                                          C, H, W, D, nd, weights, left, scale, distance, elem,
+                                          reinterpret_cast<double*>(pen), reinterpret_cast<double*>(ce), threads);
+      },
+      py::arg("x_ptr"), py::arg("labels_ptr"), py::arg("B"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("D"),
+      py::arg("nd"), py::arg("weights"), py::arg("left"), py::arg("scale"), py::arg("distance"), py::arg("elem"),
+      py::arg("pen_ptr"), py::arg("ce_ptr"), py::arg("grad_pen_ptr"), py::arg("grad_ce_ptr"), py::arg("dx_ptr"),
+      py::arg("threads"),
+      "NACL's CE and penalty of (B, C, H, W, D) logits and int64 labels (B, H, W, D): the forward (dx_ptr 0) writes "
+      "B*C penalty sums and B CE sums (doubles); the backward writes dx from B*C and B double gradients.");
+
   // The soft confusion matrix (csrc/soft_confusion_cpu.h): forward when grad_ptr is 0 (out: B*C*C doubles),
   // otherwise the backward (grad: B*C*C doubles, out: dx of x's type).
   m.def(

@@ -19,3 +19,20 @@ void nacl_penalty_cpu(const void* x, const int64_t* labels, int64_t B, int64_t C
                       double* sums, void* deriv, int threads);
 
 }  // namespace fastloss
+
+namespace fastloss {
+
+// The whole NACL loss of integer labels in two passes (MONAI's CE + its penalty), nothing of size B·C·N kept:
+// forward: pen_sums (B·C doubles) as nacl_penalty_cpu's sums and ce_sums (B doubles) = Σ_v −log softmax(x)_y over the
+// voxels of item b whose label lies in [0, C) (tiles of voxels summed in lanes, the tiles in order: thread-count
+// independent). backward: dx = grad_pen[b, c]·(sign(x − u) or 2(x − u)) + grad_ce[b]·(p_c − [y = c]), u and the
+// softmax recomputed. Same layout and arguments as nacl_penalty_cpu.
+void nacl_loss_cpu_forward(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W, int64_t D,
+                           int nd, const std::vector<float>& weights, int64_t left, float scale, int distance, int elem,
+                           double* pen_sums, double* ce_sums, int threads);
+void nacl_loss_cpu_backward(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W,
+                            int64_t D, int nd, const std::vector<float>& weights, int64_t left, float scale,
+                            int distance, int elem, const double* grad_pen, const double* grad_ce, void* dx,
+                            int threads);
+
+}  // namespace fastloss

@@ -562,3 +562,65 @@ def test_compiled_soft_confusion_equals_torch_and_threads():
     yd = torch.randint(0, 3, (2, 17), generator=g)
     torch.library.opcheck(cpu_soft_confusion._forward_op, (xd, yd))
     assert torch.autograd.gradcheck(lambda t: cpu_soft_confusion.soft_confusion_cpu(t, yd, torch.float64), (xd,))
+
+
+def test_fused_nacl_loss_equals_torch_backend_and_threads(monkeypatch):
+    """NACLLoss on CPU tensors with integer labels runs one compiled op (CE + penalty, ops/cpu_neighbourhood.py's
+    cpu_nacl_loss): its value and gradient equal the torch backend's (the statistics' CE + the penalty Function),
+    out-of-range labels (label check off) count in no class on both, and its bits do not depend on the threads."""
+    from fastloss.ops import cpu_neighbourhood
+    from fastloss.ops.neighbourhood import nacl_terms
+
+    if not cpu_neighbourhood.loss_available():
+        pytest.skip("fastloss._C lacks the fused NACL loss")
+    cases = [dict(), dict(kernel_size=4, distance_type="l2"), dict(kernel_ops="gaussian", sigma=0.7, alpha=0.5)]
+    for shape in [(2, 3, 7, 6, 5), (2, 4, 9, 8)]:
+        for dtype in (torch.float64, torch.float32):
+            x, y = _data(shape, seed=27, dtype=dtype)
+            assert nacl_terms(x, y[:, 0], NeighbourhoodKernel()) is not None  # the fused kernel serves here
+            for kw in cases:
+                out = {}
+                for backend in ("torch", "auto"):
+                    monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+                    a = x.clone().requires_grad_()
+                    v = NACLLoss(**kw)(a, y[:, 0])
+                    (v * 3).backward()
+                    out[backend] = (v.detach(), a.grad)
+                tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+                torch.testing.assert_close(out["auto"][0], out["torch"][0], **tol)
+                torch.testing.assert_close(out["auto"][1], out["torch"][1], **tol)
+    monkeypatch.delenv("FASTLOSS_BACKEND")
+    # labels outside [0, C) with the check off: no CE term and u = 0 in every class, on both backends
+    x, y = _data((2, 3, 6, 5, 4), seed=28)
+    y[:, :, :2] = 7
+    res = {}
+    monkeypatch.setenv("FASTLOSS_CHECK_LABELS", "0")
+    for backend in ("torch", "auto"):
+        monkeypatch.setenv("FASTLOSS_BACKEND", backend)
+        a = x.clone().requires_grad_()
+        v = NACLLoss(3, 3)(a, y[:, 0])
+        v.backward()
+        res[backend] = (v.detach(), a.grad)
+    monkeypatch.delenv("FASTLOSS_CHECK_LABELS")
+    torch.testing.assert_close(res["auto"][0], res["torch"][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(res["auto"][1], res["torch"][1], rtol=1e-12, atol=1e-14)
+    monkeypatch.delenv("FASTLOSS_BACKEND")
+    # bitwise the same for any thread count, forward and backward; opcheck of both custom ops
+    x, y = _data((2, 5, 9, 8, 7), seed=29, dtype=torch.float32)
+    gp, gc = torch.linspace(-1, 1, 10, dtype=torch.float64), torch.tensor([0.3, -2.0], dtype=torch.float64)
+    n = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            pen, ce = cpu_neighbourhood._loss_op(x, y[:, 0], [1.0, 1.0, 1.0], 1, 1 / 27, 1)
+            res.append((pen, ce, cpu_neighbourhood._loss_backward_op(x, y[:, 0], [1.0, 1.0, 1.0], 1, 1 / 27, 1, gp, gc)))
+    finally:
+        torch.set_num_threads(n)
+    for r in res[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r, res[0]))
+    xd = x.double().requires_grad_()
+    torch.library.opcheck(cpu_neighbourhood._loss_op, (xd, y[:, 0], [0.2, 0.5, 0.3], 1, 1.0, 2))
+    assert torch.autograd.gradcheck(
+        lambda t: sum(cpu_neighbourhood.nacl_loss_cpu(t, y[:1, 0, :3, :3, :3], [0.2, 0.5, 0.3], 1, 1.0, "l2")),
+        (torch.randn(1, 5, 3, 3, 3, dtype=torch.float64, requires_grad=True),))

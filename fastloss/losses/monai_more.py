@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._validation import Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target
-from ..ops.neighbourhood import NeighbourhoodKernel, neighbourhood_penalty
+from ..ops.neighbourhood import NeighbourhoodKernel, nacl_terms, neighbourhood_penalty
 from ..ops.soft_confusion import soft_confusion
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 from ._common import LossBase, check_bool, check_ignore_index, check_nonneg, functional_form, pool_flat, reduce_loss
@@ -497,10 +497,16 @@ class NACLLoss(nn.Module):
             raise ValueError(f"Support 2d and 3d, got an input with {nd} spatial dims: shape {tuple(inputs.shape)}")
         tgt = prepare_target(inputs, targets, name="targets")
         dt = compute_dtype(inputs)
-        s = class_stats(inputs, tgt, StatsSpec("softmax", ("ce",)))
-        n_vox = tgt.raw_labels.shape[1] if tgt.raw_labels is not None else tgt.soft.shape[2]
-        ce = s.sum() / (B * n_vox)
         spatial = tuple(inputs.shape[2:])
+        n_vox = tgt.raw_labels.shape[1] if tgt.raw_labels is not None else tgt.soft.shape[2]
+        if tgt.raw_labels is not None:
+            # CPU tensors: CE and penalty from one compiled kernel, one gradient tensor (ops/neighbourhood.nacl_terms)
+            fused = nacl_terms(inputs, tgt.raw_labels.reshape((B,) + spatial), self.kernel, self.distance_type)
+            if fused is not None:
+                pen, ce_sum = fused
+                return ce_sum / (B * n_vox) + self.alpha * (pen / inputs.numel())
+        s = class_stats(inputs, tgt, StatsSpec("softmax", ("ce",)))
+        ce = s.sum() / (B * n_vox)
         if tgt.raw_labels is not None:
             tmap = tgt.raw_labels.reshape((B,) + spatial)
         else:

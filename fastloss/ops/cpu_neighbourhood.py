@@ -5,6 +5,12 @@ integer labels it filters each class's indicator in float32 inside the kernel (n
 tensor) and returns the ``B·C`` per-plane sums of ``|x − u|`` or ``(x − u)²`` (double, summed in a fixed order)
 and, when the logits need a gradient, the derivative ``sign(x − u)`` or ``2(x − u)``, which the backward scales.
 Planes run on ``torch.get_num_threads()`` threads; results do not depend on their number.
+
+``fastloss::cpu_nacl_loss`` (with ``_backward``) is the whole NACL loss of integer labels, for ``NACLLoss``: the
+penalty's per-plane sums and the per-item sums of the softmax cross entropy ``−log p_y`` in one forward that keeps
+nothing of size ``B·C·N``, and one backward that recomputes ``u`` and the softmax and writes
+``dx = g_pen[b, c]·(sign(x − u) or 2(x − u)) + g_ce[b]·(p_c − [y = c])`` into one tensor (no derivative tensor,
+no separate CE gradient, no autograd sum of the two). Labels outside ``[0, C)`` are in no class: no CE term, ``u = 0``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 
 from .. import _ext
 
-__all__ = ["available", "supports", "nacl_penalty_cpu"]
+__all__ = ["available", "supports", "nacl_penalty_cpu", "loss_available", "nacl_loss_cpu"]
 
 
 def available() -> bool:
@@ -88,3 +94,85 @@ def nacl_penalty_cpu(x: torch.Tensor, labels: torch.Tensor, weights: List[float]
     sums, _ = _penalty_op(x, labels, list(weights), int(left), float(scale), 1 if distance == "l1" else 2,
                           bool(x.requires_grad))
     return sums.sum().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+# ------------------------------------------------------------------------------------ the fused NACL loss
+def loss_available() -> bool:
+    return _ext.has("nacl_loss_cpu")
+
+
+def _loss_call(x, labels, weights, left, scale, distance, pen, ce, gpen, gce, dx, name):
+    B, C, H, W, D, nd = _geometry(x)
+    if tuple(labels.shape) != (B,) + tuple(x.shape[2:]):
+        # the kernel reads B·N labels: a smaller tensor would be read past its end
+        raise ValueError(f"fastloss::{name}: labels must have shape {(B,) + tuple(x.shape[2:])}, got {tuple(labels.shape)}")
+    if not weights or not 0 <= left < len(weights) or distance not in (1, 2):
+        raise ValueError(f"fastloss::{name}: bad kernel, left or distance")
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    _ext.require("the CPU NACL loss").nacl_loss_cpu(
+        x.data_ptr(), labels.data_ptr(), B, C, H, W, D, nd, [float(w) for w in weights], left, float(scale), distance,
+        x.element_size(), ptr(pen), ptr(ce), ptr(gpen), ptr(gce), ptr(dx), max(1, torch.get_num_threads()))
+
+
+@torch.library.custom_op("fastloss::cpu_nacl_loss", mutates_args=(), device_types="cpu")
+def _loss_op(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float,
+             distance: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    xc, lab = x.contiguous(), labels.to(torch.int64).contiguous()
+    B, C = x.shape[:2]
+    pen = torch.empty(B * C, dtype=torch.float64)
+    ce = torch.empty(B, dtype=torch.float64)
+    _loss_call(xc, lab, weights, left, scale, distance, pen, ce, None, None, None, "cpu_nacl_loss")
+    return pen, ce
+
+
+@_loss_op.register_fake
+def _(x, labels, weights, left, scale, distance):
+    B, C = x.shape[:2]
+    return x.new_empty(B * C, dtype=torch.float64), x.new_empty(B, dtype=torch.float64)
+
+
+@torch.library.custom_op("fastloss::cpu_nacl_loss_backward", mutates_args=(), device_types="cpu")
+def _loss_backward_op(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float,
+                      distance: int, grad_pen: torch.Tensor, grad_ce: torch.Tensor) -> torch.Tensor:
+    B, C = x.shape[:2]
+    if tuple(grad_pen.shape) != (B * C,) or tuple(grad_ce.shape) != (B,):
+        raise ValueError(f"fastloss::cpu_nacl_loss_backward: gradients must be ({B * C},) and ({B},), got "
+                         f"{tuple(grad_pen.shape)} and {tuple(grad_ce.shape)}")
+    xc, lab = x.contiguous(), labels.to(torch.int64).contiguous()
+    dx = torch.empty_like(xc)
+    _loss_call(xc, lab, weights, left, scale, distance, None, None, grad_pen.to(torch.float64).contiguous(),
+               grad_ce.to(torch.float64).contiguous(), dx, "cpu_nacl_loss_backward")
+    return dx
+
+
+@_loss_backward_op.register_fake
+def _(x, labels, weights, left, scale, distance, grad_pen, grad_ce):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _loss_setup(ctx, inputs, output):
+    x, labels, weights, left, scale, distance = inputs
+    ctx.save_for_backward(x, labels)
+    ctx.args = (list(weights), left, scale, distance)
+
+
+def _loss_backward(ctx, grad_pen, grad_ce):
+    x, labels = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    B, C = x.shape[:2]
+    gp = torch.zeros(B * C, dtype=torch.float64) if grad_pen is None else grad_pen
+    gc = torch.zeros(B, dtype=torch.float64) if grad_ce is None else grad_ce
+    return _loss_backward_op(x, labels, *ctx.args, gp, gc), None, None, None, None, None
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+
+def nacl_loss_cpu(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float,
+                  distance: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ penalty, Σ −log p_y)``, both 0-d in float32 (float64 for float64 ``x``); call :func:`supports` and
+    :func:`loss_available` first."""
+    pen, ce = _loss_op(x, labels, list(weights), int(left), float(scale), 1 if distance == "l1" else 2)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return pen.sum().to(dt), ce.sum().to(dt)

@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NeighbourhoodKernel", "gaussian_kernel_1d", "class_neighbourhood", "neighbourhood_penalty"]
+__all__ = ["NeighbourhoodKernel", "gaussian_kernel_1d", "class_neighbourhood", "neighbourhood_penalty", "nacl_terms"]
 
 
 def gaussian_kernel_1d(sigma: float, truncated: float = 4.0) -> torch.Tensor:
@@ -145,11 +145,35 @@ def neighbourhood_penalty(x: torch.Tensor, target: torch.Tensor, kernel: Neighbo
         from . import cpu_neighbourhood
 
         if cpu_neighbourhood.supports(x, target):
-            w, left, _ = kernel.weights()
-            nd = x.ndim - 2
-            if w is None:
-                weights, scale = [1.0] * kernel.size, float(torch.tensor(1.0, dtype=torch.float32) / float(kernel.size ** nd))
-            else:
-                weights, scale = [float(v) for v in w.tolist()], 1.0
+            weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
             return cpu_neighbourhood.nacl_penalty_cpu(x, target, weights, left, scale, distance)
     return _Penalty.apply(x, target, kernel, distance, soft)
+
+
+def _compiled_kernel(kernel: NeighbourhoodKernel, nd: int):
+    """``(1D weights, left pad, scale)`` for the compiled kernels: a box is ones scaled by MONAI's float32 ``1/k^d``."""
+    w, left, _ = kernel.weights()
+    if w is None:
+        return [1.0] * kernel.size, left, float(torch.tensor(1.0, dtype=torch.float32) / float(kernel.size ** nd))
+    return [float(v) for v in w.tolist()], left, 1.0
+
+
+def nacl_terms(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKernel, distance: str = "l1"):
+    """``(Σ penalty, Σ_v −log softmax(x)_y)`` of integer ``labels`` ``(B, *spatial)`` from one compiled kernel
+    (``ops/cpu_neighbourhood.py``'s ``cpu_nacl_loss``: no derivative tensor kept, one gradient tensor written), or
+    None where that kernel does not serve (not CPU, float16/bfloat16, the torch backend, no extension): the caller
+    then sums the statistics' CE and :func:`neighbourhood_penalty`. Labels outside ``[0, C)`` are in no class."""
+    if distance not in ("l1", "l2"):
+        raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}")
+    if labels.dtype.is_floating_point:
+        return None
+    from ..backend import use_compiled_cpu
+
+    if not use_compiled_cpu(x):
+        return None
+    from . import cpu_neighbourhood
+
+    if not (cpu_neighbourhood.loss_available() and cpu_neighbourhood.supports(x, labels)):
+        return None
+    weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
+    return cpu_neighbourhood.nacl_loss_cpu(x, labels, weights, left, scale, distance)
