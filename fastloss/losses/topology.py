@@ -12,6 +12,7 @@ All three are formulas of the fused per-class statistics (:func:`fastloss.ops.st
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import Optional
 
@@ -244,7 +245,9 @@ class DiceCESkeletonRecallLoss(nn.Module):
             raise ValueError(f"SkeletonRecallLoss needs at least 2 channels (softmax, no background), got C={input.shape[1]}")
         labels = _label_map(input, target)
         skel = srec_loss.skeleton_target(labels) if skeleton is None else _label_map(input, skeleton, "skeleton")
-        with labels_checked_once():  # the labels' range is checked once for the three parts (one host sync)
+        # the labels' range is checked once for the three parts (one host sync); no check (and no ContextVar,
+        # which dynamo cannot set) while torch.compile traces
+        with contextlib.nullcontext() if _is_compiling() else labels_checked_once():
             # the labels' target with the skeleton as its aux labels (checked here: [0, C) or ignore_index, before
             # any kernel); ignored voxels of the labels count in no recall sum (the pass's mask), as in the parts
             tgt = attach_aux_labels(input, prepare_target(input, labels, ignore_index=srec_loss.ignore_index), skel,
