@@ -226,10 +226,12 @@ class DiceCESkeletonRecallLoss(nn.Module):
         self.lambda_srec = check_nonneg(lambda_srec, "lambda_srec")
 
     # One pass for all three parts (True), or the parts on their own (False: DiceCE's pass plus, on CPU tensors,
-    # the recall from the tube voxels' gathered logits). Measured on the 2-core CPU (2x3x96^3 organ-like labels,
-    # 2 threads, forward+backward, skeleton given): the parts 21.6 ms (the sparse recall's gradient is a second
-    # full-size tensor added to DiceCE's), one pass about DiceCE's own time (the aux columns cost a compare and
-    # two adds per class and voxel in the fused kernels): one pass on every device.
+    # the recall from the tube voxels' gathered logits, elsewhere a second pass). Measured on the 2-core CPU
+    # (benchmarks/bench_auxpass.py: 2x3x96^3 organ-like labels, 2 threads, forward+backward, load 1.0): DiceCE alone
+    # 10.5 ms, the parts 22.6 ms (the sparse recall's gradient is a second full-size tensor added to DiceCE's), one
+    # pass 13.5 ms (the aux columns: +1.4 ms forward, +1.0 ms backward in the fused kernels, most of it reading the
+    # int64 skeleton); skeleton computed inside: 37.2 ms vs 27.6 ms. One pass is faster on the CPU too, so it
+    # serves every device (on the GPU the parts would read the logits twice).
     _one_pass = True
 
     def forward(
@@ -250,8 +252,11 @@ class DiceCESkeletonRecallLoss(nn.Module):
         with contextlib.nullcontext() if _is_compiling() else labels_checked_once():
             # the labels' target with the skeleton as its aux labels (checked here: [0, C) or ignore_index, before
             # any kernel); ignored voxels of the labels count in no recall sum (the pass's mask), as in the parts
-            tgt = attach_aux_labels(input, prepare_target(input, labels, ignore_index=srec_loss.ignore_index), skel,
-                                    name="skeleton")
+            tgt = prepare_target(input, labels, ignore_index=srec_loss.ignore_index)
+            if skeleton is None:  # the tubed skeleton carries the labels' own (checked) values: no second check
+                tgt = tgt.with_aux(skel.reshape(skel.shape[0], -1))
+            else:
+                tgt = attach_aux_labels(input, tgt, skel, name="skeleton")
             with shared_statistics(("pg", "p", "g", "ce", "count", "aux_pg", "aux_g"), aux_labels=tgt.aux_labels):
                 dice_ce = self.dice_ce(input, target)  # the pass: Dice/CE + aux columns; the fused formula on its slice
                 spec = StatsSpec(srec_loss.activation, ("aux_pg", "aux_g"))
