@@ -284,3 +284,27 @@ def test_cuda_matches_compiled_cpu(shape, iters):
                 torch.testing.assert_close(g_got, g_monai, rtol=1e-12, atol=1e-13)
     x = _image((1, 2, 6, 5, 4), 22, dtype=torch.float64).cuda().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: soft_skeleton_triton(t, 3) * 2, (x,))
+
+
+@pytest.mark.cuda
+def test_cuda_backward_memory():
+    """The forward keeps its input only; the backward's peak is its documented work: checkpoints
+    ``2(⌈(K+1)/c⌉ − 1)`` images, eight work images, 3 bytes of codes per voxel, and the gradient it returns."""
+    shape, iters = (2, 3, 64, 64, 64), 10
+    x = torch.rand(shape, device="cuda", requires_grad=True)
+    w = torch.randn(shape, device="cuda")
+    image = x.numel() * 4
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    s = soft_skeleton_triton(x, iters)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base <= 3 * image + (1 << 20)  # output + two work images
+    loss = (s * w).sum()
+    del s
+    loss.backward()
+    torch.cuda.synchronize()
+    c = 4  # ceil(sqrt(11))
+    checkpoints = 2 * ((iters + 1 - 1) // c)
+    bound = (checkpoints + 8 + 1 + 1) * image + 3 * x.numel() + (8 << 20)  # + the gradient and the incoming grad
+    assert torch.cuda.max_memory_allocated() - base <= bound
