@@ -15,7 +15,8 @@ batch. (nnU-Net's ``AllGatherGrad`` followed by a sum is the same operation.)
 What :func:`sync_batch_statistics` covers: every loss whose batch sums go through
 ``LossBase.reduce_stats``: :class:`~fastloss.DiceLoss`, ``IoULoss``, ``TverskyLoss``, ``FocalTverskyLoss``,
 ``AsymmetricSimilarityLoss``, ``GeneralizedDiceLoss`` (its class weights come from the all-reduced volumes),
-``PenaltyGeneralizedDiceLoss``, and the Dice part of ``DiceCELoss``, ``DiceFocalLoss``, ``DiceTopKLoss``,
+``PenaltyGeneralizedDiceLoss``, ``MCCLoss`` (its ``tp``/``fp``/``fn``/``tn`` are formulas of the all-reduced
+``Σpg``, ``Σp``, ``Σg`` and voxel count), and the Dice part of ``DiceCELoss``, ``DiceFocalLoss``, ``DiceTopKLoss``,
 ``DiceBoundaryLoss``, ``DiceHausdorffDTLoss``; and ``TopKLoss`` (``k`` %, also inside DiceTopK), see below.
 The other per-voxel parts of the compound losses (CE, focal, boundary, Hausdorff) stay per rank, as in
 nnU-Net: a rank's CE is the mean over its own voxels, and DDP's averaging of gradients makes that the mean
@@ -50,9 +51,10 @@ __all__ = ["all_reduce_sum", "sync_batch_statistics", "synced_modules", "synced_
 def _covered_and_refused():
     from .losses import ExpLogLoss, HausdorffDTLoss, SensitivitySpecificityLoss, TopKLoss
     from .losses._common import LossBase
+    from .losses.monai_more import MCCLoss
     from .losses.region import OverlapLoss
 
-    return LossBase, TopKLoss, (OverlapLoss,), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
+    return LossBase, TopKLoss, (OverlapLoss, MCCLoss), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
 
 
 def _is_batch_part(m, base, topk) -> bool:

@@ -1,10 +1,11 @@
 """DDP-exact batch statistics: two gloo processes on the CPU, float64.
 
-After one DDP step of a small conv net, each loss with ``batch=True`` (Dice, DiceCE, DiceTopK, GDice) and TopK
+After one DDP step of a small conv net, each loss with ``batch=True`` (Dice, DiceCE, DiceTopK, GDice, MONAI's MCCLoss:
+its tp/fp/fn/tn come from all-reduced Σpg, Σp, Σg and the voxel count) and TopK
 (with an ignore label that leaves the ranks different numbers of counted voxels) synchronised by
 :func:`fastloss.distributed.sync_batch_statistics` must give the parameter gradients of one process on the
 concatenated batch, and the loss value of that process (Dice, GDice: on every rank; DiceCE, DiceTopK, TopK: the
-mean over the ranks, since CE and TopK are per-rank terms). The reference is computed in the same worker from the
+mean over the ranks, since CE and TopK are per-rank terms; MCC: on every rank). The reference is computed in the same worker from the
 same initial weights, without DDP.
 """
 
@@ -18,7 +19,14 @@ import fastloss
 from fastloss.distributed import sync_batch_statistics, synced_modules
 
 WORLD = 2
-LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice", "TopK"]
+LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice", "TopK", "MCC"]
+
+
+def _loss(name, **kw):
+    """A fresh loss: the paper's names through get_loss; MCC is MONAI's MCCLoss with batch statistics (issue 21)."""
+    if name == "MCC":
+        return fastloss.MCCLoss(softmax=True, batch=True)
+    return fastloss.get_loss(name, **kw)
 
 
 def _net():
@@ -48,27 +56,27 @@ def _worker(rank, init_file, results):
             # reference: one process, whole batch (and for TopK the per-shard terms, the documented semantics)
             net = _net()
             kw = {"ignore_index": 3} if name == "TopK" else {}  # TopK: unequal counted voxels per rank
-            ref = fastloss.get_loss(name, **kw)(net(x), y_ign if kw else y)
+            ref = _loss(name, **kw)(net(x), y_ign if kw else y)
             ref.backward()
             ref_grads = [p.grad.clone() for p in net.parameters()]
 
             model = torch.nn.parallel.DistributedDataParallel(_net())
-            loss = sync_batch_statistics(fastloss.get_loss(name, **kw))
+            loss = sync_batch_statistics(_loss(name, **kw))
             assert synced_modules(loss), name
             out = loss(model(x[shard]), (y_ign if kw else y)[shard])
             out.backward()
             mean_out = out.detach().clone()
             dist.all_reduce(mean_out)
             mean_out /= WORLD
-            if name in ("Dice", "GDice"):  # the formula of all-reduced sums: the same value on every rank
+            if name in ("Dice", "GDice", "MCC"):  # the formula of all-reduced sums: the same value on every rank
                 torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(mean_out, ref.detach(), rtol=1e-12, atol=1e-12)
             for p, r in zip(model.parameters(), ref_grads):
                 torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
 
             # without the synchronisation the per-rank values are not the global ones: the test can fail
-            if name in ("Dice", "TopK"):
-                plain = fastloss.get_loss(name, **kw)(_net()(x[shard]), (y_ign if kw else y)[shard]).detach()
+            if name in ("Dice", "TopK", "MCC"):
+                plain = _loss(name, **kw)(_net()(x[shard]), (y_ign if kw else y)[shard]).detach()
                 gathered = [torch.zeros_like(plain) for _ in range(WORLD)]
                 dist.all_gather(gathered, plain)
                 assert any(abs(float(v - ref)) > 1e-6 for v in gathered)
