@@ -30,7 +30,7 @@ into /tmp/monai_src_index/tests/losses/)::
 
 A later checkout can overlay files of an earlier one (``--monai-src`` repeated; the first must hold
 ``tests/test_utils.py``): the stored mirror stops at MONAI 1.5.0, so files that 1.6's tests added
-(``test_boundary_loss.py``, ``test_ignore_index_losses.py``) come from a second folder.
+(``test_boundary_loss.py``, ``test_ignore_index_losses.py``, ``test_mcc_loss.py``) come from a second folder.
 
 Exit status 0 when every test that passes on MONAI and touches a shared name passes on fastloss, except
 ``torch.jit.script`` tests and ``KNOWN_DIFFERENCES``; 1 otherwise.
@@ -65,6 +65,11 @@ TEST_FILES = [
     "losses/test_boundary_loss.py",
     "losses/test_ignore_index_losses.py",
     "losses/test_ds_loss.py",
+    "losses/test_cldice_loss.py",
+    "losses/test_generalized_wasserstein_dice_loss.py",
+    "losses/test_unified_focal_loss.py",
+    "losses/test_mcc_loss.py",
+    "losses/test_nacl_loss.py",
     "metrics/test_compute_meandice.py",
     "metrics/test_hausdorff_distance.py",
     "metrics/test_surface_dice.py",
@@ -76,6 +81,9 @@ TEST_FILES = [
 SHARED_LOSSES = [
     "DiceLoss", "DiceCELoss", "DiceFocalLoss", "GeneralizedDiceLoss", "GeneralizedDiceFocalLoss",
     "MaskedDiceLoss", "TverskyLoss", "FocalLoss", "HausdorffDTLoss", "LogHausdorffDTLoss", "BoundaryLoss",
+    # MONAI's other segmentation losses (issue 21)
+    "SoftclDiceLoss", "SoftDiceclDiceLoss", "GeneralizedWassersteinDiceLoss", "AsymmetricUnifiedFocalLoss",
+    "MCCLoss", "NACLLoss",
 ]
 SHARED_METRICS = [
     "DiceMetric", "HausdorffDistanceMetric", "SurfaceDiceMetric", "SurfaceDistanceMetric",
