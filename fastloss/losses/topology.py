@@ -66,8 +66,12 @@ class SkeletonRecallLoss(LossBase):
     (the authors' ``SkeletonTransform``). Their loss returns ``-recall``; this one ``1 - recall`` (the same
     gradient). Per sample, classes averaged; ``batch=True`` sums over the batch first.
 
-    The skeleton is computed here from the labels (on the CPU, in compiled code, threads over the batch), or
-    passed in as ``skeleton=`` (the labels' shape, class ids) when the dataloader made it.
+    The skeleton is computed here from the labels on their device, or passed in as ``skeleton=`` (the labels'
+    shape, class ids) when the dataloader made it. CPU labels get scikit-image's skeleton (compiled C++, threads
+    over the batch). CUDA labels get the GPU's parallel thinning (``fastloss.skeletonize``'s ``method="parallel"``):
+    in 2D the same skeleton, in 3D one with the guarantees that function documents (inside the mask, thin, the
+    mask's components and Euler number) but not scikit-image's voxels, so there the targets differ from the
+    authors' (pass ``skeleton=fastloss.skeleton.tubed_skeleton(labels, 3, method="exact")`` for theirs).
 
     Args:
         softmax: apply the softmax (default True, as the authors); False: the input is probabilities.
