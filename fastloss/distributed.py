@@ -16,8 +16,9 @@ What :func:`sync_batch_statistics` covers: every loss whose batch sums go throug
 ``LossBase.reduce_stats``: :class:`~fastloss.DiceLoss`, ``IoULoss``, ``TverskyLoss``, ``FocalTverskyLoss``,
 ``AsymmetricSimilarityLoss``, ``GeneralizedDiceLoss`` (its class weights come from the all-reduced volumes),
 ``PenaltyGeneralizedDiceLoss``, ``MCCLoss`` (its ``tp``/``fp``/``fn``/``tn`` are formulas of the all-reduced
-``Σpg``, ``Σp``, ``Σg`` and voxel count), and the Dice part of ``DiceCELoss``, ``DiceFocalLoss``, ``DiceTopKLoss``,
-``DiceBoundaryLoss``, ``DiceHausdorffDTLoss``; and ``TopKLoss`` (``k`` %, also inside DiceTopK), see below.
+``Σpg``, ``Σp``, ``Σg`` and voxel count), ``SkeletonRecallLoss`` (its recall sums ``Σp·S`` and ``Σ S`` of the
+tubed skeleton, each rank's skeleton made from its own samples: the skeleton is per sample), and the Dice part of ``DiceCELoss``, ``DiceFocalLoss``, ``DiceTopKLoss``,
+``DiceBoundaryLoss``, ``DiceHausdorffDTLoss``, ``DiceCESkeletonRecallLoss`` (Dice and recall); and ``TopKLoss`` (``k`` %, also inside DiceTopK), see below.
 The other per-voxel parts of the compound losses (CE, focal, boundary, Hausdorff) stay per rank, as in
 nnU-Net: a rank's CE is the mean over its own voxels, and DDP's averaging of gradients makes that the mean
 over the whole batch when every rank has the same number of counted voxels (the mean of the ranks' values is
@@ -53,8 +54,9 @@ def _covered_and_refused():
     from .losses._common import LossBase
     from .losses.monai_more import MCCLoss
     from .losses.region import OverlapLoss
+    from .losses.topology import SkeletonRecallLoss
 
-    return LossBase, TopKLoss, (OverlapLoss, MCCLoss), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
+    return LossBase, TopKLoss, (OverlapLoss, MCCLoss, SkeletonRecallLoss), (SensitivitySpecificityLoss, ExpLogLoss, HausdorffDTLoss)
 
 
 def _is_batch_part(m, base, topk) -> bool:

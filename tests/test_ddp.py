@@ -5,7 +5,8 @@ its tp/fp/fn/tn come from all-reduced Σpg, Σp, Σg and the voxel count) and To
 (with an ignore label that leaves the ranks different numbers of counted voxels) synchronised by
 :func:`fastloss.distributed.sync_batch_statistics` must give the parameter gradients of one process on the
 concatenated batch, and the loss value of that process (Dice, GDice: on every rank; DiceCE, DiceTopK, TopK: the
-mean over the ranks, since CE and TopK are per-rank terms; MCC: on every rank). The reference is computed in the same worker from the
+mean over the ranks, since CE and TopK are per-rank terms; MCC, SkeletonRecall: on every rank; DiceCESkeletonRecall:
+the mean over the ranks). The reference is computed in the same worker from the
 same initial weights, without DDP.
 """
 
@@ -19,13 +20,17 @@ import fastloss
 from fastloss.distributed import sync_batch_statistics, synced_modules
 
 WORLD = 2
-LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice", "TopK", "MCC"]
+LOSSES = ["Dice", "DiceCE", "DiceTopK", "GDice", "TopK", "MCC", "SkeletonRecall", "DiceCESkeletonRecall"]
 
 
 def _loss(name, **kw):
     """A fresh loss: the paper's names through get_loss; MCC is MONAI's MCCLoss with batch statistics (issue 21)."""
     if name == "MCC":
         return fastloss.MCCLoss(softmax=True, batch=True)
+    if name == "SkeletonRecall":  # issue 22: the recall sums of the (per-sample) tubed skeleton, batch=True
+        return fastloss.SkeletonRecallLoss(batch=True)
+    if name == "DiceCESkeletonRecall":  # the one-pass compound: Dice and recall all-reduced, CE per rank
+        return fastloss.DiceCESkeletonRecallLoss(batch=True)
     return fastloss.get_loss(name, **kw)
 
 
@@ -68,14 +73,14 @@ def _worker(rank, init_file, results):
             mean_out = out.detach().clone()
             dist.all_reduce(mean_out)
             mean_out /= WORLD
-            if name in ("Dice", "GDice", "MCC"):  # the formula of all-reduced sums: the same value on every rank
+            if name in ("Dice", "GDice", "MCC", "SkeletonRecall"):  # the formula of all-reduced sums: the same value on every rank
                 torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(mean_out, ref.detach(), rtol=1e-12, atol=1e-12)
             for p, r in zip(model.parameters(), ref_grads):
                 torch.testing.assert_close(p.grad, r, rtol=1e-10, atol=1e-12)
 
             # without the synchronisation the per-rank values are not the global ones: the test can fail
-            if name in ("Dice", "TopK", "MCC"):
+            if name in ("Dice", "TopK", "MCC", "SkeletonRecall"):
                 plain = _loss(name, **kw)(_net()(x[shard]), (y_ign if kw else y)[shard]).detach()
                 gathered = [torch.zeros_like(plain) for _ in range(WORLD)]
                 dist.all_gather(gathered, plain)

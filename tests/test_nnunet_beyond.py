@@ -289,9 +289,16 @@ def test_skeleton_targets_bad_input_is_named():
         loss(outs, torch.full((2, 1, 8, 8, 8), 5.0))  # a label the logits have no channel for
     with pytest.raises(ValueError, match="stack of labels and skeleton"):
         loss.inner.loss(outs[0], torch.zeros(2, 1, 8, 8, 8, dtype=torch.long))
-    # DDP: the recall's batch sums are not all-reduced (sync_batch_statistics does not cover them): said, not hidden
-    with pytest.warns(UserWarning, match="DiceCESkeletonRecall: batch statistics stay per rank under DDP"):
-        build_nnunet_loss("DiceCESkeletonRecall", batch_dice=True, ddp=True)
+    # DDP: the Dice and recall batch sums are all-reduced (tests/test_ddp.py checks the values), no warning
+    import warnings
+
+    from fastloss.distributed import synced_modules
+    from fastloss.losses.topology import SkeletonRecallLoss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synced = build_nnunet_loss("DiceCESkeletonRecall", batch_dice=True, ddp=True)
+    assert any(isinstance(m, SkeletonRecallLoss) for m in synced_modules(synced))
 
 
 def test_unified_focal_on_two_classes_is_monais_loss_of_the_softmax():
