@@ -204,6 +204,26 @@ def test_unified_focal_matches_monai_binary(shape, kw):
         _compare(AsymmetricUnifiedFocalLoss(rare_classes=[1], **kw), monai_losses.AsymmetricUnifiedFocalLoss(**kw), p, y)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(ignore_index=2), dict(ignore_index=0, gamma=0.3, delta=0.6)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
+def test_unified_focal_binary_form_reads_channels_0_and_1_of_many(kw, dtype):
+    # MONAI's binary form on a C-channel input reads channels 0 and 1 only; labels >= 2 are in neither channel,
+    # and the other channels get a zero gradient (fastloss reads the labels through a region table, not C channels)
+    shape = (2, 4, 6, 5, 3)
+    p = _probs(shape, 21)
+    _, y = _data(shape, 22)
+    ours = AsymmetricUnifiedFocalLoss(num_classes=4, to_onehot_y=True, **kw)
+    _compare(ours, monai_losses.AsymmetricUnifiedFocalLoss(num_classes=4, to_onehot_y=True, **kw), p, y.to(dtype), y)
+    if "ignore_index" not in kw or kw["ignore_index"] < 4:
+        _compare(AsymmetricUnifiedFocalLoss(num_classes=4, **kw), monai_losses.AsymmetricUnifiedFocalLoss(num_classes=4, **kw),
+                 p, _onehot(y, 4))
+    a = p.clone().requires_grad_(True)
+    ours(a, y).backward()
+    assert a.grad[:, 2:].abs().max() == 0 and a.grad[:, :2].abs().max() > 0
+    # float32 probabilities (the compiled kernels) agree with the float64 value
+    torch.testing.assert_close(ours(p.float(), y).double(), ours(p, y), rtol=1e-5, atol=1e-6)
+
+
 def test_unified_focal_single_channel_and_saturated_probabilities():
     g = torch.Generator().manual_seed(10)
     p = torch.rand(2, 1, 6, 7, generator=g, dtype=torch.float64)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target
+from .._validation import (Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target,
+                           region_table)
 from ..ops.neighbourhood import NeighbourhoodKernel, nacl_terms, neighbourhood_penalty
 from ..ops.soft_confusion import soft_confusion
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
@@ -386,9 +387,25 @@ class AsymmetricUnifiedFocalLoss(nn.Module):
         mask = None if tgt.mask is None else tgt.mask.to(dt).unsqueeze(1)
         return x, tgt, mask
 
+    @staticmethod
+    def _binary_channels(x: torch.Tensor, tgt: Target):
+        """Channels 0 and 1 of ``x`` ``(B, C, N)`` and of the target: all MONAI's binary form reads. Labels stay
+        labels (a region table maps label 0 to channel 0, label 1 to channel 1, any other label to neither), so the
+        clamp and the statistics pass cover two channels, not C."""
+        if x.shape[1] == 2:
+            return x, tgt
+        if tgt.soft is not None:
+            return x[:, :2], Target(None, tgt.soft[:, :2], tgt.mask, 2, tgt.spatial_shape, tgt.ignore_index)
+        table = region_table(((0,), (1,)), x.device)
+        return x[:, :2], Target(tgt.raw_labels, None, tgt.mask, 2, tgt.spatial_shape, tgt.ignore_index, regions=table)
+
     def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
         """``y_pred`` probabilities ``(B, C, H, W[, D])``; ``y_true`` labels ``(B, 1, ...)`` or one-hot. One scalar."""
         x, tgt, mask = self._inputs(y_pred, y_true)
+        if self.rare_classes is None:
+            if x.shape[1] < 2:
+                raise ValueError(f"the binary form needs 2 channels, got {x.shape[1]}")
+            x, tgt = self._binary_channels(x, tgt)
         eps, gamma, delta = self.epsilon, self.gamma, self.delta
         if mask is not None:
             x = x * mask
@@ -402,8 +419,6 @@ class AsymmetricUnifiedFocalLoss(nn.Module):
         fn, fp = sg - tp, sp - tp
         ti = (tp + eps) / (tp + delta * fn + (1 - delta) * fp + eps)
         if self.rare_classes is None:
-            if C < 2:
-                raise ValueError(f"the binary form needs 2 channels, got {C}")
             f = ((1 - delta) * focal[:, 0] + delta * ce[:, 1]).sum() / (B * 2 * N)
             t = torch.stack([1 - ti[:, 0], torch.pow(1 - ti[:, 1], 1 - gamma)], dim=-1).mean()
         else:
