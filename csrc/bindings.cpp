@@ -457,6 +457,35 @@ PYBIND11_MODULE(_C, m) {
       py::arg("N"), py::arg("elem"), py::arg("threads"),
       "Soft confusion matrix S[b, l, c] = sum over the voxels of label l of softmax(x)_c, or its backward.");
 
+  // The soft confusion rows contracted with M (csrc/soft_confusion_cpu.h): out: B*2C doubles (W, then the counts);
+  // q_ptr 0 or the (B, C, N) derivative of x's type.
+  m.def(
+      "soft_confusion_rows_cpu",
+      [](std::uintptr_t x, std::uintptr_t labels, std::uintptr_t M, std::uintptr_t out, std::uintptr_t q, int64_t B,
+         int64_t C, int64_t N, int elem, int threads) {
+        if (!x || !labels || !M || !out) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::soft_confusion_rows_cpu(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels),
+                                          reinterpret_cast<const double*>(M), B, C, N, elem,
+                                          reinterpret_cast<double*>(out), reinterpret_cast<void*>(q), threads);
+      },
+      py::arg("x_ptr"), py::arg("labels_ptr"), py::arg("M_ptr"), py::arg("out_ptr"), py::arg("q_ptr"), py::arg("B"),
+      py::arg("C"), py::arg("N"), py::arg("elem"), py::arg("threads"),
+      "Wasserstein row sums W[b, l] = sum over the voxels of label l of sum_c M[l, c] softmax(x)_c and the label "
+      "counts, and optionally the derivative q = p_c (M[y, c] - w).");
+
+  m.def(
+      "soft_confusion_rows_scale_cpu",
+      [](std::uintptr_t labels, std::uintptr_t A, std::uintptr_t q, int64_t B, int64_t C, int64_t N, int elem,
+         int threads) {
+        if (!labels || !A || !q) throw std::invalid_argument("null data pointer");
+        py::gil_scoped_release release;
+        fastloss::soft_confusion_rows_scale_cpu(reinterpret_cast<const int64_t*>(labels), reinterpret_cast<const double*>(A),
+                                                B, C, N, elem, reinterpret_cast<void*>(q), threads);
+      },
+      py::arg("labels_ptr"), py::arg("A_ptr"), py::arg("q_ptr"), py::arg("B"), py::arg("C"), py::arg("N"), py::arg("elem"),
+      py::arg("threads"), "The rows op's backward in place: q[b, c, v] *= A[b, labels[b, v]] (0 outside [0, C)).");
+
   // clDice's soft skeleton (csrc/soft_skeleton_cpu.h): R planes of H x W x D, forward and recomputing backward.
   m.def(
       "soft_skeleton_cpu",

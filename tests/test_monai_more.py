@@ -584,6 +584,108 @@ def test_compiled_soft_confusion_equals_torch_and_threads():
     assert torch.autograd.gradcheck(lambda t: cpu_soft_confusion.soft_confusion_cpu(t, yd, torch.float64), (xd,))
 
 
+def _rows_reference(x, y, M):
+    """W[b, l] = Σ_c M[l, c]·S[b, l, c] and the label counts from the plain autograd soft confusion matrix."""
+    S = soft_confusion_torch(x, y)
+    C = x.shape[1]
+    ok = (y >= 0) & (y < C)
+    counts = torch.nn.functional.one_hot(torch.where(ok, y, 0), C).mul(ok.unsqueeze(-1)).sum(1).to(S.dtype)
+    return (S * M.to(S.dtype)).sum(2), counts
+
+
+@pytest.mark.parametrize("C", [3, 5, 16, 17])
+def test_compiled_distance_rows_equal_torch(C, monkeypatch):
+    """The compiled Wasserstein rows op (one pass, O(C) per voxel: the derivative kept from the forward, scaled in
+    place in the backward) against the soft confusion matrix contracted with M in torch: values, counts and input
+    gradients, float64 and float32, a partial tile, labels outside [0, C) (the label check off: no class, no
+    gradient), C up to the 16-entry register lookup and past it."""
+    from fastloss.ops import cpu_soft_confusion
+    from fastloss.ops.soft_confusion import distance_row_sums
+
+    if not cpu_soft_confusion.rows_available():
+        pytest.skip("fastloss._C lacks the soft confusion rows")
+    g = torch.Generator().manual_seed(31 + C)
+    M = _dist(C, 32, "tensor64")
+    for dtype, tol in ((torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-4))):
+        x = torch.randn(2, C, 2 * 1024 + 37, generator=g, dtype=dtype) * 3
+        y = torch.randint(0, C, (2, x.shape[2]), generator=g)
+        y[:, ::13] = C + 4
+        y[:, 5::17] = -1
+        a, b = x.clone().requires_grad_(), x.double().requires_grad_()  # the reference in float64
+        W, n = distance_row_sums(a, y, M.to(dtype), dtype)
+        Wr, nr = _rows_reference(b, y, M)
+        assert W.dtype == dtype and n.dtype == dtype and not n.requires_grad
+        torch.testing.assert_close(W.double(), Wr, **tol)
+        assert torch.equal(n.double(), nr)
+        w = torch.randn(W.shape, generator=g, dtype=torch.float64)
+        (W.double() * w).sum().backward()
+        (Wr * w).sum().backward()
+        torch.testing.assert_close(a.grad.double(), b.grad, **tol)
+        assert a.grad[:, :, ::13].abs().max() == 0  # labels outside [0, C): no gradient
+        # without a gradient the forward keeps no derivative and gives the same sums
+        with torch.no_grad():
+            W0, _ = distance_row_sums(x, y, M.to(dtype), dtype)
+        assert torch.equal(W0, W.detach())
+    xd = torch.randn(2, C, 19, generator=g, dtype=torch.float64, requires_grad=True)
+    yd = torch.randint(0, C, (2, 19), generator=g)
+    # one backward per graph (the kept derivative becomes the gradient): gradcheck a scalar of W
+    wd = torch.randn(2, C, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: (distance_row_sums(t, yd, M)[0] * wd).sum(), (xd,))
+    # the op as torch.compile runs it (no derivative kept: the backward computes it); eager keeps it (checked above)
+    torch.library.opcheck(cpu_soft_confusion._rows_op, (xd, yd, M, False))
+
+
+def test_compiled_distance_rows_bits_do_not_depend_on_threads_or_isa(monkeypatch):
+    from fastloss.ops import cpu_soft_confusion
+
+    if not cpu_soft_confusion.rows_available():
+        pytest.skip("fastloss._C lacks the soft confusion rows")
+    g = torch.Generator().manual_seed(33)
+    x = torch.randn(2, 9, 9000, generator=g)
+    y = torch.randint(0, 9, (2, 9000), generator=g)
+    M = _dist(9, 34, "tensor64")
+    A = torch.randn(2, 9, generator=g, dtype=torch.float64)
+
+    def run():
+        out, q = cpu_soft_confusion._rows_op(x, y, M, True)
+        cpu_soft_confusion._rows_scale_op(q, y, A)
+        return out, q
+
+    n = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            res.append(run())
+        for isa in ("base", "avx2", "avx512"):  # the rows op has no lanes in its sums: the same bits
+            monkeypatch.setenv("FASTLOSS_CPU_ISA", isa)
+            res.append(run())
+    finally:
+        torch.set_num_threads(n)
+    for out, q in res[1:]:
+        assert torch.equal(out, res[0][0]) and torch.equal(q, res[0][1])
+
+
+def test_wasserstein_dice_second_backward_recomputes():
+    """The compiled op's first backward scales the derivative kept from the forward in place into the gradient; a
+    second backward through the same graph (retain_graph) computes the derivative again from the logits: the same
+    gradient, not the scaled one."""
+    from fastloss.ops import cpu_soft_confusion
+
+    if not cpu_soft_confusion.rows_available():
+        pytest.skip("fastloss._C lacks the soft confusion rows")
+    x, y = _data((2, 3, 6, 5), seed=35, dtype=torch.float32)
+    x.requires_grad_()
+    loss = GeneralizedWassersteinDiceLoss(_dist(3, 36, "numpy32"))(x, y)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss * 3, x)
+    assert g1.abs().max() > 0
+    torch.testing.assert_close(g2, 3 * g1, rtol=1e-6, atol=0)
+    xr = x.detach().double().requires_grad_()
+    GeneralizedWassersteinDiceLoss(_dist(3, 36, "numpy32").astype(np.float64))(xr, y).backward()
+    torch.testing.assert_close(g1.double(), xr.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_fused_nacl_loss_equals_torch_backend_and_threads(monkeypatch):
     """NACLLoss on CPU tensors with integer labels runs one compiled op (CE + penalty, ops/cpu_neighbourhood.py's
     cpu_nacl_loss): its value and gradient equal the torch backend's (the statistics' CE + the penalty Function),

@@ -4,9 +4,10 @@ statistics: ``MCCLoss``, ``GeneralizedWassersteinDiceLoss``, ``AsymmetricUnified
 
 - MCC is a formula of the Dice statistics ``Σp·g``, ``Σp``, ``Σg`` and the voxel count
   (:func:`fastloss.ops.stats.class_stats`): ``tn = n − Σp − Σg + Σp·g``, so ``tp·tn − fp·fn = n·tp − Σp·Σg``.
-- The generalized Wasserstein Dice is a formula of the soft confusion matrix ``S[l, c] = Σ_{y=l} p_c``
-  (:func:`fastloss.ops.soft_confusion.soft_confusion`, from integer labels without a one-hot target): the
-  Wasserstein distances of the voxels of class ``l`` sum to ``W_l = Σ_c M[l, c]·S[l, c]``.
+- The generalized Wasserstein Dice is a formula of the soft confusion matrix ``S[l, c] = Σ_{y=l} p_c``: the
+  Wasserstein distances of the voxels of class ``l`` sum to ``W_l = Σ_c M[l, c]·S[l, c]``, which
+  :func:`fastloss.ops.soft_confusion.distance_row_sums` computes from integer labels without a one-hot target
+  (on the CPU one compiled pass, O(C) per voxel, that also keeps the derivative for the backward).
 - Unified focal is MONAI's asymmetric focal + asymmetric focal Tversky: per class ``Σ p·g``, ``Σ p``,
   ``Σ g``, ``Σ −g log p`` and the focal ``Σ −(1−p)^γ g log p`` of the clamped probabilities; its multi-class form
   (Yeung et al. 2022) is behind ``rare_classes``, which MONAI lacks.
@@ -27,7 +28,7 @@ from torch import nn
 from .._validation import (Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target,
                            region_table)
 from ..ops.neighbourhood import NeighbourhoodKernel, nacl_terms, neighbourhood_penalty
-from ..ops.soft_confusion import soft_confusion
+from ..ops.soft_confusion import distance_row_sums
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 from ._common import LossBase, check_bool, check_ignore_index, check_nonneg, functional_form, pool_flat, reduce_loss
 
@@ -148,7 +149,7 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
     float64 logits), the rest in the type promoted with ``dist_matrix``'s (a float64 numpy matrix gives a float64
     loss, as MONAI's). Every sum is a formula of the soft confusion matrix
     ``S[l, c] = Σ_{y_v = l} p_c(v)``, computed from the integer labels without a one-hot target
-    (:func:`fastloss.ops.soft_confusion.soft_confusion`). A one-hot or soft ``(B, C, *spatial)`` target (MONAI
+    (:func:`fastloss.ops.soft_confusion.distance_row_sums` gives ``W`` and the volumes). A one-hot or soft ``(B, C, *spatial)`` target (MONAI
     takes labels only) gives the same formulas with ``S = Σ_v g(v) p(v)ᵀ``; for a hard one-hot target that is
     MONAI's value for its labels.
 
@@ -229,24 +230,16 @@ class GeneralizedWassersteinDiceLoss(nn.Module):
         # MONAI's arithmetic: the softmax in the input's dtype, the rest promoted with the distance matrix's
         dt = cdt if self.m is None or not self.m.is_floating_point() else torch.promote_types(cdt, self.m.dtype)
         x = input.reshape(B, C, -1)
+        M = (1.0 - torch.eye(C, dtype=dt, device=input.device)) if self.m is None else self.m.to(device=input.device, dtype=dt)
         if tgt.soft is not None:
             g = tgt.soft.to(dt)
             p = torch.softmax(x.to(cdt), dim=1).to(dt)
             S = torch.bmm(g, p.transpose(1, 2))  # S[b, l, c] = Σ_v g_l p_c
             vol = g.sum(dim=2)
+            W = (S * M.unsqueeze(0)).sum(dim=2)  # (B, C): Wasserstein distances of the voxels of each true class
         else:
-            lab = tgt.labels
-            S = soft_confusion(x, lab, dt, labels_in_range=label_checks_enabled())  # checked by prepare_target
-            with torch.no_grad():  # class volumes (exact counts)
-                if label_checks_enabled():  # every label was checked to lie in [0, C): one counting pass
-                    offset = C * torch.arange(B, device=input.device).unsqueeze(1)
-                    vol = torch.bincount((lab + offset).reshape(-1), minlength=B * C).reshape(B, C).to(dt)
-                else:  # labels outside [0, C) (the check is off, e.g. while compiling) count nowhere
-                    ok = (lab >= 0) & (lab < C)
-                    vol = torch.zeros(B, C, dtype=dt, device=input.device).scatter_add_(
-                        1, torch.where(ok, lab, torch.zeros_like(lab)), ok.to(dt))
-        M = (1.0 - torch.eye(C, dtype=dt, device=input.device)) if self.m is None else self.m.to(device=input.device, dtype=dt)
-        W = (S * M.unsqueeze(0)).sum(dim=2)  # (B, C): Wasserstein distances of the voxels of each true class
+            # W[b, l] = Σ_c M[l, c]·S[b, l, c] and the class volumes, from the labels in one pass
+            W, vol = distance_row_sums(x, tgt.labels, M, dt, labels_in_range=label_checks_enabled())
         if self.alpha_mode == "GDL":
             # MONAI: 1 / (volume + 1) with float32 volumes
             alpha = (1.0 / (vol.detach().to(torch.float32) + 1.0)).to(dt)

@@ -14,6 +14,12 @@ Memory: the forward keeps nothing of size ``B·C·N``; the backward recomputes t
     dL/dp[b, c, v] = G[b, y[b, v], c]                          (G = dL/dS: one row gathered per voxel)
     dL/dx[b, c, v] = p_c · (dL/dp_c − Σ_k p_k · dL/dp_k)       (softmax Jacobian)
 
+:func:`distance_row_sums` gives only what the Wasserstein Dice reads, the rows contracted with a class-pair weight
+``M`` and the label counts, ``W[b, l] = Σ_c M[l, c]·S[b, l, c]`` (O(C) per voxel in the compiled CPU kernel, not C·C):
+
+    dL/dx[b, c, v] = A[y] · p_c · (M[y, c] − w_v)      (A = dL/dW, w_v = Σ_k M[y, k] p_k: the softmax Jacobian of
+                                                        dL/dp_c = A[y]·M[y, c])
+
 Labels outside ``[0, C)`` (possible only with the loss's label check off) count nowhere and get no gradient.
 Sums accumulate in float32 for float16/bfloat16/float32 logits, float64 for float64 (the torch backend here), or
 in double (the compiled CPU twin, ``ops/cpu_soft_confusion.py``, for float32/float64 CPU logits).
@@ -25,7 +31,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["soft_confusion", "soft_confusion_torch"]
+__all__ = ["soft_confusion", "soft_confusion_torch", "distance_row_sums"]
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
@@ -92,6 +98,15 @@ def soft_confusion_torch(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return s2.transpose(1, 2)
 
 
+def _check(x: torch.Tensor, labels: torch.Tensor) -> None:
+    if x.ndim != 3 or labels.ndim != 2 or tuple(labels.shape) != (x.shape[0], x.shape[2]):
+        raise ValueError(f"expected logits (B, C, N) and labels (B, N), got {tuple(x.shape)} and {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.device != x.device:
+        raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
+
+
 def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.dtype] = None,
                    labels_in_range: bool = False) -> torch.Tensor:
     """``S[b, l, c] = Σ_{v: labels[b, v] = l} softmax(x)[b, c, v]``, shape ``(B, C, C)`` (see the module doc).
@@ -105,12 +120,7 @@ def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.
     Raises:
         ValueError: shapes that do not fit; TypeError: float labels.
     """
-    if x.ndim != 3 or labels.ndim != 2 or tuple(labels.shape) != (x.shape[0], x.shape[2]):
-        raise ValueError(f"expected logits (B, C, N) and labels (B, N), got {tuple(x.shape)} and {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex:
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.device != x.device:
-        raise ValueError(f"labels are on {labels.device} but the logits are on {x.device}")
+    _check(x, labels)
     acc = _dtype(x) if dtype is None else dtype
     from ..backend import use_compiled_cpu
 
@@ -120,3 +130,46 @@ def soft_confusion(x: torch.Tensor, labels: torch.Tensor, dtype: Optional[torch.
         if cpu_soft_confusion.supports(x, labels):
             return cpu_soft_confusion.soft_confusion_cpu(x, labels, acc)
     return _SoftConfusion.apply(x, labels, acc, bool(labels_in_range))
+
+
+def _label_counts(labels: torch.Tensor, B: int, C: int, dtype: torch.dtype, checked: bool) -> torch.Tensor:
+    """``(B, C)`` voxel count of each label (labels outside ``[0, C)`` count nowhere), in ``dtype``."""
+    lab = labels.long()
+    offset = C * torch.arange(B, device=labels.device).unsqueeze(1)
+    if checked:  # every label in [0, C): one counting pass
+        return torch.bincount((lab + offset).reshape(-1), minlength=B * C).reshape(B, C).to(dtype)
+    ok = (lab >= 0) & (lab < C)
+    return torch.zeros(B, C, dtype=dtype, device=labels.device).scatter_add_(
+        1, torch.where(ok, lab, torch.zeros_like(lab)), ok.to(dtype))
+
+
+def distance_row_sums(x: torch.Tensor, labels: torch.Tensor, M: torch.Tensor, dtype: Optional[torch.dtype] = None,
+                      labels_in_range: bool = False):
+    """``(W, counts)``, each ``(B, C)``: ``W[b, l] = Σ_c M[l, c]·S[b, l, c]``, the summed class distances
+    ``Σ_{v: y_v = l} Σ_c M[l, c]·softmax(x)_c(v)`` of the voxels of label ``l`` (differentiable in ``x``), and the
+    voxel count of each label (no gradient). ``M``: ``(C, C)`` float tensor. ``dtype`` and ``labels_in_range`` as
+    :func:`soft_confusion`.
+
+    Compiled CPU kernel (one pass, O(C) per voxel, each voxel's distance ``Σ_c M[y, c] p_c`` in the logits' type) when
+    ``dtype`` is the logits' own (float32 or float64); otherwise ``W`` is contracted from :func:`soft_confusion`'s
+    matrix (the per-voxel sums then in ``dtype``: MONAI's float64 arithmetic for a float64 distance matrix).
+    """
+    _check(x, labels)
+    B, C = x.shape[:2]
+    if not isinstance(M, torch.Tensor) or tuple(M.shape) != (C, C) or not M.is_floating_point():
+        raise ValueError(f"M must be a float ({C}, {C}) tensor, got {type(M).__name__} "
+                         f"{tuple(M.shape) if isinstance(M, torch.Tensor) else ''}")
+    acc = _dtype(x) if dtype is None else dtype
+    from ..backend import use_compiled_cpu
+
+    if acc == x.dtype and use_compiled_cpu(x):
+        from . import cpu_soft_confusion
+
+        if (cpu_soft_confusion.rows_available() and cpu_soft_confusion.supports(x, labels)
+                and C <= cpu_soft_confusion.ROWS_MAX_CLASSES):
+            return cpu_soft_confusion.soft_confusion_rows_cpu(x, labels, M.detach(), acc)
+    S = soft_confusion(x, labels, acc, labels_in_range=labels_in_range)
+    W = (S * M.to(device=x.device, dtype=acc).unsqueeze(0)).sum(dim=2)
+    with torch.no_grad():
+        counts = _label_counts(labels, B, C, acc, labels_in_range)
+    return W, counts
