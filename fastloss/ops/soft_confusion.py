@@ -139,8 +139,9 @@ def _label_counts(labels: torch.Tensor, B: int, C: int, dtype: torch.dtype, chec
     if checked:  # every label in [0, C): one counting pass
         return torch.bincount((lab + offset).reshape(-1), minlength=B * C).reshape(B, C).to(dtype)
     ok = (lab >= 0) & (lab < C)
-    return torch.zeros(B, C, dtype=dtype, device=labels.device).scatter_add_(
-        1, torch.where(ok, lab, torch.zeros_like(lab)), ok.to(dtype))
+    # integer counts (exact, whatever the order of a GPU's atomics), then the dtype
+    return torch.zeros(B, C, dtype=torch.int64, device=labels.device).scatter_add_(
+        1, torch.where(ok, lab, torch.zeros_like(lab)), ok.long()).to(dtype)
 
 
 def distance_row_sums(x: torch.Tensor, labels: torch.Tensor, M: torch.Tensor, dtype: Optional[torch.dtype] = None,
@@ -150,9 +151,11 @@ def distance_row_sums(x: torch.Tensor, labels: torch.Tensor, M: torch.Tensor, dt
     voxel count of each label (no gradient). ``M``: ``(C, C)`` float tensor. ``dtype`` and ``labels_in_range`` as
     :func:`soft_confusion`.
 
-    Compiled CPU kernel (one pass, O(C) per voxel, each voxel's distance ``Σ_c M[y, c] p_c`` in the logits' type) when
-    ``dtype`` is the logits' own (float32 or float64); otherwise ``W`` is contracted from :func:`soft_confusion`'s
-    matrix (the per-voxel sums then in ``dtype``: MONAI's float64 arithmetic for a float64 distance matrix).
+    Compiled CPU kernel for float32/float64 CPU logits: one pass, O(C) per voxel, each voxel's distance
+    ``Σ_c M[y, c] p_c`` in the logits' type and the sums in double (so with float32 logits and a float64 ``M`` the
+    per-voxel distances are float32 where MONAI's are float64: a relative difference of ~1e-7). Otherwise plain torch
+    ops in ``dtype``, one class at a time (``(B, N)`` tensors, no ``(B, N, C)`` gather, no scatter: the sums do not
+    depend on the order of float atomics on a GPU).
     """
     _check(x, labels)
     B, C = x.shape[:2]
@@ -162,14 +165,21 @@ def distance_row_sums(x: torch.Tensor, labels: torch.Tensor, M: torch.Tensor, dt
     acc = _dtype(x) if dtype is None else dtype
     from ..backend import use_compiled_cpu
 
-    if acc == x.dtype and use_compiled_cpu(x):
+    if use_compiled_cpu(x):
         from . import cpu_soft_confusion
 
         if (cpu_soft_confusion.rows_available() and cpu_soft_confusion.supports(x, labels)
                 and C <= cpu_soft_confusion.ROWS_MAX_CLASSES):
             return cpu_soft_confusion.soft_confusion_rows_cpu(x, labels, M.detach(), acc)
-    S = soft_confusion(x, labels, acc, labels_in_range=labels_in_range)
-    W = (S * M.to(device=x.device, dtype=acc).unsqueeze(0)).sum(dim=2)
+    lab, valid = _labels(labels, C, bool(labels_in_range))
+    p = torch.softmax(x.to(_dtype(x)), dim=1).to(acc)
+    m = M.detach().to(device=x.device, dtype=acc)
+    w = m[:, 0][lab] * p[:, 0]  # w_v = Σ_c M[y_v, c]·p_c(v), summed over c in order
+    for c in range(1, C):
+        w = w + m[:, c][lab] * p[:, c]
+    if valid is not None:  # labels outside [0, C) count nowhere
+        w = w * valid.to(acc)
+    W = torch.stack([torch.where(lab == l, w, torch.zeros_like(w)).sum(dim=1) for l in range(C)], dim=1)
     with torch.no_grad():
         counts = _label_counts(labels, B, C, acc, labels_in_range)
     return W, counts
