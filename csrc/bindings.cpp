@@ -420,7 +420,14 @@ PYBIND11_MODULE(_C, m) {
          std::uintptr_t ce, std::uintptr_t grad_pen, std::uintptr_t grad_ce, std::uintptr_t dx, int threads) {
         if (!x || !labels) throw std::invalid_argument("null data pointer");
         py::gil_scoped_release release;
-        if (dx)
+        if (dx && pen)
+          fastloss::nacl_loss_cpu_forward_grad(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels),
+                                               B, C, H, W, D, nd, weights, left, scale, distance, elem,
+                                               reinterpret_cast<double*>(pen), reinterpret_cast<double*>(ce),
+                                               reinterpret_cast<const double*>(grad_pen),
+                                               reinterpret_cast<const double*>(grad_ce), reinterpret_cast<void*>(dx),
+                                               threads);
+        else if (dx)
           fastloss::nacl_loss_cpu_backward(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(labels), B,
                                            C, H, W, D, nd, weights, left, scale, distance, elem,
                                            reinterpret_cast<const double*>(grad_pen),
@@ -435,7 +442,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("pen_ptr"), py::arg("ce_ptr"), py::arg("grad_pen_ptr"), py::arg("grad_ce_ptr"), py::arg("dx_ptr"),
       py::arg("threads"),
       "NACL's CE and penalty of (B, C, H, W, D) logits and int64 labels (B, H, W, D): the forward (dx_ptr 0) writes "
-      "B*C penalty sums and B CE sums (doubles); the backward writes dx from B*C and B double gradients.");
+      "B*C penalty sums and B CE sums (doubles); the backward writes dx from B*C and B double gradients; with both "
+      "the sums' and dx's pointers the forward also writes dx for the given gradients.");
 
   // The soft confusion matrix (csrc/soft_confusion_cpu.h): forward when grad_ptr is 0 (out: B*C*C doubles),
   // otherwise the backward (grad: B*C*C doubles, out: dx of x's type).

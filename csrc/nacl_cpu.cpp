@@ -273,6 +273,9 @@ struct LossArgs {
       const int64_t bi = r / g.C, c = r % g.C;                                                                      \
       const float* u = plane_u(a.lab + bi * g.N, static_cast<int32_t>(c), g, *a.w, a.left, ba, bb);                \
       a.pen[r] = plane_penalty<T, VBYTES / 8>(static_cast<const T*>(a.x) + r * g.N, u, g.N, a.scale, a.distance);  \
+      if (a.dx != nullptr) /* the gradient for the weights gpen, from the same u */                                 \
+        plane_grad<T>(static_cast<const T*>(a.x) + r * g.N, u, g.N, a.scale, a.distance,                           \
+                      static_cast<T>(a.gpen[r]), static_cast<T*>(a.dx) + r * g.N);                                  \
     }                                                                                                               \
   }                                                                                                                 \
   template <typename T>                                                                                            \
@@ -293,6 +296,9 @@ struct LossArgs {
       const int64_t b = t / a.tiles, v0 = (t % a.tiles) * kTile, n = std::min(kTile, g.N - v0);                     \
       a.ce[t] = tile_ce<T, VBYTES / sizeof(T)>(static_cast<const T*>(a.x) + b * g.C * g.N, a.lab + b * g.N, g.C,   \
                                                 g.N, v0, n, s0, s1, s2);                                            \
+      if (a.dx != nullptr)                                                                                          \
+        tile_ce_grad<T>(static_cast<const T*>(a.x) + b * g.C * g.N, a.lab + b * g.N, g.C, g.N, v0, n,               \
+                        static_cast<T>(a.gce[b]), static_cast<T*>(a.dx) + b * g.C * g.N, s0, s1);                   \
     }                                                                                                               \
   }                                                                                                                 \
   template <typename T>                                                                                            \
@@ -394,12 +400,12 @@ void nacl_loss_run(const void* x, const int64_t* labels, int64_t B, int64_t C, i
   a.scale = scale;
   a.distance = distance;
   a.tiles = (a.g.N + kTile - 1) / kTile;
-  const bool backward = dx != nullptr;
+  const bool backward = dx != nullptr && pen == nullptr;
   std::vector<double> tile_ce_sums;
+  a.gpen = gpen;
+  a.gce = gce;
+  a.dx = dx;  // forward with dx: the sums and, from the same u and softmax, the gradient for the weights gpen, gce
   if (backward) {
-    a.gpen = gpen;
-    a.gce = gce;
-    a.dx = dx;
     if (elem == 4) loss_backward<float>(a, t);
     else loss_backward<double>(a, t);
     return;
@@ -449,6 +455,15 @@ void nacl_loss_cpu_forward(const void* x, const int64_t* labels, int64_t B, int6
   if (!pen_sums || !ce_sums) throw std::invalid_argument("nacl loss: null output");
   nacl_loss_run(x, labels, B, C, H, W, D, nd, weights, left, scale, distance, elem, pen_sums, ce_sums, nullptr, nullptr,
                 nullptr, threads);
+}
+
+void nacl_loss_cpu_forward_grad(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W,
+                                int64_t D, int nd, const std::vector<float>& weights, int64_t left, float scale,
+                                int distance, int elem, double* pen_sums, double* ce_sums, const double* grad_pen,
+                                const double* grad_ce, void* dx, int threads) {
+  if (!pen_sums || !ce_sums || !grad_pen || !grad_ce || !dx) throw std::invalid_argument("nacl loss: null pointer");
+  nacl_loss_run(x, labels, B, C, H, W, D, nd, weights, left, scale, distance, elem, pen_sums, ce_sums, grad_pen,
+                grad_ce, dx, threads);
 }
 
 void nacl_loss_cpu_backward(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W,

@@ -30,6 +30,13 @@ namespace fastloss {
 void nacl_loss_cpu_forward(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W, int64_t D,
                            int nd, const std::vector<float>& weights, int64_t left, float scale, int distance, int elem,
                            double* pen_sums, double* ce_sums, int threads);
+// The forward and, in the same pass (u filtered once, the softmax once), dx for the given gradient weights grad_pen and
+// grad_ce (the backward's dx for those weights): for a loss linear in the two sums, whose weights the caller knows
+// before the forward, the backward is then a scaling.
+void nacl_loss_cpu_forward_grad(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W,
+                                int64_t D, int nd, const std::vector<float>& weights, int64_t left, float scale,
+                                int distance, int elem, double* pen_sums, double* ce_sums, const double* grad_pen,
+                                const double* grad_ce, void* dx, int threads);
 void nacl_loss_cpu_backward(const void* x, const int64_t* labels, int64_t B, int64_t C, int64_t H, int64_t W,
                             int64_t D, int nd, const std::vector<float>& weights, int64_t left, float scale,
                             int distance, int elem, const double* grad_pen, const double* grad_ce, void* dx,

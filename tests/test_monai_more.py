@@ -717,6 +717,50 @@ def test_wasserstein_dice_second_backward_recomputes():
     torch.testing.assert_close(g1.double(), xr.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_nacl_loss_value_op_gradient_from_the_forward():
+    """cpu_nacl_loss_value: the forward's dx (the filters and the softmax once per step) is bitwise the backward op's
+    dx for the same weights, whatever the thread count; the loss's backward scales it by the incoming gradient; a
+    second backward through the graph computes it again; without a gradient nothing is written; opcheck as
+    torch.compile runs it (no dx kept)."""
+    from fastloss.ops import cpu_neighbourhood
+
+    if not cpu_neighbourhood.loss_available():
+        pytest.skip("fastloss._C lacks the fused NACL loss")
+    x, y = _data((2, 5, 9, 8, 7), seed=39, dtype=torch.float32)
+    y[:, :, :1] = 11  # out of range (as with the label check off): no CE term, u = 0
+    args = ([1.0, 1.0, 1.0], 1, 1 / 27, 1)
+    wp, wc = 0.1 / x.numel(), 1.0 / (2 * 9 * 8 * 7)
+    n = torch.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            value, dx = cpu_neighbourhood._value_op(x, y[:, 0], *args, wp, wc, True)
+            res.append((value, dx))
+    finally:
+        torch.set_num_threads(n)
+    want = cpu_neighbourhood._loss_backward_op(x, y[:, 0], *args, torch.full((10,), wp, dtype=torch.float64),
+                                               torch.full((2,), wc, dtype=torch.float64))
+    for value, dx in res:
+        assert torch.equal(value, res[0][0]) and torch.equal(dx, want)
+    pen, ce = cpu_neighbourhood._loss_op(x, y[:, 0], *args)
+    torch.testing.assert_close(res[0][0], ce.sum() * wc + pen.sum() * wp, rtol=1e-15, atol=0)
+    with torch.no_grad():
+        v0, d0 = cpu_neighbourhood._value_op(x, y[:, 0], *args, wp, wc, False)
+    assert d0.numel() == 0 and torch.equal(v0, res[0][0])
+    a = x.clone().requires_grad_()
+    loss = cpu_neighbourhood.nacl_loss_value_cpu(a, y[:, 0], *args[:3], "l1", wp, wc)
+    (g1,) = torch.autograd.grad(loss * 2.5, a, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, a)  # the kept dx was taken by the first: computed again
+    torch.testing.assert_close(g1, 2.5 * want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g2, want, rtol=1e-6, atol=1e-12)
+    xd, yd = _data((2, 3, 5, 4, 3), seed=40)
+    assert torch.autograd.gradcheck(
+        lambda t: cpu_neighbourhood.nacl_loss_value_cpu(t, yd[:, 0], [1.0, 1.0, 1.0], 1, 1 / 27, "l2", 0.3, 0.01),
+        (xd.clone().requires_grad_(),))
+    torch.library.opcheck(cpu_neighbourhood._value_op, (xd.clone().requires_grad_(), yd[:, 0], *args, wp, wc, False))
+
+
 def test_fused_nacl_loss_equals_torch_backend_and_threads(monkeypatch):
     """NACLLoss on CPU tensors with integer labels runs one compiled op (CE + penalty, ops/cpu_neighbourhood.py's
     cpu_nacl_loss): its value and gradient equal the torch backend's (the statistics' CE + the penalty Function),

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._validation import (Target, _is_compiling, check_logits, check_reduction, label_checks_enabled, prepare_target,
                            region_table)
-from ..ops.neighbourhood import NeighbourhoodKernel, nacl_terms, neighbourhood_penalty
+from ..ops.neighbourhood import NeighbourhoodKernel, nacl_loss_value, neighbourhood_penalty
 from ..ops.soft_confusion import distance_row_sums
 from ..ops.stats import StatsSpec, class_stats, compute_dtype
 from ._common import LossBase, check_bool, check_ignore_index, check_nonneg, functional_form, pool_flat, reduce_loss
@@ -508,11 +508,12 @@ class NACLLoss(nn.Module):
         spatial = tuple(inputs.shape[2:])
         n_vox = tgt.raw_labels.shape[1] if tgt.raw_labels is not None else tgt.soft.shape[2]
         if tgt.raw_labels is not None:
-            # CPU tensors: CE and penalty from one compiled kernel, one gradient tensor (ops/neighbourhood.nacl_terms)
-            fused = nacl_terms(inputs, tgt.raw_labels.reshape((B,) + spatial), self.kernel, self.distance_type)
+            # CPU tensors: the loss from one compiled op whose forward also writes the gradient (the filters once
+            # per step; ops/neighbourhood.nacl_loss_value)
+            fused = nacl_loss_value(inputs, tgt.raw_labels.reshape((B,) + spatial), self.kernel, self.distance_type,
+                                    self.alpha / inputs.numel(), 1.0 / (B * n_vox))
             if fused is not None:
-                pen, ce_sum = fused
-                return ce_sum / (B * n_vox) + self.alpha * (pen / inputs.numel())
+                return fused
         s = class_stats(inputs, tgt, StatsSpec("softmax", ("ce",)))
         ce = s.sum() / (B * n_vox)
         if tgt.raw_labels is not None:

@@ -11,6 +11,13 @@ penalty's per-plane sums and the per-item sums of the softmax cross entropy ``�
 nothing of size ``B·C·N``, and one backward that recomputes ``u`` and the softmax and writes
 ``dx = g_pen[b, c]·(sign(x − u) or 2(x − u)) + g_ce[b]·(p_c − [y = c])`` into one tensor (no derivative tensor,
 no separate CE gradient, no autograd sum of the two). Labels outside ``[0, C)`` are in no class: no CE term, ``u = 0``.
+
+``fastloss::cpu_nacl_loss_value`` is the loss ``w_ce·Σ CE + w_pen·Σ penalty`` itself (weights known before the
+forward: ``NACLLoss``'s normalisations and ``alpha``): when the logits need a gradient its forward also writes ``dx``
+for those weights from the same ``u`` and softmax (the filters run once per step, not twice), and the backward
+scales it in place by the loss's gradient. A second backward through the same graph (retain_graph, gradcheck's
+reentrancy check) finds that tensor taken and computes ``dx`` again with ``cpu_nacl_loss_backward``; under
+``torch.compile`` the forward keeps none (a traced graph cannot carry it) and the backward computes it.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import List, Tuple
 import torch
 
 from .. import _ext
+from .cpu_buffers import new_output_like
 
-__all__ = ["available", "supports", "nacl_penalty_cpu", "loss_available", "nacl_loss_cpu"]
+__all__ = ["available", "supports", "nacl_penalty_cpu", "loss_available", "nacl_loss_cpu", "nacl_loss_value_cpu"]
 
 
 def available() -> bool:
@@ -176,3 +184,68 @@ def nacl_loss_cpu(x: torch.Tensor, labels: torch.Tensor, weights: List[float], l
     pen, ce = _loss_op(x, labels, list(weights), int(left), float(scale), 1 if distance == "l1" else 2)
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
     return pen.sum().to(dt), ce.sum().to(dt)
+
+
+# ------------------------------------------------------------------- the loss value, with dx from the forward
+@torch.library.custom_op("fastloss::cpu_nacl_loss_value", mutates_args=(), device_types="cpu")
+def _value_op(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float, distance: int,
+              w_pen: float, w_ce: float, need_deriv: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    xc, lab = x.contiguous(), labels.to(torch.int64).contiguous()
+    B, C = x.shape[:2]
+    pen = torch.empty(B * C, dtype=torch.float64)
+    ce = torch.empty(B, dtype=torch.float64)
+    if need_deriv:
+        dx = new_output_like(xc)  # the gradient cache: no page faults on a fresh 8 MiB+ buffer
+        gp = torch.full((B * C,), float(w_pen), dtype=torch.float64)
+        gc = torch.full((B,), float(w_ce), dtype=torch.float64)
+        _loss_call(xc, lab, weights, left, scale, distance, pen, ce, gp, gc, dx, "cpu_nacl_loss_value")
+    else:
+        dx = xc.new_empty(0)
+        _loss_call(xc, lab, weights, left, scale, distance, pen, ce, None, None, None, "cpu_nacl_loss_value")
+    return ce.sum() * w_ce + pen.sum() * w_pen, dx
+
+
+@_value_op.register_fake
+def _(x, labels, weights, left, scale, distance, w_pen, w_ce, need_deriv):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_deriv else x.new_empty(0)
+    return x.new_empty((), dtype=torch.float64), dx
+
+
+def _value_setup(ctx, inputs, output):
+    x, labels, weights, left, scale, distance, w_pen, w_ce, _ = inputs
+    ctx.save_for_backward(x, labels)
+    ctx.args = (list(weights), left, scale, distance, w_pen, w_ce)
+    # dx of the forward, held as an attribute (not a saved tensor: the first backward scales it in place into the
+    # gradient and drops it); marked non-differentiable it has no grad_fn, so holding it makes no reference cycle
+    ctx.dx = output[1] if output[1].numel() > 0 and not torch.compiler.is_compiling() else None
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _value_backward(ctx, grad, grad_dx):
+    x, labels = ctx.saved_tensors
+    if grad is None or not ctx.needs_input_grad[0]:
+        return (None,) * 9
+    weights, left, scale, distance, w_pen, w_ce = ctx.args
+    dx, ctx.dx = ctx.dx, None
+    if dx is None:  # a second backward, or a traced graph: dx again, for the weights times the loss's gradient
+        B, C = x.shape[:2]
+        g = grad.to(torch.float64)
+        dx = _loss_backward_op(x, labels, weights, left, scale, distance, (g * w_pen).expand(B * C).contiguous(),
+                               (g * w_ce).expand(B).contiguous())
+    elif float(grad) != 1.0:  # dL/dx = dL/dloss · dx (a loss's own backward passes 1: nothing to do)
+        dx.mul_(grad.to(dx.dtype))
+    return dx, None, None, None, None, None, None, None, None
+
+
+_value_op.register_autograd(_value_backward, setup_context=_value_setup)
+
+
+def nacl_loss_value_cpu(x: torch.Tensor, labels: torch.Tensor, weights: List[float], left: int, scale: float,
+                        distance: str, w_pen: float, w_ce: float) -> torch.Tensor:
+    """``w_ce·Σ −log p_y + w_pen·Σ penalty``, 0-d in float32 (float64 for float64 ``x``), with ``dx`` from the forward
+    when ``x`` needs a gradient; call :func:`supports` and :func:`loss_available` first."""
+    need = torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling()
+    value, _ = _value_op(x, labels, list(weights), int(left), float(scale), 1 if distance == "l1" else 2,
+                         float(w_pen), float(w_ce), need)
+    return value.to(torch.float64 if x.dtype == torch.float64 else torch.float32)

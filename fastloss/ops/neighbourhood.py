@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NeighbourhoodKernel", "gaussian_kernel_1d", "class_neighbourhood", "neighbourhood_penalty", "nacl_terms"]
+__all__ = ["NeighbourhoodKernel", "gaussian_kernel_1d", "class_neighbourhood", "neighbourhood_penalty", "nacl_terms",
+           "nacl_loss_value"]
 
 
 def gaussian_kernel_1d(sigma: float, truncated: float = 4.0) -> torch.Tensor:
@@ -177,3 +178,24 @@ def nacl_terms(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKerne
         return None
     weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
     return cpu_neighbourhood.nacl_loss_cpu(x, labels, weights, left, scale, distance)
+
+
+def nacl_loss_value(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKernel, distance: str, w_pen: float,
+                    w_ce: float):
+    """The NACL loss ``w_ce·Σ_v −log softmax(x)_y + w_pen·Σ penalty`` of integer ``labels`` ``(B, *spatial)`` as one
+    compiled op whose forward also writes the gradient (``ops/cpu_neighbourhood.py``'s ``cpu_nacl_loss_value``), or
+    None where that kernel does not serve (as :func:`nacl_terms`)."""
+    if distance not in ("l1", "l2"):
+        raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}")
+    if labels.dtype.is_floating_point:
+        return None
+    from ..backend import use_compiled_cpu
+
+    if not use_compiled_cpu(x):
+        return None
+    from . import cpu_neighbourhood
+
+    if not (cpu_neighbourhood.loss_available() and cpu_neighbourhood.supports(x, labels)):
+        return None
+    weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
+    return cpu_neighbourhood.nacl_loss_value_cpu(x, labels, weights, left, scale, distance, w_pen, w_ce)
