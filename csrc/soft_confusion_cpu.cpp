@@ -385,45 +385,26 @@ Isa isa() {
   return Isa::kBase;
 }
 
-template <typename T>
-void forward_items(Isa which, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {
+// One dispatcher per tile loop: the instruction set's copy (the baseline's without the clones).
 #if defined(FL_SC_CLONES)
-  if (which == Isa::kAvx512) return forward_items_avx512<T>(a, begin, end, s);
-  if (which == Isa::kAvx2) return forward_items_avx2<T>(a, begin, end, s);
+#define FL_SC_DISPATCHER(NAME)                                                          \
+  template <typename T>                                                                 \
+  void NAME(Isa which, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {      \
+    if (which == Isa::kAvx512) return NAME##_avx512<T>(a, begin, end, s);               \
+    if (which == Isa::kAvx2) return NAME##_avx2<T>(a, begin, end, s);                   \
+    NAME##_base<T>(a, begin, end, s);                                                   \
+  }
+#else
+#define FL_SC_DISPATCHER(NAME)                                                          \
+  template <typename T>                                                                 \
+  void NAME(Isa, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {            \
+    NAME##_base<T>(a, begin, end, s);                                                   \
+  }
 #endif
-  (void)which;
-  forward_items_base<T>(a, begin, end, s);
-}
-
-template <typename T>
-void backward_items(Isa which, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {
-#if defined(FL_SC_CLONES)
-  if (which == Isa::kAvx512) return backward_items_avx512<T>(a, begin, end, s);
-  if (which == Isa::kAvx2) return backward_items_avx2<T>(a, begin, end, s);
-#endif
-  (void)which;
-  backward_items_base<T>(a, begin, end, s);
-}
-
-template <typename T>
-void rows_items(Isa which, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {
-#if defined(FL_SC_CLONES)
-  if (which == Isa::kAvx512) return rows_items_avx512<T>(a, begin, end, s);
-  if (which == Isa::kAvx2) return rows_items_avx2<T>(a, begin, end, s);
-#endif
-  (void)which;
-  rows_items_base<T>(a, begin, end, s);
-}
-
-template <typename T>
-void rows_scale_items(Isa which, const Args& a, int64_t begin, int64_t end, Scratch<T>& s) {
-#if defined(FL_SC_CLONES)
-  if (which == Isa::kAvx512) return rows_scale_items_avx512<T>(a, begin, end, s);
-  if (which == Isa::kAvx2) return rows_scale_items_avx2<T>(a, begin, end, s);
-#endif
-  (void)which;
-  rows_scale_items_base<T>(a, begin, end, s);
-}
+FL_SC_DISPATCHER(forward_items)
+FL_SC_DISPATCHER(backward_items)
+FL_SC_DISPATCHER(rows_items)
+FL_SC_DISPATCHER(rows_scale_items)
 
 template <typename T>
 void forward(const T* x, const int64_t* labels, int64_t B, int64_t C, int64_t N, double* S, int threads) {

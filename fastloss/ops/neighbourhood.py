@@ -159,11 +159,9 @@ def _compiled_kernel(kernel: NeighbourhoodKernel, nd: int):
     return [float(v) for v in w.tolist()], left, 1.0
 
 
-def nacl_terms(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKernel, distance: str = "l1"):
-    """``(Σ penalty, Σ_v −log softmax(x)_y)`` of integer ``labels`` ``(B, *spatial)`` from one compiled kernel
-    (``ops/cpu_neighbourhood.py``'s ``cpu_nacl_loss``: no derivative tensor kept, one gradient tensor written), or
-    None where that kernel does not serve (not CPU, float16/bfloat16, the torch backend, no extension): the caller
-    then sums the statistics' CE and :func:`neighbourhood_penalty`. Labels outside ``[0, C)`` are in no class."""
+def _fused_nacl(x: torch.Tensor, labels: torch.Tensor, distance: str):
+    """``ops/cpu_neighbourhood`` when its fused NACL kernels serve ``x`` and integer ``labels``, else None (not CPU,
+    float16/bfloat16, the torch backend, no extension, float labels)."""
     if distance not in ("l1", "l2"):
         raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}")
     if labels.dtype.is_floating_point:
@@ -176,8 +174,19 @@ def nacl_terms(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKerne
 
     if not (cpu_neighbourhood.loss_available() and cpu_neighbourhood.supports(x, labels)):
         return None
+    return cpu_neighbourhood
+
+
+def nacl_terms(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKernel, distance: str = "l1"):
+    """``(Σ penalty, Σ_v −log softmax(x)_y)`` of integer ``labels`` ``(B, *spatial)`` from one compiled kernel
+    (``ops/cpu_neighbourhood.py``'s ``cpu_nacl_loss``: no derivative tensor kept, one gradient tensor written), or
+    None where that kernel does not serve (not CPU, float16/bfloat16, the torch backend, no extension): the caller
+    then sums the statistics' CE and :func:`neighbourhood_penalty`. Labels outside ``[0, C)`` are in no class."""
+    fused = _fused_nacl(x, labels, distance)
+    if fused is None:
+        return None
     weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
-    return cpu_neighbourhood.nacl_loss_cpu(x, labels, weights, left, scale, distance)
+    return fused.nacl_loss_cpu(x, labels, weights, left, scale, distance)
 
 
 def nacl_loss_value(x: torch.Tensor, labels: torch.Tensor, kernel: NeighbourhoodKernel, distance: str, w_pen: float,
@@ -185,17 +194,8 @@ def nacl_loss_value(x: torch.Tensor, labels: torch.Tensor, kernel: Neighbourhood
     """The NACL loss ``w_ce·Σ_v −log softmax(x)_y + w_pen·Σ penalty`` of integer ``labels`` ``(B, *spatial)`` as one
     compiled op whose forward also writes the gradient (``ops/cpu_neighbourhood.py``'s ``cpu_nacl_loss_value``), or
     None where that kernel does not serve (as :func:`nacl_terms`)."""
-    if distance not in ("l1", "l2"):
-        raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}")
-    if labels.dtype.is_floating_point:
-        return None
-    from ..backend import use_compiled_cpu
-
-    if not use_compiled_cpu(x):
-        return None
-    from . import cpu_neighbourhood
-
-    if not (cpu_neighbourhood.loss_available() and cpu_neighbourhood.supports(x, labels)):
+    fused = _fused_nacl(x, labels, distance)
+    if fused is None:
         return None
     weights, left, scale = _compiled_kernel(kernel, x.ndim - 2)
-    return cpu_neighbourhood.nacl_loss_value_cpu(x, labels, weights, left, scale, distance, w_pen, w_ce)
+    return fused.nacl_loss_value_cpu(x, labels, weights, left, scale, distance, w_pen, w_ce)
