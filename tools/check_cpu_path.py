@@ -22,7 +22,8 @@ import sys
 KERNELS = (
     "class_stats_cpu_forward", "class_stats_cpu_backward", "voxel_ce_cpu_forward", "voxel_ce_cpu_backward",
     "topk_select_cpu", "topk_weights_cpu", "lovasz_cpu", "loss_formula_cpu", "edt_cpu",
-    "soft_skeleton_cpu", "soft_confusion_cpu", "nacl_penalty_cpu", "nacl_loss_cpu", "skeletonize_cpu",
+    "soft_skeleton_cpu", "soft_confusion_cpu", "soft_confusion_rows_cpu", "soft_confusion_rows_scale_cpu",
+    "nacl_penalty_cpu", "nacl_loss_cpu", "skeletonize_cpu",
 )
 
 # MONAI's drop-in names, with the arguments MONAI users pass for integer labels and multi-class logits
